@@ -1,0 +1,96 @@
+package cdc
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Config configures the PostgreSQL side: where the outbox is and how the slot
+// is read.
+type Config struct {
+	// PostgresURL is a libpq connection URL or keyword/value string.
+	PostgresURL string
+	// Schema and Table name the outbox table.
+	Schema string
+	Table  string
+	// Columns names the outbox table's columns.
+	Columns Columns
+	// Publication and Slot name the publication and logical replication slot.
+	Publication string
+	Slot        string
+	// CreatePublication and CreateSlot allow creating them when missing.
+	CreatePublication bool
+	CreateSlot        bool
+	// StatusInterval is how often the confirmed position is reported to
+	// PostgreSQL; it must stay well below the server's wal_sender_timeout.
+	StatusInterval time.Duration
+	// ConnectTimeout bounds establishing a connection; QueryTimeout bounds
+	// each query on a normal connection.
+	ConnectTimeout time.Duration
+	QueryTimeout   time.Duration
+	// SlotPollInterval is how often pg_replication_slots is read for the
+	// slot's retained WAL and status.
+	SlotPollInterval time.Duration
+	// ReconnectMin and ReconnectMax bound the jittered exponential backoff
+	// between replication sessions.
+	ReconnectMin time.Duration
+	ReconnectMax time.Duration
+	// EventBuffer is how many events may wait between the reader and the
+	// publisher; it bounds memory and provides backpressure.
+	EventBuffer int
+}
+
+// identifierPattern accepts what the relay will put unquoted into replication
+// commands (slot names) and what PostgreSQL accepts as a slot name.
+var identifierPattern = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Validate reports every problem of c at once, each naming the setting.
+func (c Config) Validate() error {
+	var errs []error
+	if c.PostgresURL == "" {
+		errs = append(errs, errors.New("postgres-url: required (RELAY_POSTGRES_URL)"))
+	}
+	if c.Table == "" {
+		errs = append(errs, errors.New("table: must not be empty"))
+	}
+	if c.Schema == "" {
+		errs = append(errs, errors.New("table: schema must not be empty"))
+	}
+	if !identifierPattern.MatchString(c.Slot) {
+		errs = append(errs, fmt.Errorf("slot: %q is not a valid slot name (lower-case letters, digits and _, at most 63)", c.Slot))
+	}
+	if c.Publication == "" {
+		errs = append(errs, errors.New("publication: must not be empty"))
+	}
+	names := c.Columns.names()
+	flags := [numColumns]string{"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload"}
+	for slot := range numColumns {
+		if required(slot) && names[slot] == "" {
+			errs = append(errs, fmt.Errorf("%s: must not be empty", flags[slot]))
+		}
+	}
+	errs = append(errs,
+		positive("status-interval", c.StatusInterval),
+		positive("connect-timeout", c.ConnectTimeout),
+		positive("query-timeout", c.QueryTimeout),
+		positive("slot-poll-interval", c.SlotPollInterval),
+		positive("reconnect-min", c.ReconnectMin),
+		positive("reconnect-max", c.ReconnectMax),
+	)
+	if c.ReconnectMax < c.ReconnectMin {
+		errs = append(errs, fmt.Errorf("reconnect-max: %s is below reconnect-min %s", c.ReconnectMax, c.ReconnectMin))
+	}
+	if c.EventBuffer < 1 {
+		errs = append(errs, fmt.Errorf("event-buffer: %d, must be at least 1", c.EventBuffer))
+	}
+	return errors.Join(errs...)
+}
+
+func positive(name string, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%s: %s, must be positive", name, d)
+	}
+	return nil
+}

@@ -1,0 +1,210 @@
+package cdc
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrConfig marks a problem only a change of configuration or schema can fix;
+// retrying will not help.
+var ErrConfig = errors.New("configuration error")
+
+// Columns names the outbox table's columns. Headers and CreatedAt are optional:
+// an empty name means the table has no such column.
+type Columns struct {
+	ID            string
+	AggregateType string
+	AggregateID   string
+	EventType     string
+	Payload       string
+	Headers       string
+	CreatedAt     string
+}
+
+// column indexes into outboxColumns' slots.
+const (
+	colID = iota
+	colAggregateType
+	colAggregateID
+	colEventType
+	colPayload
+	colHeaders
+	colCreatedAt
+	numColumns
+)
+
+func (c Columns) names() [numColumns]string {
+	return [numColumns]string{c.ID, c.AggregateType, c.AggregateID, c.EventType, c.Payload, c.Headers, c.CreatedAt}
+}
+
+// required reports whether the column at slot i must exist and be non-NULL.
+func required(i int) bool { return i != colHeaders && i != colCreatedAt }
+
+// relation is what the decoder keeps of a Relation message: whether it is the
+// outbox table and, if so, where each configured column sits in its tuples.
+type relation struct {
+	outbox bool
+	index  [numColumns]int // -1 when the column is not configured
+	width  int
+}
+
+// changeKind says what a decoded pgoutput message means to the reader.
+type changeKind int
+
+const (
+	changeIgnored changeKind = iota // another table, a type, an origin, ...
+	changeBegin
+	changeCommit
+	changeEvent
+)
+
+// change is a decoded pgoutput message.
+type change struct {
+	kind   changeKind
+	begin  beginMessage
+	commit commitMessage
+	event  Event // for changeEvent; positions are filled in by the reader
+}
+
+// decoder turns pgoutput messages into changes. It keeps the relation cache
+// of one replication session and is used by one goroutine.
+type decoder struct {
+	schema, table string
+	columns       Columns
+	relations     map[uint32]relation
+	insert        insertMessage // reused to avoid an allocation per row
+}
+
+func newDecoder(schema, table string, columns Columns) *decoder {
+	return &decoder{schema: schema, table: table, columns: columns, relations: make(map[uint32]relation)}
+}
+
+// decode decodes one pgoutput message. Errors wrapping ErrConfig mean the
+// outbox table does not match the configuration; other errors mean a message
+// that does not follow the protocol.
+func (d *decoder) decode(data []byte) (change, error) {
+	if len(data) == 0 {
+		return change{}, errors.New("decode: empty message")
+	}
+	body := data[1:]
+	switch messageKind(data[0]) {
+	case kindBegin:
+		b, err := decodeBegin(body)
+		return change{kind: changeBegin, begin: b}, err
+	case kindCommit:
+		c, err := decodeCommit(body)
+		return change{kind: changeCommit, commit: c}, err
+	case kindRelation:
+		r, err := decodeRelation(body)
+		if err != nil {
+			return change{}, err
+		}
+		return change{}, d.addRelation(r)
+	case kindInsert:
+		return d.decodeInsert(body)
+	case kindOrigin, kindType, kindUpdate, kindDelete, kindTruncate, kindMessage:
+		// The publication publishes inserts only; anything else (from a
+		// publication shared with other tables, say) is not ours.
+		return change{}, nil
+	default:
+		return change{}, fmt.Errorf("decode: unknown message type %q", data[0])
+	}
+}
+
+func (d *decoder) addRelation(r relationMessage) error {
+	rel := relation{width: len(r.columns)}
+	if r.namespace == d.schema && r.name == d.table {
+		rel.outbox = true
+		names := d.columns.names()
+		var missing []string
+		for slot, name := range names {
+			rel.index[slot] = -1
+			if name == "" {
+				continue
+			}
+			for i, c := range r.columns {
+				if c.name == name {
+					rel.index[slot] = i
+					break
+				}
+			}
+			if rel.index[slot] < 0 {
+				missing = append(missing, name)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("outbox table %s.%s has no column %q (set the column flags to match the table): %w",
+				d.schema, d.table, missing, ErrConfig)
+		}
+	}
+	d.relations[r.id] = rel
+	return nil
+}
+
+func (d *decoder) decodeInsert(body []byte) (change, error) {
+	if err := decodeInsert(body, &d.insert); err != nil {
+		return change{}, err
+	}
+	rel, ok := d.relations[d.insert.relationID]
+	if !ok {
+		return change{}, fmt.Errorf("decode insert: relation %d was never described", d.insert.relationID)
+	}
+	if !rel.outbox {
+		return change{}, nil
+	}
+	if len(d.insert.values) != rel.width {
+		return change{}, fmt.Errorf("decode insert: %d columns, relation has %d", len(d.insert.values), rel.width)
+	}
+	ev, defect := d.event(rel)
+	ev.Defect = defect
+	return change{kind: changeEvent, event: ev}, nil
+}
+
+// event copies the row's values out of the message buffer, which the
+// replication connection reuses. A NULL in a required column or a value sent
+// in binary is a defect of the row, not of the stream: the event still goes
+// on, and the poison policy decides its fate.
+func (d *decoder) event(rel relation) (Event, string) {
+	var (
+		ev     Event
+		defect string
+		text   [numColumns][]byte
+	)
+	names := d.columns.names()
+	for slot := range numColumns {
+		i := rel.index[slot]
+		if i < 0 {
+			continue
+		}
+		v := d.insert.values[i]
+		switch v.kind {
+		case 't':
+			text[slot] = v.value
+		case 'n':
+			if required(slot) && defect == "" {
+				defect = fmt.Sprintf("column %q is NULL", names[slot])
+			}
+		default:
+			if defect == "" {
+				defect = fmt.Sprintf("column %q has no text value (kind %q)", names[slot], v.kind)
+			}
+		}
+	}
+	ev.ID = string(text[colID])
+	ev.AggregateType = string(text[colAggregateType])
+	ev.AggregateID = string(text[colAggregateID])
+	ev.EventType = string(text[colEventType])
+	ev.Payload = cloneBytes(text[colPayload])
+	ev.Headers = cloneBytes(text[colHeaders])
+	ev.CreatedAt = string(text[colCreatedAt])
+	return ev, defect
+}
+
+// cloneBytes copies b, keeping nil as nil (a NULL stays distinguishable from
+// an empty value).
+func cloneBytes(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append(make([]byte, 0, len(b)), b...)
+}

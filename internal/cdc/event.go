@@ -1,0 +1,58 @@
+package cdc
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// Position identifies an event in commit order: the commit LSN of its
+// transaction and its index among the transaction's outbox rows. Unlike a
+// row's own WAL position it is unique (rows of one multi-row INSERT can share
+// an LSN) and it orders events exactly as they must appear on the stream.
+type Position struct {
+	CommitLSN pglogrepl.LSN
+	Index     uint32
+}
+
+// Less reports whether p comes before q in commit order.
+func (p Position) Less(q Position) bool {
+	if p.CommitLSN != q.CommitLSN {
+		return p.CommitLSN < q.CommitLSN
+	}
+	return p.Index < q.Index
+}
+
+// IsZero reports whether p is the zero Position, which precedes every event.
+func (p Position) IsZero() bool { return p == Position{} }
+
+// String renders p as "16/B374D848#3".
+func (p Position) String() string { return fmt.Sprintf("%s#%d", p.CommitLSN, p.Index) }
+
+// Event is one committed outbox row. Its byte slices are owned by the event
+// and never reused by the reader.
+type Event struct {
+	ID            string
+	AggregateType string
+	AggregateID   string
+	EventType     string
+	// Payload is the payload column exactly as PostgreSQL renders it as text.
+	Payload []byte
+	// Headers is the headers column as text (a JSON object), nil when NULL.
+	Headers []byte
+	// CreatedAt is the created_at column as PostgreSQL renders it; empty when
+	// the column is not configured.
+	CreatedAt string
+	// Defect says why the row can never become a valid message (a NULL in a
+	// required column, say); empty for a good row.
+	Defect string
+
+	CommitTime time.Time
+	XID        uint32
+	// LSN is the WAL position of the row's change.
+	LSN      pglogrepl.LSN
+	Position Position
+
+	txn *txnEntry
+}

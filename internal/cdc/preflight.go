@@ -1,0 +1,337 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+)
+
+// ErrSlot marks a replication slot that cannot be used safely: missing when
+// it may not be created, lost, or of the wrong kind. Resuming would skip
+// events, so the relay stops instead of retrying.
+var ErrSlot = errors.New("replication slot unusable")
+
+// SlotState is what preflight learned about the slot.
+type SlotState struct {
+	// Created is true when preflight created the slot just now.
+	Created bool
+	// ConfirmedFlush is the slot's confirmed_flush_lsn.
+	ConfirmedFlush pglogrepl.LSN
+	// SystemID is the cluster's system identifier, which with the slot name
+	// identifies where the positions in messages come from.
+	SystemID string
+	// Database is the database the slot decodes.
+	Database string
+}
+
+// Preflight checks that PostgreSQL can feed the relay and explains every
+// problem it finds, naming the setting and the fix: wal_level, the role's
+// REPLICATION attribute, the outbox table and its columns, the publication and
+// the slot. It creates the publication, then the slot, when they are missing
+// and the configuration allows it; the publication must exist first, or the
+// slot's first changes can be decoded without it.
+func Preflight(ctx context.Context, cfg Config, log *zap.Logger) (SlotState, error) {
+	conn, err := connect(ctx, cfg, false)
+	if err != nil {
+		return SlotState{}, err
+	}
+	defer closeConn(conn, cfg.ConnectTimeout)
+
+	q := querier{conn: conn, timeout: cfg.QueryTimeout}
+	if err := checkServer(ctx, q, cfg); err != nil {
+		return SlotState{}, err
+	}
+	if err := ensurePublication(ctx, q, cfg, log); err != nil {
+		return SlotState{}, err
+	}
+	state, err := ensureSlot(ctx, q, cfg, log)
+	if err != nil {
+		return SlotState{}, err
+	}
+	sys, err := identify(ctx, cfg)
+	if err != nil {
+		return SlotState{}, err
+	}
+	state.SystemID = sys.SystemID
+	return state, nil
+}
+
+// checkServer gathers every server, role and table problem before reporting,
+// so a user fixes them in one round.
+func checkServer(ctx context.Context, q querier, cfg Config) error {
+	var walLevel string
+	var replication bool
+	err := q.row(ctx, `SELECT current_setting('wal_level'), r.rolreplication OR r.rolsuper
+		FROM pg_roles r WHERE r.rolname = current_user`).Scan(&walLevel, &replication)
+	if err != nil {
+		return fmt.Errorf("read server settings: %w", err)
+	}
+	var errs []error
+	if walLevel != "logical" {
+		errs = append(errs, fmt.Errorf("server: wal_level is %q; set wal_level = logical in postgresql.conf and restart PostgreSQL", walLevel))
+	}
+	if !replication {
+		errs = append(errs, errors.New("postgres-url: the role lacks the REPLICATION attribute; run ALTER ROLE <role> REPLICATION"))
+	}
+	errs = append(errs, checkTable(ctx, q, cfg))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return nil
+}
+
+func checkTable(ctx context.Context, q querier, cfg Config) error {
+	qualified := pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
+	var exists, canSelect bool
+	err := q.row(ctx, `SELECT to_regclass($1) IS NOT NULL,
+		COALESCE(has_table_privilege(to_regclass($1), 'SELECT'), false)`, qualified).Scan(&exists, &canSelect)
+	if err != nil {
+		return fmt.Errorf("look up table %s: %w", qualified, err)
+	}
+	if !exists {
+		return fmt.Errorf("table: %s does not exist; create it (see sql/outbox.sql) or set --table", qualified)
+	}
+	if !canSelect {
+		return fmt.Errorf("table: the role may not read %s; run GRANT SELECT ON %s TO <role>", qualified, qualified)
+	}
+	rows, err := q.query(ctx, `SELECT a.attname FROM pg_attribute a
+		WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`, qualified)
+	if err != nil {
+		return fmt.Errorf("read columns of %s: %w", qualified, err)
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read columns of %s: %w", qualified, err)
+	}
+	var missing []string
+	for _, name := range cfg.Columns.names() {
+		if name != "" && !contains(have, name) {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("table: %s has no column %s; set the --column-* flags to the table's column names",
+			qualified, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func ensurePublication(ctx context.Context, q querier, cfg Config, log *zap.Logger) error {
+	var exists, insert bool
+	var includesTable bool
+	err := q.row(ctx, `SELECT true, p.pubinsert,
+		EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3)
+		FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication, cfg.Schema, cfg.Table).Scan(&exists, &insert, &includesTable)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
+	}
+	qualified := pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
+	if !exists {
+		if !cfg.CreatePublication {
+			return fmt.Errorf("publication: %q does not exist; create it with CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert'), or allow --create-publication: %w",
+				cfg.Publication, pgx.Identifier{cfg.Publication}.Sanitize(), qualified, ErrConfig)
+		}
+		stmt := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pgx.Identifier{cfg.Publication}.Sanitize(), qualified)
+		if err := q.exec(ctx, stmt); err != nil {
+			return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
+		}
+		log.Info("publication created", zap.String("publication", cfg.Publication), zap.String("table", qualified))
+		return nil
+	}
+	if !insert || !includesTable {
+		return fmt.Errorf("publication: %q must publish inserts of %s; run ALTER PUBLICATION %s ADD TABLE %s and SET (publish = 'insert'): %w",
+			cfg.Publication, qualified, pgx.Identifier{cfg.Publication}.Sanitize(), qualified, ErrConfig)
+	}
+	return nil
+}
+
+// slotRow is one row of pg_replication_slots.
+type slotRow struct {
+	plugin         string
+	slotType       string
+	database       string
+	confirmedFlush pglogrepl.LSN
+	walStatus      string
+}
+
+func readSlot(ctx context.Context, q querier, slot string) (slotRow, bool, error) {
+	var r slotRow
+	var confirmed, plugin, database, walStatus *string
+	err := q.row(ctx, `SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &r.slotType, &database, &confirmed, &walStatus)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, false, nil
+	}
+	if err != nil {
+		return r, false, fmt.Errorf("read slot %q: %w", slot, err)
+	}
+	r.plugin, r.database, r.walStatus = deref(plugin), deref(database), deref(walStatus)
+	if confirmed != nil {
+		if r.confirmedFlush, err = pglogrepl.ParseLSN(*confirmed); err != nil {
+			return r, false, fmt.Errorf("read slot %q: %w", slot, err)
+		}
+	}
+	return r, true, nil
+}
+
+func ensureSlot(ctx context.Context, q querier, cfg Config, log *zap.Logger) (SlotState, error) {
+	var database string
+	if err := q.row(ctx, `SELECT current_database()`).Scan(&database); err != nil {
+		return SlotState{}, fmt.Errorf("read current database: %w", err)
+	}
+	row, exists, err := readSlot(ctx, q, cfg.Slot)
+	if err != nil {
+		return SlotState{}, err
+	}
+	if !exists {
+		if !cfg.CreateSlot {
+			return SlotState{}, fmt.Errorf("slot: %q does not exist and --create-slot is off; creating it would start from now and skip any event written since the old one: %w", cfg.Slot, ErrSlot)
+		}
+		var lsn string
+		if err := q.row(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, cfg.Slot).Scan(&lsn); err != nil {
+			return SlotState{}, fmt.Errorf("create slot %q: %w", cfg.Slot, err)
+		}
+		log.Info("replication slot created", zap.String("slot", cfg.Slot), zap.String("lsn", lsn))
+		if row, exists, err = readSlot(ctx, q, cfg.Slot); err != nil || !exists {
+			return SlotState{}, fmt.Errorf("read slot %q after creating it: %w", cfg.Slot, errors.Join(err, ErrSlot))
+		}
+		return SlotState{Created: true, ConfirmedFlush: row.confirmedFlush, Database: database}, nil
+	}
+	if err := row.usable(cfg.Slot, database); err != nil {
+		return SlotState{}, err
+	}
+	return SlotState{ConfirmedFlush: row.confirmedFlush, Database: database}, nil
+}
+
+// usable explains why an existing slot cannot be used.
+func (r slotRow) usable(slot, database string) error {
+	switch {
+	case r.slotType != "logical" || r.plugin != "pgoutput":
+		return fmt.Errorf("slot: %q is a %s slot with plugin %q, want a logical pgoutput slot: %w", slot, r.slotType, r.plugin, ErrSlot)
+	case r.database != database:
+		return fmt.Errorf("slot: %q decodes database %q, not %q: %w", slot, r.database, database, ErrSlot)
+	case r.walStatus == "lost":
+		return fmt.Errorf("slot: %q is lost (wal_status = lost): PostgreSQL removed WAL it still needed, so events may be missing; see the recovery section of the README: %w", slot, ErrSlot)
+	}
+	return nil
+}
+
+// identify runs IDENTIFY_SYSTEM on a replication connection. It also proves
+// that pg_hba.conf admits replication connections for the role.
+func identify(ctx context.Context, cfg Config) (pglogrepl.IdentifySystemResult, error) {
+	conn, err := connect(ctx, cfg, true)
+	if err != nil {
+		return pglogrepl.IdentifySystemResult{}, err
+	}
+	defer closeConn(conn, cfg.ConnectTimeout)
+	qctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
+	defer cancel()
+	sys, err := pglogrepl.IdentifySystem(qctx, conn.PgConn())
+	if err != nil {
+		return sys, fmt.Errorf("identify system: %w", err)
+	}
+	return sys, nil
+}
+
+// connect opens a normal or (replication) a logical replication connection.
+func connect(ctx context.Context, cfg Config, replication bool) (*pgx.Conn, error) {
+	connCfg, err := pgx.ParseConfig(cfg.PostgresURL)
+	if err != nil {
+		// pgx's parse errors can quote the URL, password included.
+		return nil, fmt.Errorf("postgres-url: cannot be parsed: %w", ErrConfig)
+	}
+	connCfg.ConnectTimeout = cfg.ConnectTimeout
+	if replication {
+		connCfg.RuntimeParams["replication"] = "database"
+		// The replication protocol speaks simple queries only.
+		connCfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	}
+	if connCfg.RuntimeParams["application_name"] == "" {
+		connCfg.RuntimeParams["application_name"] = "outbox-relay"
+	}
+	cctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, connCfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	return conn, nil
+}
+
+func closeConn(conn *pgx.Conn, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_ = conn.Close(ctx) // the session is over either way
+}
+
+// querier runs queries with a per-query timeout.
+type querier struct {
+	conn    *pgx.Conn
+	timeout time.Duration
+}
+
+type timedRow struct {
+	row    pgx.Row
+	cancel context.CancelFunc
+}
+
+func (r timedRow) Scan(dest ...any) error {
+	defer r.cancel()
+	return r.row.Scan(dest...)
+}
+
+func (q querier) row(ctx context.Context, sql string, args ...any) timedRow {
+	qctx, cancel := context.WithTimeout(ctx, q.timeout)
+	return timedRow{row: q.conn.QueryRow(qctx, sql, args...), cancel: cancel}
+}
+
+func (q querier) query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	// The rows are read right away by the caller; the timeout covers both.
+	qctx, cancel := context.WithTimeout(ctx, q.timeout)
+	rows, err := q.conn.Query(qctx, sql, args...)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return &cancelRows{Rows: rows, cancel: cancel}, nil
+}
+
+func (q querier) exec(ctx context.Context, sql string, args ...any) error {
+	qctx, cancel := context.WithTimeout(ctx, q.timeout)
+	defer cancel()
+	_, err := q.conn.Exec(qctx, sql, args...)
+	return err
+}
+
+// cancelRows releases the query's timeout when the rows are closed.
+type cancelRows struct {
+	pgx.Rows
+	cancel context.CancelFunc
+}
+
+func (r *cancelRows) Close() {
+	r.Rows.Close()
+	r.cancel()
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -1,0 +1,391 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/outbox-relay/outbox-relay/internal/backoff"
+	"github.com/outbox-relay/outbox-relay/internal/metrics"
+)
+
+// stableSession is how long a replication session must stream before a
+// later failure starts the backoff from its minimum again.
+const stableSession = 30 * time.Second
+
+// Reader streams committed outbox rows from the replication slot, in commit
+// order, and reports to PostgreSQL only positions the Tracker confirms. It
+// reconnects with backoff after any failure that a retry can fix.
+type Reader struct {
+	cfg     Config
+	log     *zap.Logger
+	m       *metrics.Metrics
+	tracker *Tracker
+	events  chan Event
+
+	// Transaction state that survives reconnects: after a reconnect
+	// PostgreSQL sends again every transaction that committed after the
+	// confirmed position, and these say which of them, and which of their
+	// rows, were already handed on.
+	open          *openTxn
+	lastCommitLSN pglogrepl.LSN
+}
+
+// openTxn is a transaction whose Begin has been read and whose Commit has not.
+type openTxn struct {
+	entry      *txnEntry
+	commitLSN  pglogrepl.LSN
+	commitTime time.Time
+	xid        uint32
+	next       uint32 // index of the next row in this session's copy
+	forwarded  uint32 // rows handed on so far, over all sessions
+}
+
+// NewReader builds a Reader. Run it once.
+func NewReader(cfg Config, log *zap.Logger, m *metrics.Metrics) *Reader {
+	r := &Reader{
+		cfg:     cfg,
+		log:     log,
+		m:       m,
+		tracker: NewTracker(0),
+		events:  make(chan Event, cfg.EventBuffer),
+	}
+	m.SetOldestPendingAge(func() float64 {
+		oldest, ok := r.tracker.OldestPending()
+		if !ok {
+			return 0
+		}
+		return max(0, time.Since(oldest).Seconds())
+	})
+	return r
+}
+
+// Events delivers committed outbox rows in commit order, rows of a
+// transaction in insertion order. After a reconnect no row is delivered twice.
+// It is closed when Run returns.
+func (r *Reader) Events() <-chan Event { return r.events }
+
+// Ack records that JetStream stored ev. It is safe for concurrent use, and
+// events may be acknowledged in any order; each event exactly once.
+func (r *Reader) Ack(ev Event) { r.tracker.Ack(ev.txn) }
+
+// Tracker exposes the position tracker, for health checks and status.
+func (r *Reader) Tracker() *Tracker { return r.tracker }
+
+// Run reads the slot until ctx is done, reconnecting after failures. It
+// returns nil when ctx is done and an error only for a failure that retrying
+// cannot fix: a configuration mismatch (ErrConfig) or an unusable slot
+// (ErrSlot). It is the only user of the replication connection.
+func (r *Reader) Run(ctx context.Context) error {
+	defer close(r.events)
+	bo := backoff.Backoff{Min: r.cfg.ReconnectMin, Max: r.cfg.ReconnectMax}
+	for {
+		started := time.Now()
+		err := r.session(ctx)
+		r.m.CDCConnected.Set(0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrConfig) || errors.Is(err, ErrSlot) {
+			if errors.Is(err, ErrSlot) {
+				r.m.CDCSlotProblems.Inc()
+			}
+			return err
+		}
+		if time.Since(started) > stableSession {
+			bo.Reset()
+		}
+		delay := bo.Next()
+		r.m.CDCReconnects.Inc()
+		r.log.Warn("replication session ended, reconnecting",
+			zap.String("slot", r.cfg.Slot), zap.Int("attempt", bo.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+		if !backoff.Sleep(ctx, delay) {
+			return nil
+		}
+	}
+}
+
+// session is one replication connection, from connect to failure or shutdown.
+type session struct {
+	r          *Reader
+	conn       *pgconn.PgConn
+	decoder    *decoder
+	nextStatus time.Time
+	skipping   bool // inside a transaction already handed on in full
+	walEnd     pglogrepl.LSN
+}
+
+func (r *Reader) session(ctx context.Context) error {
+	conn, err := connect(ctx, r.cfg, true)
+	if err != nil {
+		return err
+	}
+	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns)}
+	defer s.close()
+
+	q := querier{conn: conn, timeout: r.cfg.QueryTimeout}
+	var database string
+	if err := q.row(ctx, `SELECT current_database()`).Scan(&database); err != nil {
+		return fmt.Errorf("read current database: %w", err)
+	}
+	slot, exists, err := readSlot(ctx, q, r.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		r.m.SetSlotWALStatus("missing")
+		return fmt.Errorf("slot: %q does not exist (dropped while the relay ran?); recreating it would skip events, see the recovery section of the README: %w", r.cfg.Slot, ErrSlot)
+	}
+	if err := slot.usable(r.cfg.Slot, database); err != nil {
+		r.m.SetSlotWALStatus(slot.walStatus)
+		return err
+	}
+	// The slot's confirmed position is where PostgreSQL resumes; the
+	// tracker only ever moves forward from it.
+	r.tracker.resume(slot.confirmedFlush)
+
+	startCtx, cancel := context.WithTimeout(ctx, r.cfg.QueryTimeout)
+	defer cancel()
+	// Start at 0: the server then resumes from the slot's
+	// confirmed_flush_lsn, never from a position only this process knew.
+	err = pglogrepl.StartReplication(startCtx, s.conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
+		// Protocol 1 sends a transaction only after it commits, so no row
+		// of a transaction that may still abort ever reaches the relay.
+		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", r.cfg.Publication)},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication on slot %q: %w", r.cfg.Slot, err)
+	}
+	r.m.CDCConnected.Set(1)
+	r.log.Info("replication started", zap.String("slot", r.cfg.Slot), zap.String("publication", r.cfg.Publication),
+		zap.Stringer("confirmed_lsn", slot.confirmedFlush))
+	return s.stream(ctx)
+}
+
+func (s *session) stream(ctx context.Context) error {
+	s.nextStatus = time.Now().Add(s.r.cfg.StatusInterval)
+	// One deadline context per status period rather than one per message:
+	// creating a context and timer for every row costs throughput.
+	rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
+	defer func() { cancel() }()
+	for {
+		if !time.Now().Before(s.nextStatus) {
+			if err := s.sendStatus(); err != nil {
+				return err
+			}
+			cancel()
+			rctx, cancel = context.WithDeadline(ctx, s.nextStatus)
+		}
+		msg, err := s.conn.ReceiveMessage(rctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive replication message: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("replication stream: server ended the stream")
+		}
+	}
+}
+
+func (s *session) handleCopyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return errors.New("replication stream: empty CopyData")
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("replication stream: %w", err)
+		}
+		s.observeWALEnd(ka.ServerWALEnd)
+		// Only with no transaction open in the stream and nothing read
+		// still unacknowledged does the WAL end hide no unsent event.
+		if s.r.open == nil && !s.skipping {
+			s.r.tracker.Idle(ka.ServerWALEnd)
+		}
+		if ka.ReplyRequested {
+			return s.sendStatus()
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("replication stream: %w", err)
+		}
+		s.observeWALEnd(xld.ServerWALEnd)
+		ch, err := s.decoder.decode(xld.WALData)
+		if err != nil {
+			return fmt.Errorf("replication stream at %s: %w", xld.WALStart, err)
+		}
+		return s.apply(ctx, ch, xld.WALStart)
+	default:
+		return nil
+	}
+}
+
+func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error {
+	r := s.r
+	switch ch.kind {
+	case changeBegin:
+		b := ch.begin
+		if b.finalLSN <= r.lastCommitLSN {
+			// Sent again after a reconnect, but handed on in full already.
+			s.skipping = true
+			return nil
+		}
+		s.skipping = false
+		if r.open != nil {
+			if r.open.commitLSN != b.finalLSN {
+				return fmt.Errorf("replication stream: transaction %d committing at %s began while %d committing at %s was still open",
+					b.xid, b.finalLSN, r.open.xid, r.open.commitLSN)
+			}
+			// The transaction cut short by the reconnect, from its start.
+			r.open.next = 0
+			return nil
+		}
+		r.open = &openTxn{entry: r.tracker.Begin(b.commitTime), commitLSN: b.finalLSN, commitTime: b.commitTime, xid: b.xid}
+		return nil
+	case changeEvent:
+		if s.skipping {
+			return nil
+		}
+		txn := r.open
+		if txn == nil {
+			return fmt.Errorf("replication stream: insert at %s outside a transaction", lsn)
+		}
+		index := txn.next
+		txn.next++
+		if index < txn.forwarded {
+			return nil
+		}
+		ev := ch.event
+		ev.Position = Position{CommitLSN: txn.commitLSN, Index: index}
+		ev.CommitTime = txn.commitTime
+		ev.XID = txn.xid
+		ev.LSN = lsn
+		ev.txn = txn.entry
+		r.tracker.Track(txn.entry)
+		txn.forwarded++
+		r.m.CDCEvents.Inc()
+		return s.emit(ctx, ev)
+	case changeCommit:
+		if s.skipping {
+			s.skipping = false
+			return nil
+		}
+		txn := r.open
+		if txn == nil {
+			return fmt.Errorf("replication stream: commit at %s outside a transaction", lsn)
+		}
+		r.tracker.Commit(txn.entry, ch.commit.endLSN)
+		r.lastCommitLSN = txn.commitLSN
+		r.open = nil
+		if txn.forwarded > 0 {
+			r.m.CDCTransactions.Inc()
+			r.m.CDCLastCommitTimestamp.Set(float64(txn.commitTime.UnixNano()) / 1e9)
+		}
+		return nil
+	}
+	return nil
+}
+
+// emit hands ev on. While the publisher is slow it keeps reporting status, so
+// a stalled NATS cannot make the server end the session on
+// wal_sender_timeout.
+func (s *session) emit(ctx context.Context, ev Event) error {
+	select {
+	case s.r.events <- ev:
+		return nil
+	default:
+	}
+	for {
+		timer := time.NewTimer(time.Until(s.nextStatus))
+		select {
+		case s.r.events <- ev:
+			timer.Stop()
+			return nil
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+			if err := s.sendStatus(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// sendStatus reports the confirmed position as written, flushed and applied.
+// All three are set: pglogrepl fills a zero flush or apply position with the
+// write position, which would move the slot further than meant.
+func (s *session) sendStatus() error {
+	s.nextStatus = time.Now().Add(s.r.cfg.StatusInterval)
+	confirmed := s.r.tracker.Confirmed()
+	if confirmed == 0 {
+		return nil
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: confirmed,
+		WALFlushPosition: confirmed,
+		WALApplyPosition: confirmed,
+		ClientTime:       time.Now(),
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	s.r.m.CDCConfirmedLSN.Set(float64(confirmed))
+	s.r.m.CDCLastSlotAdvance.Set(float64(s.r.tracker.LastAdvance().UnixNano()) / 1e9)
+	s.updateLag(confirmed)
+	return nil
+}
+
+func (s *session) observeWALEnd(walEnd pglogrepl.LSN) {
+	if walEnd <= s.walEnd {
+		return
+	}
+	s.walEnd = walEnd
+	s.r.m.CDCServerWALEnd.Set(float64(walEnd))
+	s.updateLag(s.r.tracker.Confirmed())
+}
+
+func (s *session) updateLag(confirmed pglogrepl.LSN) {
+	if s.walEnd > confirmed {
+		s.r.m.CDCLagBytes.Set(float64(s.walEnd - confirmed))
+	} else {
+		s.r.m.CDCLagBytes.Set(0)
+	}
+}
+
+// close sends a last status update, so a restart replays as little as
+// possible, and closes the connection. Correctness never depends on it.
+func (s *session) close() {
+	timeout := s.r.cfg.ConnectTimeout
+	if nc := s.conn.Conn(); nc != nil {
+		// A write to a dead peer must not hold up shutdown.
+		_ = nc.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	if err := s.sendStatus(); err == nil {
+		s.r.log.Info("final status sent", zap.String("slot", s.r.cfg.Slot), zap.Stringer("confirmed_lsn", s.r.tracker.Confirmed()))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_ = s.conn.Close(ctx) // the session is over either way
+}

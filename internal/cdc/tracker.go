@@ -1,0 +1,158 @@
+package cdc
+
+import (
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// Tracker decides which WAL position may be confirmed to PostgreSQL: the end
+// of the last transaction whose every event JetStream has acknowledged, and
+// nothing beyond it. Transactions are tracked in commit order; acks may arrive
+// in any order. It is safe for concurrent use.
+type Tracker struct {
+	mu        sync.Mutex
+	queue     []*txnEntry // open or unacknowledged transactions, commit order
+	confirmed pglogrepl.LSN
+	advanced  time.Time
+}
+
+// txnEntry is one transaction in flight: pending counts its events read but
+// not acknowledged, and endLSN is known once its commit has been read.
+type txnEntry struct {
+	commitTime time.Time
+	endLSN     pglogrepl.LSN
+	pending    int
+	committed  bool
+}
+
+// NewTracker starts with start confirmed: the slot's confirmed_flush_lsn.
+func NewTracker(start pglogrepl.LSN) *Tracker {
+	return &Tracker{confirmed: start, advanced: time.Now()}
+}
+
+// Begin opens a transaction; events of it are added with Track and it is
+// closed with Commit.
+func (t *Tracker) Begin(commitTime time.Time) *txnEntry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := &txnEntry{commitTime: commitTime}
+	t.queue = append(t.queue, e)
+	return e
+}
+
+// Track marks one more event of txn as pending.
+func (t *Tracker) Track(txn *txnEntry) {
+	t.mu.Lock()
+	txn.pending++
+	t.mu.Unlock()
+}
+
+// Commit records that txn ends at endLSN; once all its events (and those of
+// every earlier transaction) are acknowledged, endLSN becomes confirmed.
+func (t *Tracker) Commit(txn *txnEntry, endLSN pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	txn.endLSN = endLSN
+	txn.committed = true
+	t.advanceLocked()
+}
+
+// Ack marks one event of txn as stored by JetStream. Calls may come in any
+// order and from any goroutine.
+func (t *Tracker) Ack(txn *txnEntry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if txn.pending <= 0 {
+		// An ack for an event that is not pending would let the slot move
+		// past events not yet stored; refusing it keeps the bug visible in
+		// tests rather than losing events in production.
+		panic("cdc: Ack of an event that is not pending")
+	}
+	txn.pending--
+	t.advanceLocked()
+}
+
+// Idle confirms walEnd, the server's WAL end from a keepalive, when nothing is
+// open or pending: then no committed outbox event can lie before walEnd
+// unread, and confirming it stops an idle outbox from pinning WAL. It reports
+// whether it did.
+func (t *Tracker) Idle(walEnd pglogrepl.LSN) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.queue) > 0 {
+		return false
+	}
+	t.setConfirmedLocked(walEnd)
+	return true
+}
+
+// Confirmed returns the position that may be reported to PostgreSQL as
+// written, flushed and applied.
+func (t *Tracker) Confirmed() pglogrepl.LSN {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.confirmed
+}
+
+// LastAdvance returns when the confirmed position last moved forward.
+func (t *Tracker) LastAdvance() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.advanced
+}
+
+// OldestPending returns the commit time of the oldest transaction with an
+// event not yet acknowledged, and false when nothing is pending.
+func (t *Tracker) OldestPending() (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range t.queue {
+		if e.pending > 0 {
+			return e.commitTime, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// Pending returns how many transactions are open or not fully acknowledged.
+func (t *Tracker) Pending() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.queue)
+}
+
+func (t *Tracker) advanceLocked() {
+	n := 0
+	for n < len(t.queue) && t.queue[n].committed && t.queue[n].pending == 0 {
+		t.setConfirmedLocked(t.queue[n].endLSN)
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	for i := range n {
+		t.queue[i] = nil
+	}
+	// Reslicing is O(1); append reallocates once the front is used up, so
+	// memory stays proportional to what is in flight.
+	t.queue = t.queue[n:]
+}
+
+func (t *Tracker) setConfirmedLocked(lsn pglogrepl.LSN) {
+	if lsn > t.confirmed {
+		t.confirmed = lsn
+		t.advanced = time.Now()
+	}
+}
+
+// resume moves the confirmed position up to lsn, the slot's
+// confirmed_flush_lsn read at the start of a session.
+func (t *Tracker) resume(lsn pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if lsn > t.confirmed {
+		t.confirmed = lsn
+	}
+}

@@ -1,0 +1,198 @@
+// Package metrics defines every metric the relay exports, on a registry of its
+// own, and serves them over HTTP.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const namespace = "outbox_relay"
+
+// PublishErrorKinds is the fixed label set of
+// outbox_relay_sink_publish_errors_total{kind}.
+var PublishErrorKinds = []string{"timeout", "no_responders", "wrong_sequence", "too_large", "connection", "server", "other"}
+
+// PoisonReasons is the fixed label set of outbox_relay_pump_poison_events_total{reason}.
+var PoisonReasons = []string{"invalid_subject", "too_large", "no_stream", "bad_row", "rejected"}
+
+// SlotWALStatuses is the fixed label set of outbox_relay_cdc_slot_wal_status{status}:
+// the values of pg_replication_slots.wal_status, plus "missing" when the slot
+// does not exist.
+var SlotWALStatuses = []string{"reserved", "extended", "unreserved", "lost", "missing"}
+
+// latencyBuckets covers sub-millisecond publishes up to minutes-long outages.
+var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+
+// Metrics holds every metric of the relay. Build it with New; the zero value
+// is not usable.
+type Metrics struct {
+	registry *prometheus.Registry
+
+	// cdc: reading the replication slot.
+	CDCEvents              prometheus.Counter
+	CDCTransactions        prometheus.Counter
+	CDCReconnects          prometheus.Counter
+	CDCConnected           prometheus.Gauge
+	CDCLagBytes            prometheus.Gauge
+	CDCConfirmedLSN        prometheus.Gauge
+	CDCServerWALEnd        prometheus.Gauge
+	CDCLastCommitTimestamp prometheus.Gauge
+	CDCLastSlotAdvance     prometheus.Gauge
+	CDCSlotRetainedWAL     prometheus.Gauge
+	CDCSlotSafeWALSize     prometheus.Gauge
+	CDCSlotWALStatus       *prometheus.GaugeVec
+	CDCSlotProblems        prometheus.Counter
+
+	// sink: JetStream publishing.
+	SinkPublished       prometheus.Counter
+	SinkDuplicates      prometheus.Counter
+	SinkPublishErrors   *prometheus.CounterVec
+	SinkPublishDuration prometheus.Histogram
+	SinkPublishedBytes  prometheus.Counter
+	SinkInflight        prometheus.Gauge
+	SinkConnected       prometheus.Gauge
+
+	// pump: ordering, retries, poison handling.
+	PumpRetries       prometheus.Counter
+	PumpResyncs       prometheus.Counter
+	PumpSkipped       prometheus.Counter
+	PumpPoisonEvents  *prometheus.CounterVec
+	PumpDeadLettered  prometheus.Counter
+	PumpCommitToAck   prometheus.Histogram
+	PumpLastProgress  prometheus.Gauge
+	Leader            prometheus.Gauge
+	oldestPendingFunc func() float64
+}
+
+// New registers every metric, plus the Go, process and build-info collectors,
+// on a fresh registry. version and commit label outbox_relay_build_info.
+func New(version, commit string) *Metrics {
+	reg := prometheus.NewRegistry()
+	f := factory{reg: reg}
+	m := &Metrics{
+		registry: reg,
+
+		CDCEvents:              f.counter("cdc", "events_total", "Outbox rows read from committed transactions (replays after a reconnect included)."),
+		CDCTransactions:        f.counter("cdc", "transactions_total", "Committed transactions read that touched the outbox table."),
+		CDCReconnects:          f.counter("cdc", "reconnects_total", "Replication sessions that ended with an error and were started again."),
+		CDCConnected:           f.gauge("cdc", "connected", "1 while the replication connection to PostgreSQL is streaming, else 0."),
+		CDCLagBytes:            f.gauge("cdc", "lag_bytes", "Server WAL end minus the confirmed position: WAL written that the relay has not confirmed."),
+		CDCConfirmedLSN:        f.gauge("cdc", "confirmed_lsn_bytes", "Position confirmed to PostgreSQL (flush LSN) as a number."),
+		CDCServerWALEnd:        f.gauge("cdc", "server_wal_end_bytes", "Server WAL end reported by the last keepalive or data message, as a number."),
+		CDCLastCommitTimestamp: f.gauge("cdc", "last_commit_timestamp_seconds", "Commit time of the last outbox transaction read, in Unix seconds."),
+		CDCLastSlotAdvance:     f.gauge("cdc", "last_slot_advance_timestamp_seconds", "When the confirmed position last moved forward, in Unix seconds."),
+		CDCSlotRetainedWAL:     f.gauge("cdc", "slot_retained_wal_bytes", "WAL the slot makes PostgreSQL keep: pg_current_wal_lsn() - restart_lsn, polled."),
+		CDCSlotSafeWALSize:     f.gauge("cdc", "slot_safe_wal_size_bytes", "pg_replication_slots.safe_wal_size: WAL that can still be written before the slot is lost (-1 when unlimited), polled."),
+		CDCSlotWALStatus: f.gaugeVec("cdc", "slot_wal_status", "1 for the slot's current pg_replication_slots.wal_status (\"missing\" when the slot does not exist), 0 for the others.",
+			"status"),
+		CDCSlotProblems: f.counter("cdc", "slot_problems_total", "Times the slot was found missing, lost or inconsistent with the stream; the relay stops on each."),
+
+		SinkPublished:       f.counter("sink", "published_total", "Messages JetStream acknowledged as stored (duplicates excluded)."),
+		SinkDuplicates:      f.counter("sink", "duplicates_total", "Publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id."),
+		SinkPublishErrors:   f.counterVec("sink", "publish_errors_total", "Failed publishes by kind.", "kind"),
+		SinkPublishDuration: f.histogram("sink", "publish_duration_seconds", "Time from handing a message to the client to its PubAck."),
+		SinkPublishedBytes:  f.counter("sink", "published_bytes_total", "Payload bytes of messages JetStream acknowledged."),
+		SinkInflight:        f.gauge("sink", "inflight_messages", "Publishes sent and not yet acknowledged."),
+		SinkConnected:       f.gauge("sink", "connected", "1 while the NATS connection is up, else 0."),
+
+		PumpRetries:      f.counter("pump", "retries_total", "Times the pump backed off and published again after a transient failure."),
+		PumpResyncs:      f.counter("pump", "resyncs_total", "Times the pump re-read the stream's last stored position before publishing again."),
+		PumpSkipped:      f.counter("pump", "skipped_total", "Replayed events skipped because the stream already holds them."),
+		PumpPoisonEvents: f.counterVec("pump", "poison_events_total", "Events JetStream can never accept, by reason.", "reason"),
+		PumpDeadLettered: f.counter("pump", "dead_lettered_total", "Poison events published to the dead-letter subject."),
+		PumpCommitToAck:  f.histogram("pump", "commit_to_ack_seconds", "Time from the transaction's commit in PostgreSQL to the event's PubAck."),
+		PumpLastProgress: f.gauge("pump", "last_progress_timestamp_seconds", "When the pump last had an event acknowledged, in Unix seconds."),
+		Leader:           f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
+	}
+	for _, k := range PublishErrorKinds {
+		m.SinkPublishErrors.WithLabelValues(k)
+	}
+	for _, r := range PoisonReasons {
+		m.PumpPoisonEvents.WithLabelValues(r)
+	}
+	for _, s := range SlotWALStatuses {
+		m.CDCSlotWALStatus.WithLabelValues(s)
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "cdc", Name: "oldest_pending_age_seconds",
+		Help: "Age of the oldest event read but not yet acknowledged by JetStream (since its commit); 0 when nothing is pending.",
+	}, func() float64 {
+		if m.oldestPendingFunc == nil {
+			return 0
+		}
+		return m.oldestPendingFunc()
+	}))
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Always 1; labels carry the relay's version, commit and Go version.",
+		ConstLabels: prometheus.Labels{"version": version, "commit": commit, "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(buildInfo,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// SetOldestPendingAge installs the function that computes
+// outbox_relay_cdc_oldest_pending_age_seconds at scrape time, so the gauge is
+// never stale. It must be called before the registry is scraped concurrently.
+func (m *Metrics) SetOldestPendingAge(f func() float64) { m.oldestPendingFunc = f }
+
+// SetSlotWALStatus sets outbox_relay_cdc_slot_wal_status to 1 for status and
+// 0 for every other known status.
+func (m *Metrics) SetSlotWALStatus(status string) {
+	for _, s := range SlotWALStatuses {
+		v := 0.0
+		if s == status {
+			v = 1
+		}
+		m.CDCSlotWALStatus.WithLabelValues(s).Set(v)
+	}
+}
+
+// Registry returns the registry every metric is registered on.
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+// Handler serves the registry in the Prometheus exposition formats.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
+}
+
+type factory struct{ reg *prometheus.Registry }
+
+func (f factory) counter(subsystem, name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: subsystem, Name: name, Help: help})
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f factory) counterVec(subsystem, name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: subsystem, Name: name, Help: help}, labels)
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f factory) gauge(subsystem, name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: subsystem, Name: name, Help: help})
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f factory) gaugeVec(subsystem, name, help string, labels ...string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Subsystem: subsystem, Name: name, Help: help}, labels)
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f factory) histogram(subsystem, name, help string) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: subsystem, Name: name, Help: help, Buckets: latencyBuckets})
+	f.reg.MustRegister(h)
+	return h
+}

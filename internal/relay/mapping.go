@@ -1,0 +1,340 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/nats-io/nats.go"
+
+	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/sink"
+)
+
+// Headers the relay sets on every message. Outbox-Commit-Lsn,
+// Outbox-Commit-Index and Outbox-Origin give the event's place in commit
+// order, which lets a restarted relay find what the stream already holds.
+const (
+	HeaderAggregateType = "Outbox-Aggregate-Type"
+	HeaderAggregateID   = "Outbox-Aggregate-Id"
+	HeaderEventType     = "Outbox-Event-Type"
+	HeaderCreatedAt     = "Outbox-Created-At"
+	HeaderCommitLSN     = "Outbox-Commit-Lsn"
+	HeaderCommitIndex   = "Outbox-Commit-Index"
+	HeaderOrigin        = "Outbox-Origin"
+	// Dead-letter messages also carry these.
+	HeaderPoisonReason    = "Outbox-Poison-Reason"
+	HeaderOriginalSubject = "Outbox-Original-Subject"
+	HeaderPayloadOmitted  = "Outbox-Payload-Omitted"
+)
+
+// Template builds subjects from events: dot-separated tokens, each a literal
+// or containing placeholders {aggregate_type}, {aggregate_id}, {event_type}
+// or {id}.
+type Template struct {
+	source string
+	tokens [][]templatePart
+}
+
+type templatePart struct {
+	literal string
+	field   string // set for a placeholder
+}
+
+// templateFields maps each placeholder to the event field it reads.
+func templateField(ev *cdc.Event, field string) string {
+	switch field {
+	case "aggregate_type":
+		return ev.AggregateType
+	case "aggregate_id":
+		return ev.AggregateID
+	case "event_type":
+		return ev.EventType
+	case "id":
+		return ev.ID
+	}
+	return ""
+}
+
+// ParseTemplate parses and checks a subject template.
+func ParseTemplate(s string) (Template, error) {
+	t := Template{source: s}
+	if s == "" {
+		return t, errors.New("subject-template: must not be empty")
+	}
+	for _, tok := range strings.Split(s, ".") {
+		var parts []templatePart
+		rest := tok
+		for rest != "" {
+			open := strings.IndexByte(rest, '{')
+			if open < 0 {
+				parts = append(parts, templatePart{literal: rest})
+				break
+			}
+			if open > 0 {
+				parts = append(parts, templatePart{literal: rest[:open]})
+			}
+			end := strings.IndexByte(rest[open:], '}')
+			if end < 0 {
+				return t, fmt.Errorf("subject-template: %q has an unclosed {", s)
+			}
+			field := rest[open+1 : open+end]
+			switch field {
+			case "aggregate_type", "aggregate_id", "event_type", "id":
+			default:
+				return t, fmt.Errorf("subject-template: unknown placeholder {%s} (use aggregate_type, aggregate_id, event_type or id)", field)
+			}
+			parts = append(parts, templatePart{field: field})
+			rest = rest[open+end+1:]
+		}
+		if len(parts) == 0 {
+			return t, fmt.Errorf("subject-template: %q has an empty token", s)
+		}
+		for _, p := range parts {
+			if p.field == "" && (strings.ContainsAny(p.literal, "}") || !sink.ValidToken(p.literal)) {
+				return t, fmt.Errorf("subject-template: %q is not a valid subject token", p.literal)
+			}
+		}
+		t.tokens = append(t.tokens, parts)
+	}
+	return t, nil
+}
+
+// String returns the template's source.
+func (t Template) String() string { return t.source }
+
+// Wildcard returns the subject pattern covering every subject the template
+// can build: each token with a placeholder becomes '*'.
+func (t Template) Wildcard() string {
+	toks := make([]string, len(t.tokens))
+	for i, parts := range t.tokens {
+		if len(parts) == 1 && parts[0].field == "" {
+			toks[i] = parts[0].literal
+		} else {
+			toks[i] = "*"
+		}
+	}
+	return strings.Join(toks, ".")
+}
+
+// StreamSubjects returns subjects for a stream created to capture the
+// template's messages.
+func (t Template) StreamSubjects() []string { return []string{t.Wildcard()} }
+
+// Subject builds ev's subject. It fails when a placeholder's value is not a
+// valid subject token (empty, or containing '.', '*', '>' or whitespace).
+func (t Template) Subject(ev *cdc.Event) (string, error) {
+	var b strings.Builder
+	for i, parts := range t.tokens {
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		start := b.Len()
+		for _, p := range parts {
+			if p.field == "" {
+				b.WriteString(p.literal)
+				continue
+			}
+			v := templateField(ev, p.field)
+			if !sink.ValidToken(v) {
+				return "", fmt.Errorf("{%s} = %q is not a valid subject token", p.field, v)
+			}
+			b.WriteString(v)
+		}
+		if b.Len() == start {
+			return "", errors.New("empty subject token")
+		}
+	}
+	return b.String(), nil
+}
+
+// Mapper turns events into messages.
+type Mapper struct {
+	template Template
+	origin   string
+	// captures lists the stream's subjects; a subject outside them would
+	// never be stored.
+	captures []string
+}
+
+// NewMapper builds a Mapper. origin identifies the slot the events come
+// from (cluster system identifier, database and slot).
+func NewMapper(template Template, origin string, streamSubjects []string) *Mapper {
+	return &Mapper{template: template, origin: origin, captures: streamSubjects}
+}
+
+// Captured reports whether the stream stores messages published to subject.
+func (mp *Mapper) Captured(subject string) bool { return sink.Captures(mp.captures, subject) }
+
+// Origin returns the origin stamped on every message.
+func (mp *Mapper) Origin() string { return mp.origin }
+
+// PoisonError says why an event can never be stored as it is.
+type PoisonError struct {
+	Reason string // one of metrics.PoisonReasons
+	Detail string
+}
+
+func (e *PoisonError) Error() string { return e.Reason + ": " + e.Detail }
+
+// Message maps ev to its message. It returns a *PoisonError when the row can
+// never become a valid message.
+func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
+	if ev.Defect != "" {
+		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: ev.Defect}
+	}
+	subject, err := mp.template.Subject(ev)
+	if err != nil {
+		return sink.Message{}, &PoisonError{Reason: "invalid_subject", Detail: err.Error()}
+	}
+	if len(mp.captures) > 0 && !sink.Captures(mp.captures, subject) {
+		return sink.Message{}, &PoisonError{Reason: "no_stream", Detail: fmt.Sprintf("no subject of the stream captures %q", subject)}
+	}
+	header := nats.Header{}
+	if len(ev.Headers) > 0 {
+		if err := addRowHeaders(header, ev.Headers); err != nil {
+			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
+		}
+	}
+	mp.stamp(header, ev)
+	return sink.Message{Subject: subject, ID: ev.ID, Data: ev.Payload, Header: header}, nil
+}
+
+// DeadLetter maps ev to a message for the dead-letter subject: the payload
+// and headers unchanged, plus the reason and the subject it would have had.
+// When the payload alone exceeds maxPayload the body is left out and
+// Outbox-Payload-Omitted gives its size; the row stays in the table.
+func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError, maxPayload int64) sink.Message {
+	header := nats.Header{}
+	if len(ev.Headers) > 0 {
+		// A malformed headers column is part of why it is poison; keep
+		// whatever part of it is usable.
+		_ = addRowHeaders(header, ev.Headers)
+	}
+	mp.stamp(header, ev)
+	header.Set(HeaderPoisonReason, reason.Reason+": "+sanitizeHeaderValue(reason.Detail))
+	if original, err := mp.template.Subject(ev); err == nil {
+		header.Set(HeaderOriginalSubject, original)
+	}
+	data := ev.Payload
+	if maxPayload > 0 && int64(len(data))+headerSize(header)+1024 > maxPayload {
+		header.Set(HeaderPayloadOmitted, strconv.Itoa(len(data)))
+		data = nil
+	}
+	return sink.Message{Subject: subject, ID: ev.ID, Data: data, Header: header}
+}
+
+func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event) {
+	set := func(k, v string) {
+		if v != "" {
+			header[k] = []string{sanitizeHeaderValue(v)}
+		}
+	}
+	set(HeaderAggregateType, ev.AggregateType)
+	set(HeaderAggregateID, ev.AggregateID)
+	set(HeaderEventType, ev.EventType)
+	set(HeaderCreatedAt, normalizeTimestamp(ev.CreatedAt))
+	header[HeaderCommitLSN] = []string{ev.Position.CommitLSN.String()}
+	header[HeaderCommitIndex] = []string{strconv.FormatUint(uint64(ev.Position.Index), 10)}
+	header[HeaderOrigin] = []string{mp.origin}
+}
+
+// PositionFromHeader reads an event position stamped by the relay, and
+// whether the message came from origin.
+func PositionFromHeader(h nats.Header, origin string) (cdc.Position, bool) {
+	if h == nil || h.Get(HeaderOrigin) != origin {
+		return cdc.Position{}, false
+	}
+	lsn, err := pglogrepl.ParseLSN(h.Get(HeaderCommitLSN))
+	if err != nil {
+		return cdc.Position{}, false
+	}
+	index, err := strconv.ParseUint(h.Get(HeaderCommitIndex), 10, 32)
+	if err != nil {
+		return cdc.Position{}, false
+	}
+	return cdc.Position{CommitLSN: lsn, Index: uint32(index)}, true
+}
+
+// addRowHeaders adds the string entries of the row's headers object. Other
+// values are ignored. Names the relay sets itself (Nats-*, Outbox-*) and
+// names or values that cannot travel in a NATS header make the row poison:
+// silently dropping them would change the event.
+func addRowHeaders(header nats.Header, raw []byte) error {
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return errors.New("column headers is not a JSON object")
+	}
+	var entries map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &entries); err != nil {
+		return fmt.Errorf("column headers: %w", err)
+	}
+	for name, value := range entries {
+		var s string
+		if len(value) == 0 || value[0] != '"' || json.Unmarshal(value, &s) != nil {
+			continue
+		}
+		if !validHeaderName(name) {
+			return fmt.Errorf("column headers: %q is not a valid header name", name)
+		}
+		lower := strings.ToLower(name)
+		if strings.HasPrefix(lower, "nats-") || strings.HasPrefix(lower, "outbox-") {
+			return fmt.Errorf("column headers: %q is reserved for the relay and NATS", name)
+		}
+		if strings.ContainsAny(s, "\r\n") {
+			return fmt.Errorf("column headers: the value of %q contains a line break", name)
+		}
+		header[name] = []string{s}
+	}
+	return nil
+}
+
+// validHeaderName accepts RFC 7230 token characters.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func sanitizeHeaderValue(v string) string {
+	if !strings.ContainsAny(v, "\r\n") {
+		return v
+	}
+	return strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+}
+
+func headerSize(h nats.Header) int64 {
+	var n int64
+	for k, vs := range h {
+		for _, v := range vs {
+			n += int64(len(k) + len(v) + 4)
+		}
+	}
+	return n + 12
+}
+
+// normalizeTimestamp renders PostgreSQL's text form of a timestamptz
+// ("2026-11-26 04:13:53.123456+00") as RFC 3339; anything else is kept as is.
+func normalizeTimestamp(s string) string {
+	if s == "" {
+		return ""
+	}
+	for _, layout := range []string{"2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999-07:00", "2006-01-02 15:04:05.999999999-07:00:00"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC().Format(time.RFC3339Nano)
+		}
+	}
+	return s
+}

@@ -1,0 +1,436 @@
+// Package relay is the pump between the replication slot and JetStream: it
+// maps events to messages, publishes them pipelined in commit order, retries
+// what failed without reordering, and acknowledges to the source only what
+// JetStream stored.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/outbox-relay/outbox-relay/internal/backoff"
+	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/metrics"
+	"github.com/outbox-relay/outbox-relay/internal/sink"
+)
+
+// Source delivers events and takes acknowledgements.
+type Source interface {
+	// Events delivers events in commit order and is closed when the source
+	// stops.
+	Events() <-chan cdc.Event
+	// Ack records that ev is durably stored. It is safe for concurrent use
+	// and acks may come in any order, each event once.
+	Ack(ev cdc.Event)
+}
+
+// Publisher stores messages in the stream.
+type Publisher interface {
+	// Publish hands m to the broker without waiting for it to be stored;
+	// the returned Pending resolves with the acknowledgement or an error.
+	// Calls are made from one goroutine, in commit order, at most Window
+	// outstanding; messages reach the stream in the order published.
+	Publish(ctx context.Context, m sink.Message) (sink.Pending, error)
+}
+
+// Tailer reads the end of the stream. It blocks for at most its request
+// timeout.
+type Tailer interface {
+	Tail(ctx context.Context) (sink.Tail, error)
+}
+
+// Poison policies.
+const (
+	OnPoisonStop       = "stop"
+	OnPoisonDeadLetter = "dead-letter"
+)
+
+// ErrPoison marks an event that JetStream can never accept, under the stop
+// policy.
+var ErrPoison = errors.New("poison event")
+
+// Config configures the pump.
+type Config struct {
+	// Window is how many publishes may be in flight at once.
+	Window int
+	// ShutdownTimeout bounds the wait for in-flight publishes on shutdown.
+	ShutdownTimeout time.Duration
+	// RetryMin and RetryMax bound the jittered backoff after a failed publish.
+	RetryMin, RetryMax time.Duration
+	// OnPoison is OnPoisonStop or OnPoisonDeadLetter.
+	OnPoison string
+	// DeadLetterSubject receives poison events under OnPoisonDeadLetter.
+	DeadLetterSubject string
+	// MaxPayload is the server's max payload, for dead-letter messages.
+	MaxPayload int64
+}
+
+// Validate reports every problem of c at once, each naming the setting.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Window < 1 {
+		errs = append(errs, fmt.Errorf("publish-window: %d, must be at least 1", c.Window))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("shutdown-timeout: %s, must be positive", c.ShutdownTimeout))
+	}
+	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
+		errs = append(errs, fmt.Errorf("retry-min, retry-max: %s, %s: must be positive, min at most max", c.RetryMin, c.RetryMax))
+	}
+	switch c.OnPoison {
+	case OnPoisonStop:
+	case OnPoisonDeadLetter:
+		if !sink.ValidSubject(c.DeadLetterSubject, false) {
+			errs = append(errs, fmt.Errorf("dead-letter-subject: %q is not a valid subject (needed by --on-poison=dead-letter)", c.DeadLetterSubject))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("on-poison: %q, must be stop or dead-letter", c.OnPoison))
+	}
+	return errors.Join(errs...)
+}
+
+// inflight is one publish awaiting its PubAck.
+type inflight struct {
+	ev      cdc.Event
+	pending sink.Pending
+	// expect is the stream sequence the message must land at.
+	expect uint64
+}
+
+// Pump moves events from a Source to a Publisher.
+type Pump struct {
+	src    Source
+	pub    Publisher
+	tail   Tailer
+	mapper *Mapper
+	cfg    Config
+	log    *zap.Logger
+	m      *metrics.Metrics
+
+	window []inflight
+	replay []cdc.Event // events to publish again, ahead of new ones
+	closed bool        // the source's channel is closed
+
+	// lastSeq is the stream sequence the next publish expects to follow.
+	lastSeq uint64
+	// stored is the position of the last event the stream is known to
+	// hold; events at or before it are not published again.
+	stored    cdc.Position
+	hasStored bool
+	retry     backoff.Backoff
+}
+
+// New builds a Pump.
+func New(src Source, pub Publisher, tail Tailer, mapper *Mapper, cfg Config, log *zap.Logger, m *metrics.Metrics) *Pump {
+	return &Pump{
+		src: src, pub: pub, tail: tail, mapper: mapper, cfg: cfg, log: log, m: m,
+		retry: backoff.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax},
+	}
+}
+
+// Run publishes events until ctx is done or the source closes, then waits
+// up to ShutdownTimeout for publishes in flight and acknowledges those
+// stored. It returns nil on shutdown and an error wrapping ErrPoison when a
+// poison event stops it.
+//
+// Order: every message carries the stream sequence it must follow
+// (Nats-Expected-Last-Sequence), so JetStream refuses any message whose
+// predecessor failed; after a failure the pump reads back what the stream
+// holds and resumes right after it. The stream thus always holds a prefix of
+// the commit order, with each event once, even when a replay comes after the
+// duplicate window.
+func (p *Pump) Run(ctx context.Context) error {
+	if err := p.resync(ctx); err != nil {
+		return p.stop(err)
+	}
+	for {
+		for len(p.window) < p.cfg.Window {
+			ev, ok := p.next(ctx, len(p.window) == 0)
+			if !ok {
+				break
+			}
+			if err := p.publish(ctx, ev); err != nil {
+				if ctx.Err() != nil {
+					return p.stop(nil)
+				}
+				return p.stop(err)
+			}
+		}
+		if ctx.Err() != nil {
+			return p.stop(nil)
+		}
+		if len(p.window) == 0 {
+			if p.closed && len(p.replay) == 0 {
+				return nil
+			}
+			continue
+		}
+		head := p.window[0]
+		ack, err := head.pending.Wait(ctx)
+		if ctx.Err() != nil {
+			return p.stop(nil)
+		}
+		if err == nil && !ack.Duplicate && ack.Seq == head.expect {
+			p.window = p.window[1:]
+			p.stored, p.hasStored = head.ev.Position, true
+			p.acked(head.ev)
+			continue
+		}
+		if err == nil {
+			// Stored, but not where expected: a duplicate or another
+			// writer. Later expectations are off; read the stream again.
+			p.window = p.window[1:]
+			p.acked(head.ev)
+			err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", head.ev.ID, ack.Seq, ack.Duplicate, head.expect, sink.ErrWrongSequence)
+		} else {
+			p.window[0].pending = nil // failed; settle must not wait on it
+		}
+		if err := p.recover(ctx, err); err != nil {
+			if ctx.Err() != nil {
+				return p.stop(nil)
+			}
+			return p.stop(err)
+		}
+	}
+}
+
+// next returns the next event to publish, waiting for one only if block.
+func (p *Pump) next(ctx context.Context, block bool) (cdc.Event, bool) {
+	if len(p.replay) > 0 {
+		ev := p.replay[0]
+		p.replay = p.replay[1:]
+		return ev, true
+	}
+	if p.closed {
+		return cdc.Event{}, false
+	}
+	if block {
+		select {
+		case ev, ok := <-p.src.Events():
+			p.closed = !ok
+			return ev, ok
+		case <-ctx.Done():
+			return cdc.Event{}, false
+		}
+	}
+	select {
+	case ev, ok := <-p.src.Events():
+		p.closed = !ok
+		return ev, ok
+	default:
+		return cdc.Event{}, false
+	}
+}
+
+// publish sends ev, or skips it when the stream already holds it. A poison
+// event is handled by policy right away; an error returned ends the pump.
+func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
+	if p.hasStored && !p.stored.Less(ev.Position) {
+		p.m.PumpSkipped.Inc()
+		p.log.Debug("event already on the stream, skipped", zap.String("event_id", ev.ID), zap.Stringer("lsn", ev.Position.CommitLSN))
+		p.src.Ack(ev)
+		return nil
+	}
+	msg, err := p.mapper.Message(&ev)
+	if err != nil {
+		var poison *PoisonError
+		if errors.As(err, &poison) {
+			return p.poison(ctx, ev, poison)
+		}
+		return err
+	}
+	expect := p.lastSeq + 1
+	msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
+	pending, err := p.pub.Publish(ctx, msg)
+	if err != nil {
+		if errors.Is(err, sink.ErrPermanent) {
+			return p.poison(ctx, ev, &PoisonError{Reason: "too_large", Detail: err.Error()})
+		}
+		// Not sent: queue it behind the window and recover as for a
+		// failed PubAck.
+		p.window = append(p.window, inflight{ev: ev})
+		return p.recover(ctx, err)
+	}
+	p.lastSeq = expect
+	p.window = append(p.window, inflight{ev: ev, pending: pending, expect: expect})
+	p.log.Debug("event published", zap.String("event_id", ev.ID), zap.String("subject", msg.Subject))
+	return nil
+}
+
+// acked passes a stored event's acknowledgement on to the source.
+func (p *Pump) acked(ev cdc.Event) {
+	p.src.Ack(ev)
+	p.retry.Reset()
+	now := time.Now()
+	p.m.PumpCommitToAck.Observe(now.Sub(ev.CommitTime).Seconds())
+	p.m.PumpLastProgress.Set(float64(now.UnixNano()) / 1e9)
+}
+
+// settle waits for every publish still in the window, acknowledges the ones
+// stored and returns the others, in order.
+func (p *Pump) settle(ctx context.Context) []cdc.Event {
+	var failed []cdc.Event
+	for _, f := range p.window {
+		if f.pending == nil {
+			failed = append(failed, f.ev)
+			continue
+		}
+		if _, err := f.pending.Wait(ctx); err != nil {
+			failed = append(failed, f.ev)
+			continue
+		}
+		p.acked(f.ev)
+	}
+	p.window = p.window[:0]
+	return failed
+}
+
+// recover handles a failed publish: it settles the window (the failed
+// publish has a nil pending there), queues every unsettled event for
+// publishing again in order, backs off unless the failure was an ordering
+// conflict, and reads back the stream's end. A permanent failure of the
+// oldest unsettled event is handled as poison.
+func (p *Pump) recover(ctx context.Context, cause error) error {
+	failed := p.settle(ctx)
+	if errors.Is(cause, sink.ErrPermanent) && len(failed) > 0 {
+		p.replay = append(failed[1:], p.replay...)
+		if err := p.resync(ctx); err != nil {
+			return err
+		}
+		return p.poison(ctx, failed[0], &PoisonError{Reason: "too_large", Detail: cause.Error()})
+	}
+	p.replay = append(failed, p.replay...)
+	return p.retryAfter(ctx, cause)
+}
+
+// retryAfter backs off unless cause was an ordering conflict (nothing to
+// wait for then), and reads back the stream's end.
+func (p *Pump) retryAfter(ctx context.Context, cause error) error {
+	if !errors.Is(cause, sink.ErrWrongSequence) {
+		delay := p.retry.Next()
+		p.m.PumpRetries.Inc()
+		p.log.Warn("publish failed, retrying", zap.Int("attempt", p.retry.Attempt()),
+			zap.Duration("backoff", delay), zap.Error(cause))
+		if !backoff.Sleep(ctx, delay) {
+			return ctx.Err()
+		}
+	}
+	return p.resync(ctx)
+}
+
+// resync reads the stream's last sequence and last stored position, retrying
+// until it succeeds or ctx is done.
+func (p *Pump) resync(ctx context.Context) error {
+	p.m.PumpResyncs.Inc()
+	for {
+		tail, err := p.tail.Tail(ctx)
+		if err == nil {
+			p.lastSeq = tail.LastSeq
+			if pos, ok := PositionFromHeader(tail.Header, p.mapper.Origin()); ok {
+				p.stored, p.hasStored = pos, true
+			}
+			return nil
+		}
+		delay := p.retry.Next()
+		p.m.PumpRetries.Inc()
+		p.log.Warn("read stream tail failed, retrying", zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+		if !backoff.Sleep(ctx, delay) {
+			return ctx.Err()
+		}
+	}
+}
+
+// poison applies the poison policy to ev. Everything before ev is settled
+// first, so a stop leaves every earlier event acknowledged.
+func (p *Pump) poison(ctx context.Context, ev cdc.Event, reason *PoisonError) error {
+	if len(p.window) > 0 {
+		failed := p.settle(ctx)
+		if len(failed) > 0 {
+			// An earlier event failed: retry it first; ev comes back in
+			// its turn.
+			p.replay = append(append(failed, ev), p.replay...)
+			return p.retryAfter(ctx, errors.New("a publish before a poison event failed"))
+		}
+	}
+	p.m.PumpPoisonEvents.WithLabelValues(reason.Reason).Inc()
+	if p.cfg.OnPoison != OnPoisonDeadLetter {
+		return fmt.Errorf("event %s at %s: %w: %w", ev.ID, ev.Position, ErrPoison, reason)
+	}
+	return p.deadLetter(ctx, ev, reason)
+}
+
+// deadLetter publishes ev to the dead-letter subject and waits for the
+// acknowledgement, retrying transient failures.
+func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError) error {
+	msg := p.mapper.DeadLetter(&ev, p.cfg.DeadLetterSubject, reason, p.cfg.MaxPayload)
+	// A dead-letter subject in the relay's own stream takes its place in
+	// the sequence; one in another stream has sequences of its own.
+	sameStream := p.mapper.Captured(p.cfg.DeadLetterSubject)
+	for {
+		expect := p.lastSeq + 1
+		msg.CheckLastSeq, msg.ExpectLastSeq = sameStream, p.lastSeq
+		pending, err := p.pub.Publish(ctx, msg)
+		var ack sink.Ack
+		if err == nil {
+			ack, err = pending.Wait(ctx)
+		}
+		if err == nil {
+			p.m.PumpDeadLettered.Inc()
+			p.log.Warn("poison event dead-lettered", zap.String("event_id", ev.ID), zap.String("subject", p.cfg.DeadLetterSubject), zap.Error(reason))
+			p.acked(ev)
+			if !sameStream {
+				return nil
+			}
+			if ack.Seq != expect || ack.Duplicate {
+				return p.resync(ctx)
+			}
+			p.lastSeq = expect
+			p.stored, p.hasStored = ev.Position, true
+			return nil
+		}
+		if errors.Is(err, sink.ErrPermanent) {
+			return fmt.Errorf("dead-letter event %s: %w: %w", ev.ID, ErrPoison, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !errors.Is(err, sink.ErrWrongSequence) {
+			delay := p.retry.Next()
+			p.m.PumpRetries.Inc()
+			p.log.Warn("dead-letter publish failed, retrying", zap.String("event_id", ev.ID), zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+			if !backoff.Sleep(ctx, delay) {
+				return ctx.Err()
+			}
+		}
+		if err := p.resync(ctx); err != nil {
+			return err
+		}
+		if p.hasStored && !p.stored.Less(ev.Position) {
+			p.acked(ev)
+			return nil
+		}
+	}
+}
+
+// stop lets the publishes in flight finish within ShutdownTimeout,
+// acknowledges the stored ones and returns err.
+func (p *Pump) stop(err error) error {
+	if len(p.window) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+		defer cancel()
+		for _, f := range p.window {
+			if f.pending == nil {
+				continue
+			}
+			if _, werr := f.pending.Wait(ctx); werr == nil {
+				p.acked(f.ev)
+			}
+		}
+		p.window = nil
+	}
+	return err
+}

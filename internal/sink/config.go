@@ -1,0 +1,76 @@
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config configures the NATS side.
+type Config struct {
+	// NATSURL is one or more comma-separated server URLs.
+	NATSURL string
+	// Stream names the JetStream stream the outbox is published to.
+	Stream string
+	// CreateStream allows creating the stream when it is missing, with
+	// StreamSubjects, DuplicateWindow and Replicas.
+	CreateStream    bool
+	StreamSubjects  []string
+	DuplicateWindow time.Duration
+	Replicas        int
+	// PublishTimeout bounds the wait for each PubAck.
+	PublishTimeout time.Duration
+	// ConnectTimeout bounds dialing a server; RequestTimeout bounds each
+	// JetStream API request.
+	ConnectTimeout time.Duration
+	RequestTimeout time.Duration
+	// ReconnectWait is the base delay between reconnect attempts (jittered).
+	ReconnectWait time.Duration
+	// MaxPending bounds the client's outstanding async publishes.
+	MaxPending int
+	// Auth and TLS; file contents are read at connect time.
+	User, Password string
+	Token          string
+	CredsFile      string
+	NKeySeedFile   string
+	TLSCAFile      string
+	TLSCertFile    string
+	TLSKeyFile     string
+}
+
+// Validate reports every problem of c at once, each naming the setting.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("nats-url: required (RELAY_NATS_URL)"))
+	}
+	if c.Stream == "" {
+		errs = append(errs, errors.New("stream: must not be empty"))
+	}
+	for _, s := range c.StreamSubjects {
+		if !ValidSubject(s, true) {
+			errs = append(errs, fmt.Errorf("stream-subjects: %q is not a valid subject", s))
+		}
+	}
+	if c.CreateStream && len(c.StreamSubjects) == 0 {
+		errs = append(errs, errors.New("stream-subjects: needed to create the stream"))
+	}
+	if c.DuplicateWindow <= 0 {
+		errs = append(errs, fmt.Errorf("duplicate-window: %s, must be positive", c.DuplicateWindow))
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("stream-replicas: %d, must be 1 to 5", c.Replicas))
+	}
+	for name, d := range map[string]time.Duration{"publish-timeout": c.PublishTimeout, "nats-connect-timeout": c.ConnectTimeout, "nats-request-timeout": c.RequestTimeout, "nats-reconnect-wait": c.ReconnectWait} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s: %s, must be positive", name, d))
+		}
+	}
+	if c.MaxPending < 1 {
+		errs = append(errs, fmt.Errorf("max pending: %d, must be at least 1", c.MaxPending))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("nats-tls-cert, nats-tls-key: set both or neither"))
+	}
+	return errors.Join(errs...)
+}

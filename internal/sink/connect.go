@@ -1,0 +1,230 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/outbox-relay/outbox-relay/internal/metrics"
+)
+
+// Connect dials NATS and returns the connection and its JetStream context.
+// It never fails because the servers are down: the client keeps trying to
+// (re)connect forever, with jitter, and publishes wait for it. It fails only
+// on a configuration the client rejects.
+func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, jetstream.JetStream, error) {
+	opts := []nats.Option{
+		nats.Name("outbox-relay"),
+		nats.Timeout(cfg.ConnectTimeout),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(cfg.ReconnectWait),
+		nats.ReconnectJitter(cfg.ReconnectWait/2, cfg.ReconnectWait),
+		nats.ConnectHandler(func(*nats.Conn) {
+			m.SinkConnected.Set(1)
+			log.Info("nats connected")
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			m.SinkConnected.Set(1)
+			log.Info("nats reconnected")
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			m.SinkConnected.Set(0)
+			if err != nil {
+				log.Warn("nats disconnected", zap.Error(err))
+			}
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { m.SinkConnected.Set(0) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("nats error", zap.Error(err))
+		}),
+	}
+	auth, err := authOptions(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts = append(opts, auth...)
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to nats: %w", redact(err, cfg))
+	}
+	if nc.IsConnected() {
+		m.SinkConnected.Set(1)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),
+		jetstream.WithPublishAsyncMaxPending(cfg.MaxPending),
+		jetstream.WithDefaultTimeout(cfg.RequestTimeout),
+	)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("open jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+func authOptions(cfg Config) ([]nats.Option, error) {
+	var opts []nats.Option
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.NKeySeedFile != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats-nkey-file: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.TLSCAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCAFile))
+	}
+	if cfg.TLSCertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCertFile, cfg.TLSKeyFile))
+	}
+	return opts, nil
+}
+
+// redact removes secrets from an error's text: client errors can quote the
+// URL, and a URL can carry a password or token.
+func redact(err error, cfg Config) error {
+	msg := err.Error()
+	clean := msg
+	for _, secret := range []string{cfg.Password, cfg.Token} {
+		if secret != "" {
+			clean = strings.ReplaceAll(clean, secret, "REDACTED")
+		}
+	}
+	if clean == msg {
+		return err
+	}
+	return errors.New(clean)
+}
+
+// StreamState is what preflight learned about the stream.
+type StreamState struct {
+	Subjects        []string
+	DuplicateWindow time.Duration
+	Replicas        int
+	MaxMsgSize      int32
+	Created         bool
+}
+
+// ErrConfig marks a stream problem only a change of configuration fixes.
+var ErrConfig = errors.New("configuration error")
+
+// EnsureStream checks that the stream exists and captures every subject in
+// want (which may hold wildcards), creating it when allowed. It warns when
+// the stream's duplicate window is short or its acknowledgements are not
+// durable against a host crash.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg Config, want []string, log *zap.Logger) (StreamState, error) {
+	rctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+	defer cancel()
+	var created bool
+	stream, err := js.Stream(rctx, cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if !cfg.CreateStream {
+			return StreamState{}, fmt.Errorf("stream: %q does not exist; create it to capture %s, or pass --create-stream: %w",
+				cfg.Stream, strings.Join(want, ", "), ErrConfig)
+		}
+		stream, err = js.CreateStream(rctx, jetstream.StreamConfig{
+			Name:       cfg.Stream,
+			Subjects:   cfg.StreamSubjects,
+			Storage:    jetstream.FileStorage,
+			Duplicates: cfg.DuplicateWindow,
+			Replicas:   cfg.Replicas,
+		})
+		if err != nil {
+			return StreamState{}, fmt.Errorf("create stream %q: %w", cfg.Stream, err)
+		}
+		created = true
+		log.Info("stream created", zap.String("stream", cfg.Stream))
+	}
+	if err != nil {
+		return StreamState{}, fmt.Errorf("look up stream %q: %w", cfg.Stream, err)
+	}
+	sc := stream.CachedInfo().Config
+	state := StreamState{Subjects: sc.Subjects, DuplicateWindow: sc.Duplicates, Replicas: sc.Replicas, MaxMsgSize: sc.MaxMsgSize, Created: created}
+	var missing []string
+	for _, w := range want {
+		if !Captures(sc.Subjects, w) {
+			missing = append(missing, w)
+		}
+	}
+	if len(missing) > 0 {
+		return state, fmt.Errorf("stream: %q (subjects %s) does not capture %s; add them to the stream or change --subject-template: %w",
+			cfg.Stream, strings.Join(sc.Subjects, ", "), strings.Join(missing, ", "), ErrConfig)
+	}
+	if sc.Duplicates < 2*time.Minute {
+		log.Warn("stream duplicate window is short; replays after a longer outage are caught only by the relay's stream position check",
+			zap.String("stream", cfg.Stream), zap.Duration("duplicate_window", sc.Duplicates))
+	}
+	if sc.Replicas < 3 {
+		log.Warn("stream has fewer than 3 replicas: a PubAck is durable against a NATS host crash only with R3 or a server that syncs every write (sync_interval: always)",
+			zap.String("stream", cfg.Stream), zap.Int("replicas", sc.Replicas))
+	}
+	return state, nil
+}
+
+// Tail is the end of the stream: its last sequence and the headers of the
+// last message that carries position headers (nil if none was found near
+// the end).
+type Tail struct {
+	LastSeq uint64
+	Header  nats.Header
+}
+
+// tailScan bounds how far back Tail looks for a message with position
+// headers; messages from other writers or deleted ones may sit at the end.
+const tailScan = 64
+
+// TailReader reads the end of one stream.
+type TailReader struct {
+	js      jetstream.JetStream
+	stream  string
+	marker  string
+	timeout time.Duration
+}
+
+// NewTailReader reads stream's tail; marker names the header that marks
+// messages carrying a position.
+func NewTailReader(js jetstream.JetStream, stream, marker string, timeout time.Duration) *TailReader {
+	return &TailReader{js: js, stream: stream, marker: marker, timeout: timeout}
+}
+
+// Tail returns the stream's last sequence and the headers of the last
+// message carrying the marker header.
+func (t *TailReader) Tail(ctx context.Context) (Tail, error) {
+	rctx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	stream, err := t.js.Stream(rctx, t.stream)
+	if err != nil {
+		return Tail{}, fmt.Errorf("read stream %q: %w", t.stream, err)
+	}
+	tail := Tail{LastSeq: stream.CachedInfo().State.LastSeq}
+	for seq := tail.LastSeq; seq > 0 && tail.LastSeq-seq < tailScan; seq-- {
+		msg, err := stream.GetMsg(rctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return Tail{}, fmt.Errorf("read message %d of stream %q: %w", seq, t.stream, err)
+		}
+		if msg.Header.Get(t.marker) != "" {
+			tail.Header = msg.Header
+			break
+		}
+	}
+	return tail, nil
+}

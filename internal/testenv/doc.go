@@ -1,0 +1,12 @@
+// Package testenv starts real PostgreSQL clusters and NATS JetStream servers
+// for tests. Nothing here is a mock: every helper runs the genuine server,
+// bound to 127.0.0.1 only, and registers t.Cleanup hooks that stop it and
+// remove its files.
+//
+// PostgreSQL runs from the binaries found via PG_BIN, /usr/lib/postgresql/15/bin
+// or pg_config. When the test process runs as root (which PostgreSQL refuses),
+// initdb and postgres are started as the OS user "postgres".
+//
+// NATS runs in-process via github.com/nats-io/nats-server/v2/server. Set
+// TESTENV_NATS_LOG=1 to see its log on stderr.
+package testenv
