@@ -37,6 +37,11 @@ type Config struct {
 	// between replication sessions.
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
+	// TakeOverActiveSlot ends another session streaming from the slot. Set
+	// only when leader election guarantees that session's relay is gone
+	// (its host may have vanished, leaving the session to linger until
+	// wal_sender_timeout).
+	TakeOverActiveSlot bool
 	// EventBuffer is how many events may wait between the reader and the
 	// publisher; it bounds memory and provides backpressure.
 	EventBuffer int

@@ -35,8 +35,10 @@ type SlotState struct {
 // REPLICATION attribute, the outbox table and its columns, the publication and
 // the slot. It creates the publication, then the slot, when they are missing
 // and the configuration allows it; the publication must exist first, or the
-// slot's first changes can be decoded without it.
-func Preflight(ctx context.Context, cfg Config, log *zap.Logger) (SlotState, error) {
+// slot's first changes can be decoded without it. Before creating a slot it
+// asks mayCreate, given the system identifier and database, which can refuse
+// (when the stream shows the slot existed before, say).
+func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(systemID, database string) error) (SlotState, error) {
 	conn, err := connect(ctx, cfg, false)
 	if err != nil {
 		return SlotState{}, err
@@ -50,11 +52,11 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger) (SlotState, err
 	if err := ensurePublication(ctx, q, cfg, log); err != nil {
 		return SlotState{}, err
 	}
-	state, err := ensureSlot(ctx, q, cfg, log)
+	sys, err := identify(ctx, cfg)
 	if err != nil {
 		return SlotState{}, err
 	}
-	sys, err := identify(ctx, cfg)
+	state, err := ensureSlot(ctx, q, cfg, log, func(database string) error { return mayCreate(sys.SystemID, database) })
 	if err != nil {
 		return SlotState{}, err
 	}
@@ -158,13 +160,14 @@ type slotRow struct {
 	database       string
 	confirmedFlush pglogrepl.LSN
 	walStatus      string
+	activePID      *int32
 }
 
 func readSlot(ctx context.Context, q querier, slot string) (slotRow, bool, error) {
 	var r slotRow
 	var confirmed, plugin, database, walStatus *string
-	err := q.row(ctx, `SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &r.slotType, &database, &confirmed, &walStatus)
+	err := q.row(ctx, `SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status, active_pid
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &r.slotType, &database, &confirmed, &walStatus, &r.activePID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, false, nil
 	}
@@ -180,7 +183,7 @@ func readSlot(ctx context.Context, q querier, slot string) (slotRow, bool, error
 	return r, true, nil
 }
 
-func ensureSlot(ctx context.Context, q querier, cfg Config, log *zap.Logger) (SlotState, error) {
+func ensureSlot(ctx context.Context, q querier, cfg Config, log *zap.Logger, mayCreate func(database string) error) (SlotState, error) {
 	var database string
 	if err := q.row(ctx, `SELECT current_database()`).Scan(&database); err != nil {
 		return SlotState{}, fmt.Errorf("read current database: %w", err)
@@ -192,6 +195,9 @@ func ensureSlot(ctx context.Context, q querier, cfg Config, log *zap.Logger) (Sl
 	if !exists {
 		if !cfg.CreateSlot {
 			return SlotState{}, fmt.Errorf("slot: %q does not exist and --create-slot is off; creating it would start from now and skip any event written since the old one: %w", cfg.Slot, ErrSlot)
+		}
+		if err := mayCreate(database); err != nil {
+			return SlotState{}, fmt.Errorf("slot: %q does not exist and may not be created: %w: %w", cfg.Slot, err, ErrSlot)
 		}
 		var lsn string
 		if err := q.row(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, cfg.Slot).Scan(&lsn); err != nil {
@@ -247,6 +253,11 @@ func connect(ctx context.Context, cfg Config, replication bool) (*pgx.Conn, erro
 		return nil, fmt.Errorf("postgres-url: cannot be parsed: %w", ErrConfig)
 	}
 	connCfg.ConnectTimeout = cfg.ConnectTimeout
+	// Timestamps reach the relay as text rendered in the session's time
+	// zone and date style; pinning them makes created_at parse the same on
+	// every server.
+	connCfg.RuntimeParams["timezone"] = "UTC"
+	connCfg.RuntimeParams["datestyle"] = "ISO, MDY"
 	if replication {
 		connCfg.RuntimeParams["replication"] = "database"
 		// The replication protocol speaks simple queries only.

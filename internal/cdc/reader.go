@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -35,6 +36,11 @@ type Reader struct {
 	// rows, were already handed on.
 	open          *openTxn
 	lastCommitLSN pglogrepl.LSN
+
+	// heartbeat (Unix nanoseconds) moves whenever the loop is alive:
+	// reading, reporting status, or waiting to reconnect.
+	heartbeat atomic.Int64
+	streaming atomic.Bool
 }
 
 // openTxn is a transaction whose Begin has been read and whose Commit has not.
@@ -78,6 +84,16 @@ func (r *Reader) Ack(ev Event) { r.tracker.Ack(ev.txn) }
 // Tracker exposes the position tracker, for health checks and status.
 func (r *Reader) Tracker() *Tracker { return r.tracker }
 
+// Heartbeat returns when the reader's loop last showed it is alive. It moves
+// at least every StatusInterval while streaming, and around every reconnect
+// wait.
+func (r *Reader) Heartbeat() time.Time { return time.Unix(0, r.heartbeat.Load()) }
+
+// Streaming reports whether a replication session is streaming.
+func (r *Reader) Streaming() bool { return r.streaming.Load() }
+
+func (r *Reader) beat() { r.heartbeat.Store(time.Now().UnixNano()) }
+
 // Run reads the slot until ctx is done, reconnecting after failures. It
 // returns nil when ctx is done and an error only for a failure that retrying
 // cannot fix: a configuration mismatch (ErrConfig) or an unusable slot
@@ -86,9 +102,12 @@ func (r *Reader) Run(ctx context.Context) error {
 	defer close(r.events)
 	bo := backoff.Backoff{Min: r.cfg.ReconnectMin, Max: r.cfg.ReconnectMax}
 	for {
+		r.beat()
 		started := time.Now()
 		err := r.session(ctx)
+		r.streaming.Store(false)
 		r.m.CDCConnected.Set(0)
+		r.beat()
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -146,6 +165,12 @@ func (r *Reader) session(ctx context.Context) error {
 		r.m.SetSlotWALStatus(slot.walStatus)
 		return err
 	}
+	if slot.activePID != nil && r.cfg.TakeOverActiveSlot {
+		if err := q.exec(ctx, `SELECT pg_terminate_backend($1)`, *slot.activePID); err != nil {
+			return fmt.Errorf("end the previous leader's session on slot %q: %w", r.cfg.Slot, err)
+		}
+		r.log.Warn("ended a lingering session of a previous leader on the slot", zap.String("slot", r.cfg.Slot))
+	}
 	// The slot's confirmed position is where PostgreSQL resumes; the
 	// tracker only ever moves forward from it.
 	r.tracker.resume(slot.confirmedFlush)
@@ -163,6 +188,7 @@ func (r *Reader) session(ctx context.Context) error {
 		return fmt.Errorf("start replication on slot %q: %w", r.cfg.Slot, err)
 	}
 	r.m.CDCConnected.Set(1)
+	r.streaming.Store(true)
 	r.log.Info("replication started", zap.String("slot", r.cfg.Slot), zap.String("publication", r.cfg.Publication),
 		zap.Stringer("confirmed_lsn", slot.confirmedFlush))
 	return s.stream(ctx)
@@ -170,24 +196,34 @@ func (r *Reader) session(ctx context.Context) error {
 
 func (s *session) stream(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(s.r.cfg.StatusInterval)
-	// One deadline context per status period rather than one per message:
-	// creating a context and timer for every row costs throughput.
-	rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
-	defer func() { cancel() }()
+	// Reads wake up at the next status time through a deadline on the
+	// socket rather than a context per message: a context and timer for
+	// every row would cost throughput. Shutdown is noticed within one
+	// status interval.
+	netConn := s.conn.Conn()
+	var deadline time.Time
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if !time.Now().Before(s.nextStatus) {
 			if err := s.sendStatus(); err != nil {
 				return err
 			}
-			cancel()
-			rctx, cancel = context.WithDeadline(ctx, s.nextStatus)
 		}
-		msg, err := s.conn.ReceiveMessage(rctx)
+		if !deadline.Equal(s.nextStatus) {
+			deadline = s.nextStatus
+			if err := netConn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+		}
+		msg, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if pgconn.Timeout(err) {
+				s.r.beat()
 				continue
 			}
 			return fmt.Errorf("receive replication message: %w", err)
@@ -338,6 +374,7 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 // write position, which would move the slot further than meant.
 func (s *session) sendStatus() error {
 	s.nextStatus = time.Now().Add(s.r.cfg.StatusInterval)
+	s.r.beat()
 	confirmed := s.r.tracker.Confirmed()
 	if confirmed == 0 {
 		return nil

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -122,6 +123,9 @@ type Pump struct {
 	stored    cdc.Position
 	hasStored bool
 	retry     backoff.Backoff
+
+	// progress (Unix nanoseconds) is when an event was last acknowledged.
+	progress atomic.Int64
 }
 
 // New builds a Pump.
@@ -266,8 +270,19 @@ func (p *Pump) acked(ev cdc.Event) {
 	p.src.Ack(ev)
 	p.retry.Reset()
 	now := time.Now()
+	p.progress.Store(now.UnixNano())
 	p.m.PumpCommitToAck.Observe(now.Sub(ev.CommitTime).Seconds())
 	p.m.PumpLastProgress.Set(float64(now.UnixNano()) / 1e9)
+}
+
+// LastProgress returns when an event was last acknowledged (the zero time
+// if none was). Safe for concurrent use.
+func (p *Pump) LastProgress() time.Time {
+	n := p.progress.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
 }
 
 // settle waits for every publish still in the window, acknowledges the ones

@@ -1,0 +1,274 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/leader"
+	"github.com/outbox-relay/outbox-relay/internal/relay"
+	"github.com/outbox-relay/outbox-relay/internal/sink"
+)
+
+// config is everything the relay is told, gathered from flags, then RELAY_*
+// variables, then defaults.
+type config struct {
+	cdc      cdc.Config
+	sink     sink.Config
+	pump     relay.Config
+	election leader.Config
+
+	postgresPassword string
+	table            string
+	subjectTemplate  string
+	streamSubjects   string
+	template         relay.Template
+
+	leaderElection bool
+	httpAddr       string
+	logLevel       string
+	logFormat      string
+	stallTimeout   time.Duration
+}
+
+// envName maps a flag name to its environment variable: --nats-url reads
+// RELAY_NATS_URL, or the file named by RELAY_NATS_URL_FILE.
+func envName(flagName string) string {
+	return "RELAY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// newFlagSet defines every setting on fs, writing into c.
+func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	s := func(p *string, name, def, usage string) { fs.StringVar(p, name, def, usage) }
+	d := func(p *time.Duration, name string, def time.Duration, usage string) {
+		fs.DurationVar(p, name, def, usage)
+	}
+	b := func(p *bool, name string, def bool, usage string) {
+		fs.BoolVar(p, name, def, fmt.Sprintf("%s (default %t)", usage, def))
+	}
+	i := func(p *int, name string, def int, usage string) { fs.IntVar(p, name, def, usage) }
+
+	// PostgreSQL
+	s(&c.cdc.PostgresURL, "postgres-url", "", "PostgreSQL connection URL, e.g. postgres://relay@db:5432/app?sslmode=verify-full (required; default none)")
+	s(&c.postgresPassword, "postgres-password", "", "PostgreSQL password, overriding the URL's; use RELAY_POSTGRES_PASSWORD_FILE to read it from a file (default none)")
+	s(&c.table, "table", "events", "outbox table, optionally schema-qualified")
+	s(&c.cdc.Columns.ID, "column-id", "id", "column holding the event id (becomes Nats-Msg-Id)")
+	s(&c.cdc.Columns.AggregateType, "column-aggregate-type", "aggregate_type", "column holding the aggregate type")
+	s(&c.cdc.Columns.AggregateID, "column-aggregate-id", "aggregate_id", "column holding the aggregate id")
+	s(&c.cdc.Columns.EventType, "column-event-type", "event_type", "column holding the event type")
+	s(&c.cdc.Columns.Payload, "column-payload", "payload", "column holding the message body")
+	s(&c.cdc.Columns.Headers, "column-headers", "headers", "JSON object column of extra message headers; empty when the table has none")
+	s(&c.cdc.Columns.CreatedAt, "column-created-at", "created_at", "column holding the creation time; empty when the table has none")
+	s(&c.cdc.Publication, "publication", "outbox_relay", "publication of the outbox table")
+	s(&c.cdc.Slot, "slot", "outbox_relay", "logical replication slot")
+	b(&c.cdc.CreatePublication, "create-publication", true, "create the publication when missing")
+	b(&c.cdc.CreateSlot, "create-slot", true, "create the slot when missing (never when the stream shows the slot was dropped)")
+	d(&c.cdc.StatusInterval, "status-interval", 2*time.Second, "how often the confirmed position is reported to PostgreSQL; keep below wal_sender_timeout")
+	d(&c.cdc.ConnectTimeout, "connect-timeout", 10*time.Second, "timeout for connecting to PostgreSQL")
+	d(&c.cdc.QueryTimeout, "query-timeout", 10*time.Second, "timeout for each PostgreSQL query")
+	d(&c.cdc.SlotPollInterval, "slot-poll-interval", 15*time.Second, "how often the slot's retained WAL and status are read")
+	d(&c.cdc.ReconnectMin, "reconnect-min", 250*time.Millisecond, "first delay before reconnecting to PostgreSQL")
+	d(&c.cdc.ReconnectMax, "reconnect-max", 15*time.Second, "longest delay between reconnects to PostgreSQL")
+	i(&c.cdc.EventBuffer, "event-buffer", 4096, "events buffered between reading and publishing")
+
+	// NATS
+	s(&c.sink.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated (required; default none)")
+	s(&c.sink.User, "nats-user", "", "NATS user (default none)")
+	s(&c.sink.Password, "nats-password", "", "NATS password; RELAY_NATS_PASSWORD_FILE reads it from a file (default none)")
+	s(&c.sink.Token, "nats-token", "", "NATS token; RELAY_NATS_TOKEN_FILE reads it from a file (default none)")
+	s(&c.sink.CredsFile, "nats-creds", "", "NATS credentials (.creds) file (default none)")
+	s(&c.sink.NKeySeedFile, "nats-nkey-file", "", "NATS NKey seed file (default none)")
+	s(&c.sink.TLSCAFile, "nats-tls-ca", "", "CA certificate file to verify NATS servers (default system roots)")
+	s(&c.sink.TLSCertFile, "nats-tls-cert", "", "client certificate file for NATS (default none)")
+	s(&c.sink.TLSKeyFile, "nats-tls-key", "", "client key file for NATS (default none)")
+	s(&c.sink.Stream, "stream", "OUTBOX", "JetStream stream the events are stored in; the relay must be its only writer")
+	b(&c.sink.CreateStream, "create-stream", false, "create the stream when missing (file storage)")
+	s(&c.streamSubjects, "stream-subjects", "", "comma-separated subjects for a stream the relay creates (default: the subject template's wildcard, plus the dead-letter subject)")
+	d(&c.sink.DuplicateWindow, "duplicate-window", 2*time.Minute, "duplicate window of a stream the relay creates")
+	i(&c.sink.Replicas, "stream-replicas", 1, "replicas of a stream the relay creates (3 for acknowledgements that survive a host crash)")
+	s(&c.subjectTemplate, "subject-template", "outbox.{aggregate_type}.{event_type}", "subject of each event; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}")
+	i(&c.pump.Window, "publish-window", 1024, "publishes in flight at once")
+	d(&c.sink.PublishTimeout, "publish-timeout", 10*time.Second, "timeout for each PubAck")
+	d(&c.sink.ConnectTimeout, "nats-connect-timeout", 5*time.Second, "timeout for connecting to a NATS server")
+	d(&c.sink.RequestTimeout, "nats-request-timeout", 5*time.Second, "timeout for each JetStream API request")
+	d(&c.sink.ReconnectWait, "nats-reconnect-wait", time.Second, "base delay between NATS reconnect attempts (jittered)")
+	d(&c.pump.RetryMin, "retry-min", 100*time.Millisecond, "first delay before publishing again after a failure")
+	d(&c.pump.RetryMax, "retry-max", 10*time.Second, "longest delay between publish retries")
+	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter")
+	s(&c.pump.DeadLetterSubject, "dead-letter-subject", "outbox_dead_letter", "subject poison events go to with --on-poison=dead-letter")
+
+	// Process
+	b(&c.leaderElection, "leader-election", true, "let only one relay per slot run; others stand by and take over")
+	d(&c.election.LeaseTimeout, "leader-lease-timeout", 5*time.Second, "how long a leader that went silent keeps leadership before a standby takes over")
+	d(&c.election.PollInterval, "leader-poll-interval", time.Second, "how often a standby tries to take over")
+	d(&c.pump.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for publishes in flight")
+	d(&c.stallTimeout, "stall-timeout", 2*time.Minute, "liveness fails when events are pending and none was acknowledged for this long while PostgreSQL and NATS are up")
+	s(&c.httpAddr, "http-addr", ":8081", "address of the /metrics, /healthz and /readyz endpoints")
+	s(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	s(&c.logFormat, "log-format", "json", "log format: json or console")
+	return fs
+}
+
+// parseConfig reads flags, then environment variables for every flag not
+// given, and validates the result, reporting every problem at once.
+func parseConfig(name string, args []string, getenv func(string) string, out io.Writer) (*config, error) {
+	c := &config{}
+	fs := newFlagSet(name, c, out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: relay %s [flags]\n\nEvery flag can also be set with RELAY_<FLAG> (for example RELAY_NATS_URL),\nor RELAY_<FLAG>_FILE to read the value from a file. Flags win over the environment.\n\nFlags:\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, flagHelp
+		}
+		return nil, &flagError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		value, ok, err := fromEnv(envName(f.Name), getenv)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.Name, err))
+			return
+		}
+		if ok {
+			if err := f.Value.Set(value); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s=%q: %w", f.Name, envName(f.Name), redactIfSecret(f.Name, value), err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, c.finish()
+}
+
+// fromEnv reads name, or the file named by name_FILE.
+func fromEnv(name string, getenv func(string) string) (string, bool, error) {
+	if v := getenv(name); v != "" {
+		return v, true, nil
+	}
+	file := getenv(name + "_FILE")
+	if file == "" {
+		return "", false, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", false, fmt.Errorf("read %s_FILE: %w", name, err)
+	}
+	return strings.TrimRight(string(data), "\r\n"), true, nil
+}
+
+func redactIfSecret(flagName, value string) string {
+	if strings.Contains(flagName, "password") || strings.Contains(flagName, "token") || strings.Contains(flagName, "url") {
+		return "REDACTED"
+	}
+	return value
+}
+
+// finish derives settings and validates everything.
+func (c *config) finish() error {
+	var errs []error
+	c.cdc.Schema, c.cdc.Table = "public", c.table
+	if schema, table, ok := strings.Cut(c.table, "."); ok {
+		c.cdc.Schema, c.cdc.Table = schema, table
+	}
+	if c.postgresPassword != "" && c.cdc.PostgresURL != "" {
+		withPassword, err := setPassword(c.cdc.PostgresURL, c.postgresPassword)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.cdc.PostgresURL = withPassword
+	}
+	tmpl, err := relay.ParseTemplate(c.subjectTemplate)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.template = tmpl
+	if c.streamSubjects != "" {
+		for _, subj := range strings.Split(c.streamSubjects, ",") {
+			c.sink.StreamSubjects = append(c.sink.StreamSubjects, strings.TrimSpace(subj))
+		}
+	} else if err == nil {
+		c.sink.StreamSubjects = tmpl.StreamSubjects()
+		if c.pump.OnPoison == relay.OnPoisonDeadLetter && !sink.Captures(c.sink.StreamSubjects, c.pump.DeadLetterSubject) {
+			c.sink.StreamSubjects = append(c.sink.StreamSubjects, c.pump.DeadLetterSubject)
+		}
+	}
+	// The client's own limit must not be what stalls the window.
+	c.sink.MaxPending = 2 * max(c.pump.Window, 1)
+	c.cdc.TakeOverActiveSlot = c.leaderElection
+	c.election.PostgresURL = c.cdc.PostgresURL
+	c.election.ConnectTimeout = c.cdc.ConnectTimeout
+	c.election.ReconnectMax = c.cdc.ReconnectMax
+	switch c.logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log-level: %q, must be debug, info, warn or error", c.logLevel))
+	}
+	if c.logFormat != "json" && c.logFormat != "console" {
+		errs = append(errs, fmt.Errorf("log-format: %q, must be json or console", c.logFormat))
+	}
+	if c.stallTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("stall-timeout: %s, must be positive", c.stallTimeout))
+	}
+	if c.httpAddr == "" {
+		errs = append(errs, errors.New("http-addr: must not be empty"))
+	}
+	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate())
+	if c.leaderElection {
+		errs = append(errs, c.election.Validate())
+		if c.election.PollInterval >= c.election.LeaseTimeout {
+			errs = append(errs, fmt.Errorf("leader-poll-interval: %s, must be below leader-lease-timeout %s", c.election.PollInterval, c.election.LeaseTimeout))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// setPassword puts password into a URL or keyword/value connection string.
+func setPassword(conn, password string) (string, error) {
+	if strings.HasPrefix(conn, "postgres://") || strings.HasPrefix(conn, "postgresql://") {
+		u, err := url.Parse(conn)
+		if err != nil {
+			return conn, errors.New("postgres-url: cannot be parsed as a URL")
+		}
+		user := ""
+		if u.User != nil {
+			user = u.User.Username()
+		}
+		u.User = url.UserPassword(user, password)
+		return u.String(), nil
+	}
+	quoted := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(password)
+	return conn + " password='" + quoted + "'", nil
+}
+
+// flagHelp reports that --help was asked for and answered.
+var flagHelp = flag.ErrHelp
+
+// flagError is a command line the flag package rejected and explained.
+type flagError struct{ err error }
+
+func (e *flagError) Error() string { return e.err.Error() }
+func (e *flagError) Unwrap() error { return e.err }
+
+func isFlagError(err error) bool {
+	var fe *flagError
+	return errors.As(err, &fe)
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/outbox-relay/outbox-relay/internal/e2e"
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
+)
+
+// fixture is a throwaway PostgreSQL with an outbox, a NATS server, and the
+// relay binary.
+type fixture struct {
+	pg     *testenv.Postgres
+	nats   *testenv.NATS
+	nc     *nats.Conn
+	db     string
+	writer *e2e.Writer
+	bin    string
+}
+
+func newFixture(t *testing.T, pgOpts ...testenv.PostgresOption) *fixture {
+	t.Helper()
+	f := &fixture{db: "app", bin: e2e.BuildRelay(t)}
+	f.pg = testenv.StartPostgres(t, pgOpts...)
+	f.pg.CreateDatabase(t, f.db)
+	e2e.SetupOutbox(t, f.pg, f.db)
+	f.nats = testenv.StartNATS(t)
+	f.nc = f.nats.Connect(t)
+	f.writer = e2e.NewWriter(t, f.pg.URL(f.db), 8)
+	return f
+}
+
+// env is the relay's configuration for this fixture, plus overrides.
+func (f *fixture) env(overrides ...string) map[string]string {
+	env := map[string]string{
+		"RELAY_POSTGRES_URL":    f.pg.URL(f.db),
+		"RELAY_NATS_URL":        f.nats.URL(),
+		"RELAY_CREATE_STREAM":   "true",
+		"RELAY_STATUS_INTERVAL": "500ms",
+		"RELAY_RECONNECT_MAX":   "2s",
+		"RELAY_RETRY_MAX":       "1s",
+		"RELAY_LOG_LEVEL":       "info",
+	}
+	for i := 0; i+1 < len(overrides); i += 2 {
+		env[overrides[i]] = overrides[i+1]
+	}
+	return env
+}
+
+// startRelay starts the relay and waits until it is streaming, so the slot
+// exists before the test writes.
+func (f *fixture) startRelay(t *testing.T, overrides ...string) *e2e.Relay {
+	t.Helper()
+	r := e2e.StartRelay(t, f.bin, f.env(overrides...))
+	waitReady(t, r)
+	return r
+}
+
+func waitReady(t *testing.T, r *e2e.Relay) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		code, _ := r.Get("/readyz")
+		return code == 200 || r.Exited()
+	}, 60*time.Second, 50*time.Millisecond, "relay should become ready")
+	require.False(t, r.Exited(), "relay exited while starting")
+}
+
+// waitStream waits until the stream holds n messages.
+func (f *fixture) waitStream(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	require.Eventually(t, func() bool { return e2e.StreamCount(f.nc, "OUTBOX") >= n }, timeout, 50*time.Millisecond,
+		"stream should reach %d messages, has %d", n, e2e.StreamCount(f.nc, "OUTBOX"))
+}
+
+// verify asserts the stream holds every committed event once, in commit order.
+func (f *fixture) verify(t *testing.T) []e2e.StoredMessage {
+	t.Helper()
+	expected := f.writer.Committed(t)
+	msgs := e2e.ReadStream(t, f.nc, "OUTBOX")
+	v := e2e.Compare(expected, e2e.IDs(msgs))
+	require.True(t, v.OK(), "stream vs commit log: %s", v)
+	return msgs
+}
+
+// write commits a transaction of n sample events and fails the test on error.
+func (f *fixture) write(t *testing.T, n int, tag string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ids, err := f.writer.Write(ctx, e2e.SampleEvents(n, 64, tag), false)
+	require.NoError(t, err)
+	return ids
+}
+
+// slotConfirmed returns the slot's confirmed_flush_lsn as text.
+func (f *fixture) slotConfirmed(t *testing.T) string {
+	t.Helper()
+	conn := f.pg.Connect(t, f.db)
+	var lsn string
+	err := conn.QueryRow(context.Background(), `SELECT COALESCE(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`).Scan(&lsn)
+	if err != nil {
+		return ""
+	}
+	return lsn
+}
+
+func tagf(format string, args ...any) string { return fmt.Sprintf(format, args...) }

@@ -1,0 +1,120 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/outbox-relay/outbox-relay/internal/backoff"
+	"github.com/outbox-relay/outbox-relay/internal/metrics"
+)
+
+// SlotReading is one reading of the slot from pg_replication_slots.
+type SlotReading struct {
+	Exists bool
+	Active bool
+	// WALStatus is pg_replication_slots.wal_status.
+	WALStatus string
+	// RetainedBytes is pg_current_wal_lsn() - restart_lsn: WAL kept for the slot.
+	RetainedBytes int64
+	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn.
+	LagBytes int64
+	// SafeWALSize is safe_wal_size, or -1 when max_slot_wal_keep_size is
+	// unlimited.
+	SafeWALSize    int64
+	ConfirmedFlush string
+	CurrentWAL     string
+	MaxSlotWALKeep string
+}
+
+// ReadSlot reads the slot's state on a normal connection.
+func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Duration) (SlotReading, error) {
+	q := querier{conn: conn, timeout: timeout}
+	var r SlotReading
+	var walStatus, confirmed *string
+	var retained, lag, safe *int64
+	err := q.row(ctx, `SELECT s.active, s.wal_status,
+			(pg_current_wal_lsn() - s.restart_lsn)::bigint,
+			(pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint,
+			s.safe_wal_size, s.confirmed_flush_lsn::text, pg_current_wal_lsn()::text,
+			current_setting('max_slot_wal_keep_size')
+		FROM pg_replication_slots s WHERE s.slot_name = $1`, slot).
+		Scan(&r.Active, &walStatus, &retained, &lag, &safe, &confirmed, &r.CurrentWAL, &r.MaxSlotWALKeep)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, nil
+	}
+	if err != nil {
+		return r, err
+	}
+	r.Exists = true
+	r.WALStatus, r.ConfirmedFlush = deref(walStatus), deref(confirmed)
+	r.SafeWALSize = -1
+	if safe != nil {
+		r.SafeWALSize = *safe
+	}
+	if retained != nil {
+		r.RetainedBytes = *retained
+	}
+	if lag != nil {
+		r.LagBytes = *lag
+	}
+	return r, nil
+}
+
+// MonitorSlot polls the slot every SlotPollInterval and exports its retained
+// WAL, safe_wal_size and wal_status, until ctx is done. It keeps its own
+// normal connection, reconnecting with backoff.
+func MonitorSlot(ctx context.Context, cfg Config, log *zap.Logger, m *metrics.Metrics) {
+	bo := backoff.Backoff{Min: cfg.ReconnectMin, Max: cfg.ReconnectMax}
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			closeConn(conn, cfg.ConnectTimeout)
+		}
+	}()
+	tick := time.NewTicker(cfg.SlotPollInterval)
+	defer tick.Stop()
+	for {
+		if conn == nil {
+			c, err := connect(ctx, cfg, false)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				delay := bo.Next()
+				log.Debug("slot monitor connection failed", zap.Int("attempt", bo.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+				if !backoff.Sleep(ctx, delay) {
+					return
+				}
+				continue
+			}
+			conn = c
+			bo.Reset()
+		}
+		r, err := ReadSlot(ctx, conn, cfg.Slot, cfg.QueryTimeout)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Debug("slot monitor query failed", zap.Error(err))
+			closeConn(conn, cfg.ConnectTimeout)
+			conn = nil
+			continue
+		}
+		if !r.Exists {
+			m.SetSlotWALStatus("missing")
+		} else {
+			m.SetSlotWALStatus(r.WALStatus)
+			m.CDCSlotRetainedWAL.Set(float64(r.RetainedBytes))
+			m.CDCSlotSafeWALSize.Set(float64(r.SafeWALSize))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}

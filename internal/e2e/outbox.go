@@ -1,0 +1,173 @@
+// Package e2e holds what end-to-end tests of the relay share: an outbox
+// writer that records commit order, a reader of the stream, the relay binary
+// run as a child process, and the verdict comparing stream and table.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
+)
+
+// RepoRoot returns the repository's root directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// testSchema adds, next to the shipped outbox DDL, what tests need: a commit
+// log whose tickets are drawn under a lock held until commit, so ticket order
+// is commit order, and an unrelated table.
+const testSchema = `
+CREATE SEQUENCE commit_ticket;
+CREATE TABLE commit_log (ticket bigint PRIMARY KEY, ids uuid[] NOT NULL);
+CREATE TABLE other_table (id bigserial PRIMARY KEY, note text, filler text);
+`
+
+// SetupOutbox creates the outbox table from sql/outbox.sql and the test
+// tables in database db.
+func SetupOutbox(t testing.TB, pg *testenv.Postgres, db string) {
+	t.Helper()
+	ddl, err := os.ReadFile(filepath.Join(RepoRoot(), "sql", "outbox.sql"))
+	if err != nil {
+		t.Fatalf("read outbox DDL: %v", err)
+	}
+	pg.Exec(t, db, string(ddl)+testSchema)
+}
+
+// Event is one row to write.
+type Event struct {
+	AggregateType string
+	AggregateID   string
+	EventType     string
+	Payload       string
+	Headers       string // JSON object or "" for NULL
+}
+
+// Writer writes outbox transactions and records their commit order.
+type Writer struct {
+	pool *pgxpool.Pool
+}
+
+// NewWriter connects a pool of up to conns connections to url.
+func NewWriter(t testing.TB, url string, conns int) *Writer {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatalf("parse writer url: %v", err)
+	}
+	cfg.MaxConns = int32(conns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("connect writer: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return &Writer{pool: pool}
+}
+
+// Write inserts events in one transaction and commits it, or rolls it back
+// when rollback is set. Committed transactions are recorded in commit_log in
+// commit order. It returns the ids of the rows.
+func (w *Writer) Write(ctx context.Context, events []Event, rollback bool) ([]string, error) {
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // no-op after commit
+	ids, err := insertEvents(ctx, tx, events)
+	if err != nil {
+		return nil, err
+	}
+	if rollback {
+		return ids, tx.Rollback(ctx)
+	}
+	// The lock is held until the commit record is written, so tickets are
+	// drawn in commit order.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(727274)`); err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO commit_log (ticket, ids) VALUES (nextval('commit_ticket'), $1::uuid[])`, ids); err != nil {
+		return nil, err
+	}
+	return ids, tx.Commit(ctx)
+}
+
+func insertEvents(ctx context.Context, tx pgx.Tx, events []Event) ([]string, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	types := make([]string, len(events))
+	aggIDs := make([]string, len(events))
+	evTypes := make([]string, len(events))
+	payloads := make([]string, len(events))
+	headers := make([]*string, len(events))
+	for i, e := range events {
+		types[i], aggIDs[i], evTypes[i], payloads[i] = e.AggregateType, e.AggregateID, e.EventType, e.Payload
+		if e.Headers != "" {
+			h := e.Headers
+			headers[i] = &h
+		}
+	}
+	// One statement; WITH ORDINALITY keeps the rows in the order given, so
+	// insertion order is the order of events.
+	rows, err := tx.Query(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, payload, headers)
+		SELECT t, a, e, p::jsonb, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+			WITH ORDINALITY AS u(t, a, e, p, h, n) ORDER BY n
+		RETURNING id::text`, types, aggIDs, evTypes, payloads, headers)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// WriteOther writes n rows to a table outside the outbox.
+func (w *Writer) WriteOther(ctx context.Context, n int, filler string) error {
+	_, err := w.pool.Exec(ctx, `INSERT INTO other_table (note, filler) SELECT 'x', $2 FROM generate_series(1, $1)`, n, filler)
+	return err
+}
+
+// Committed returns the ids of every committed event in commit order,
+// within a transaction in insertion order.
+func (w *Writer) Committed(t testing.TB) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rows, err := w.pool.Query(ctx, `SELECT id::text FROM commit_log, unnest(ids) WITH ORDINALITY AS u(id, n) ORDER BY ticket, n`)
+	if err != nil {
+		t.Fatalf("read commit log: %v", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("read commit log: %v", err)
+	}
+	return ids
+}
+
+// SampleEvents returns n events with payloads of about size bytes.
+func SampleEvents(n, size int, tag string) []Event {
+	events := make([]Event, n)
+	pad := make([]byte, max(0, size-40))
+	for i := range pad {
+		pad[i] = 'a' + byte(i%26)
+	}
+	for i := range events {
+		events[i] = Event{
+			AggregateType: "order",
+			AggregateID:   fmt.Sprintf("%s-%d", tag, i),
+			EventType:     "created",
+			Payload:       fmt.Sprintf(`{"n": %d, "pad": "%s"}`, i, pad),
+		}
+	}
+	return events
+}

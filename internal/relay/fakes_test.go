@@ -1,0 +1,544 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/relay"
+	"github.com/outbox-relay/outbox-relay/internal/sink"
+)
+
+// ---------------------------------------------------------------------------
+// fakeSource
+
+// ackRecord is one acknowledgement the pump gave the source.
+type ackRecord struct {
+	ID       string
+	Position cdc.Position
+}
+
+// fakeSource delivers events from a buffered channel and records acks. Events
+// built by the tests carry no tracker handle, so Ack only records.
+type fakeSource struct {
+	ch chan cdc.Event
+
+	mu   sync.Mutex
+	acks []ackRecord
+}
+
+var _ relay.Source = (*fakeSource)(nil)
+
+func newFakeSource(buffer int) *fakeSource {
+	return &fakeSource{ch: make(chan cdc.Event, buffer)}
+}
+
+// newFilledSource returns a source holding evs, closed after them when close
+// is set.
+func newFilledSource(evs []cdc.Event, close bool) *fakeSource {
+	s := newFakeSource(len(evs) + 1)
+	for _, ev := range evs {
+		s.ch <- ev
+	}
+	if close {
+		s.Close()
+	}
+	return s
+}
+
+func (s *fakeSource) Events() <-chan cdc.Event { return s.ch }
+
+func (s *fakeSource) Ack(ev cdc.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.acks = append(s.acks, ackRecord{ID: ev.ID, Position: ev.Position})
+}
+
+func (s *fakeSource) Close() { close(s.ch) }
+
+// Acks returns the acknowledgements in the order they were given.
+func (s *fakeSource) Acks() []ackRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]ackRecord(nil), s.acks...)
+}
+
+// AckedIDs returns the acknowledged event IDs in ack order.
+func (s *fakeSource) AckedIDs() []string {
+	var ids []string
+	for _, a := range s.Acks() {
+		ids = append(ids, a.ID)
+	}
+	return ids
+}
+
+// ---------------------------------------------------------------------------
+// fakeStream
+
+// faultKind is a scripted failure of one publish.
+type faultKind int
+
+const (
+	faultNone faultKind = iota
+	// faultTransient: the message never reaches the stream (a timeout, say);
+	// its Pending fails with a transient error.
+	faultTransient
+	// faultAckLost: the message is processed as usual (stored, unless a
+	// check refuses it) but the PubAck is lost: Pending fails with a
+	// transient error.
+	faultAckLost
+	// faultSync: Publish itself fails with a transient error; nothing is
+	// sent.
+	faultSync
+	// faultPermanentSync: Publish fails with sink.ErrPermanent (the client's
+	// max payload check); nothing is sent.
+	faultPermanentSync
+	// faultPermanentAsync: the server refuses the message as too large;
+	// Pending fails with sink.ErrPermanent.
+	faultPermanentAsync
+)
+
+func (k faultKind) String() string {
+	return [...]string{"none", "transient", "ack-lost", "sync", "permanent-sync", "permanent-async"}[k]
+}
+
+// fault scripts what happens to one publish.
+type fault struct {
+	kind faultKind
+	// hold, when set, delays the delivery of the publish's result (the
+	// message is processed at once, in order) until hold is closed.
+	hold chan struct{}
+	// onResult, when set, runs inside Wait after the result was taken and
+	// before Wait returns it.
+	onResult func()
+	// failTails makes the next failTails Tail calls fail once this publish
+	// is processed.
+	failTails int
+}
+
+// script decides the fault of the nth publish (1-based, counting every call
+// to Publish, retries and dead letters included).
+type script func(n int, m sink.Message) fault
+
+// atPublish faults the nth publish.
+func atPublish(n int, f fault) script {
+	return func(i int, _ sink.Message) fault {
+		if i == n {
+			return f
+		}
+		return fault{}
+	}
+}
+
+// onEvent faults every publish of event id to a subject accepted by match
+// (nil: any subject).
+func onEvent(id string, match func(subject string) bool, f fault) script {
+	return func(_ int, m sink.Message) fault {
+		if m.ID == id && (match == nil || match(m.Subject)) {
+			return f
+		}
+		return fault{}
+	}
+}
+
+// firstOf returns the first non-empty fault of the scripts.
+func firstOf(scripts ...script) script {
+	return func(n int, m sink.Message) fault {
+		for _, s := range scripts {
+			if f := s(n, m); f.kind != faultNone || f.hold != nil || f.onResult != nil || f.failTails > 0 {
+				return f
+			}
+		}
+		return fault{}
+	}
+}
+
+// storedMsg is one message of a fake stream.
+type storedMsg struct {
+	Seq           uint64
+	Subject       string
+	ID            string
+	Data          []byte
+	Header        nats.Header
+	CheckLastSeq  bool
+	ExpectLastSeq uint64
+}
+
+// streamStore is one stream's messages and sequence space.
+type streamStore struct {
+	name    string
+	msgs    []storedMsg
+	lastSeq uint64
+	ids     map[string]uint64 // Nats-Msg-Id -> seq, the duplicate window
+}
+
+// fakeStream models one JetStream stream, plus another stream that catches
+// the subjects it does not capture (a separate dead-letter stream):
+//
+//   - messages are processed strictly in Publish order, as over one
+//     connection;
+//   - Nats-Expected-Last-Sequence: a message with CheckLastSeq is stored only
+//     when ExpectLastSeq equals the stream's last sequence, else its Pending
+//     fails with an error wrapping sink.ErrWrongSequence;
+//   - Nats-Msg-Id: within the duplicate window (dedup) a message whose ID is
+//     already stored is acknowledged as a duplicate with the stored copy's
+//     sequence. With dedupFirst the ID is checked before the expected last
+//     sequence (as a clustered stream does); otherwise after it (as an R1
+//     stream does);
+//   - a Pending delivers its result once, like a PubAckFuture: a Wait after
+//     the result was taken blocks until its ctx is done.
+type fakeStream struct {
+	captures   []string
+	dedup      bool
+	dedupFirst bool
+
+	mu        sync.Mutex
+	main      streamStore
+	other     streamStore
+	script    script
+	publishes int
+	paused    bool
+	queue     []*fakePending
+	pendings  []*fakePending // every pending, by publish number - 1 (nil for sync failures)
+
+	// accounting
+	outstanding    int // results not yet taken by a Wait
+	maxOutstanding int
+	rejectedSeq    int // refusals for a wrong last sequence
+	duplicates     int
+	tailCalls      int
+	tailFailures   int // Tail calls still to fail
+	holds          sync.WaitGroup
+}
+
+var (
+	_ relay.Publisher = (*fakeStream)(nil)
+	_ relay.Tailer    = (*fakeStream)(nil)
+)
+
+func newFakeStream(dedup, dedupFirst bool) *fakeStream {
+	return &fakeStream{
+		captures:   []string{"outbox.>"},
+		dedup:      dedup,
+		dedupFirst: dedupFirst,
+		main:       streamStore{name: "OUTBOX", ids: map[string]uint64{}},
+		other:      streamStore{name: "OTHER", ids: map[string]uint64{}},
+	}
+}
+
+func (s *fakeStream) SetScript(sc script) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.script = sc
+}
+
+// FailTails makes the next n Tail calls fail.
+func (s *fakeStream) FailTails(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tailFailures = n
+}
+
+// Pause queues publishes unprocessed until Resume.
+func (s *fakeStream) Pause() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = true
+}
+
+// Resume processes the queued publishes in order and delivers their results.
+func (s *fakeStream) Resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = false
+	for _, p := range s.queue {
+		s.processLocked(p)
+	}
+	s.queue = nil
+}
+
+// Queued returns how many publishes wait for Resume.
+func (s *fakeStream) Queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue)
+}
+
+// Append stores m directly, as another writer would.
+func (s *fakeStream) Append(m sink.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.storeFor(m.Subject)
+	st.lastSeq++
+	st.msgs = append(st.msgs, storedMsg{Seq: st.lastSeq, Subject: m.Subject, ID: m.ID, Data: m.Data, Header: cloneHeader(m.Header)})
+	if m.ID != "" {
+		st.ids[m.ID] = st.lastSeq
+	}
+}
+
+// Messages returns the messages of the stream.
+func (s *fakeStream) Messages() []storedMsg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]storedMsg(nil), s.main.msgs...)
+}
+
+// OtherMessages returns the messages stored in the other stream.
+func (s *fakeStream) OtherMessages() []storedMsg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]storedMsg(nil), s.other.msgs...)
+}
+
+// Pending returns the pending of the nth publish (nil if there was none).
+func (s *fakeStream) Pending(n int) *fakePending {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n < 1 || n > len(s.pendings) {
+		return nil
+	}
+	return s.pendings[n-1]
+}
+
+// Publishes returns how many times Publish was called.
+func (s *fakeStream) Publishes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.publishes
+}
+
+func (s *fakeStream) MaxOutstanding() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxOutstanding
+}
+
+func (s *fakeStream) RejectedWrongSequence() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rejectedSeq
+}
+
+func (s *fakeStream) Duplicates() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.duplicates
+}
+
+func (s *fakeStream) TailCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tailCalls
+}
+
+// WaitHolds waits for the goroutines delivering held results.
+func (s *fakeStream) WaitHolds() { s.holds.Wait() }
+
+func (s *fakeStream) storeFor(subject string) *streamStore {
+	if sink.Captures(s.captures, subject) {
+		return &s.main
+	}
+	return &s.other
+}
+
+// Publish implements relay.Publisher.
+func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.publishes++
+	n := s.publishes
+	var f fault
+	if s.script != nil {
+		f = s.script(n, m)
+	}
+	switch f.kind {
+	case faultSync:
+		s.pendings = append(s.pendings, nil)
+		return nil, fmt.Errorf("publish to %q: %w", m.Subject, jetstream.ErrTooManyStalledMsgs)
+	case faultPermanentSync:
+		s.pendings = append(s.pendings, nil)
+		return nil, fmt.Errorf("%w: publish to %q: %w", sink.ErrPermanent, m.Subject, nats.ErrMaxPayload)
+	}
+	m.Header = cloneHeader(m.Header)
+	p := &fakePending{
+		stream: s, n: n, msg: m, fault: f,
+		ok: make(chan sink.Ack, 1), errc: make(chan error, 1),
+	}
+	s.pendings = append(s.pendings, p)
+	s.outstanding++
+	s.maxOutstanding = max(s.maxOutstanding, s.outstanding)
+	if s.paused {
+		s.queue = append(s.queue, p)
+	} else {
+		s.processLocked(p)
+	}
+	return p, nil
+}
+
+// processLocked applies p's message to its stream and delivers the result,
+// at once or when its hold is released.
+func (s *fakeStream) processLocked(p *fakePending) {
+	if p.fault.failTails > 0 {
+		s.tailFailures = p.fault.failTails
+	}
+	ack, err := s.applyLocked(p)
+	if p.fault.kind == faultAckLost {
+		ack, err = sink.Ack{}, fmt.Errorf("publish to %q: %w", p.msg.Subject, jetstream.ErrAsyncPublishTimeout)
+	}
+	if p.fault.hold == nil {
+		p.deliver(ack, err)
+		return
+	}
+	s.holds.Add(1)
+	go func() {
+		defer s.holds.Done()
+		<-p.fault.hold
+		p.deliver(ack, err)
+	}()
+}
+
+func (s *fakeStream) applyLocked(p *fakePending) (sink.Ack, error) {
+	m := p.msg
+	switch p.fault.kind {
+	case faultTransient:
+		return sink.Ack{}, fmt.Errorf("publish to %q: %w", m.Subject, jetstream.ErrAsyncPublishTimeout)
+	case faultPermanentAsync:
+		return sink.Ack{}, fmt.Errorf("%w: publish to %q: nats: API error: code=400 err_code=10054 description=message size exceeds maximum allowed", sink.ErrPermanent, m.Subject)
+	}
+	st := s.storeFor(m.Subject)
+	dup := func() (sink.Ack, bool) {
+		if !s.dedup || m.ID == "" {
+			return sink.Ack{}, false
+		}
+		seq, ok := st.ids[m.ID]
+		if !ok {
+			return sink.Ack{}, false
+		}
+		s.duplicates++
+		return sink.Ack{Stream: st.name, Seq: seq, Duplicate: true}, true
+	}
+	if s.dedupFirst {
+		if ack, ok := dup(); ok {
+			return ack, nil
+		}
+	}
+	if m.CheckLastSeq && m.ExpectLastSeq != st.lastSeq {
+		s.rejectedSeq++
+		return sink.Ack{}, fmt.Errorf("%w: publish to %q: nats: API error: code=400 err_code=10071 description=wrong last sequence: %d (expected %d)",
+			sink.ErrWrongSequence, m.Subject, st.lastSeq, m.ExpectLastSeq)
+	}
+	if !s.dedupFirst {
+		if ack, ok := dup(); ok {
+			return ack, nil
+		}
+	}
+	st.lastSeq++
+	st.msgs = append(st.msgs, storedMsg{
+		Seq: st.lastSeq, Subject: m.Subject, ID: m.ID, Data: m.Data, Header: m.Header,
+		CheckLastSeq: m.CheckLastSeq, ExpectLastSeq: m.ExpectLastSeq,
+	})
+	if m.ID != "" {
+		st.ids[m.ID] = st.lastSeq
+	}
+	p.storedSeq = st.lastSeq
+	return sink.Ack{Stream: st.name, Seq: st.lastSeq}, nil
+}
+
+// fakeTailScan mirrors sink.TailReader's bound on how far back it looks.
+const fakeTailScan = 64
+
+// Tail implements relay.Tailer like sink.TailReader with the Outbox-Origin
+// marker: the last sequence and the headers of the last message carrying
+// the marker.
+func (s *fakeStream) Tail(ctx context.Context) (sink.Tail, error) {
+	if err := ctx.Err(); err != nil {
+		return sink.Tail{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tailCalls++
+	if s.tailFailures > 0 {
+		s.tailFailures--
+		return sink.Tail{}, fmt.Errorf("read stream %q: %w", s.main.name, context.DeadlineExceeded)
+	}
+	tail := sink.Tail{LastSeq: s.main.lastSeq}
+	for i := len(s.main.msgs) - 1; i >= 0 && len(s.main.msgs)-1-i < fakeTailScan; i-- {
+		if s.main.msgs[i].Header.Get(relay.HeaderOrigin) != "" {
+			tail.Header = cloneHeader(s.main.msgs[i].Header)
+			break
+		}
+	}
+	return tail, nil
+}
+
+// fakePending is one publish in flight.
+type fakePending struct {
+	stream *fakeStream
+	n      int
+	msg    sink.Message
+	fault  fault
+
+	ok   chan sink.Ack
+	errc chan error
+
+	// storedSeq is where the message was stored (0: not stored); set
+	// under stream.mu when processed.
+	storedSeq uint64
+
+	waits atomic.Int32
+	taken atomic.Bool
+}
+
+func (p *fakePending) deliver(ack sink.Ack, err error) {
+	if err != nil {
+		p.errc <- err
+		return
+	}
+	p.ok <- ack
+}
+
+// Wait implements sink.Pending like the real one: the result is delivered
+// once; ctx ending first leaves it to a later Wait.
+func (p *fakePending) Wait(ctx context.Context) (sink.Ack, error) {
+	p.waits.Add(1)
+	var (
+		ack sink.Ack
+		err error
+	)
+	select {
+	case ack = <-p.ok:
+	case err = <-p.errc:
+	case <-ctx.Done():
+		return sink.Ack{}, ctx.Err()
+	}
+	p.taken.Store(true)
+	p.stream.mu.Lock()
+	p.stream.outstanding--
+	p.stream.mu.Unlock()
+	if p.fault.onResult != nil {
+		p.fault.onResult()
+	}
+	return ack, err
+}
+
+// Waits returns how many times Wait was called.
+func (p *fakePending) Waits() int { return int(p.waits.Load()) }
+
+func cloneHeader(h nats.Header) nats.Header {
+	if h == nil {
+		return nil
+	}
+	c := make(nats.Header, len(h))
+	for k, v := range h {
+		c[k] = append([]string(nil), v...)
+	}
+	return c
+}
