@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
@@ -62,12 +65,14 @@ func (f *fixture) startRelay(t *testing.T, overrides ...string) *e2e.Relay {
 	return r
 }
 
+// waitReady waits until the relay leads and streams (a standby is ready too,
+// but has no slot yet).
 func waitReady(t *testing.T, r *e2e.Relay) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		code, _ := r.Get("/readyz")
-		return code == 200 || r.Exited()
-	}, 60*time.Second, 50*time.Millisecond, "relay should become ready")
+		code, body := r.Get("/readyz")
+		return (code == 200 && strings.Contains(body, `"role":"leader"`)) || r.Exited()
+	}, 60*time.Second, 50*time.Millisecond, "relay should become ready as leader")
 	require.False(t, r.Exited(), "relay exited while starting")
 }
 
@@ -111,3 +116,61 @@ func (f *fixture) slotConfirmed(t *testing.T) string {
 }
 
 func tagf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+
+// lsn runs a query returning one pg_lsn as text and parses it; 0 when the
+// query finds nothing or fails (the server may be restarting).
+func (f *fixture) lsn(t *testing.T, query string) pglogrepl.LSN {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.pg.URL(f.db))
+	if err != nil {
+		return 0
+	}
+	defer conn.Close(ctx)
+	var text *string
+	if err := conn.QueryRow(ctx, query).Scan(&text); err != nil || text == nil {
+		return 0
+	}
+	lsn, err := pglogrepl.ParseLSN(*text)
+	if err != nil {
+		return 0
+	}
+	return lsn
+}
+
+func (f *fixture) confirmedLSN(t *testing.T) pglogrepl.LSN {
+	return f.lsn(t, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`)
+}
+
+func (f *fixture) currentWAL(t *testing.T) pglogrepl.LSN {
+	return f.lsn(t, `SELECT pg_current_wal_lsn()::text`)
+}
+
+// produce commits transactions of mixed sizes until total events were
+// attempted or ctx is done. Failed transactions (a server restarting) are
+// retried later; what committed is in the commit log either way.
+func (f *fixture) produce(ctx context.Context, total int, tag string) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sizes := []int{1, 10, 1, 50, 3}
+		written := 0
+		for i := 0; written < total && ctx.Err() == nil; i++ {
+			n := min(sizes[i%len(sizes)], total-written)
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := f.writer.Write(wctx, e2e.SampleEvents(n, 128, tagf("%s-%d", tag, i)), i%11 == 5)
+			cancel()
+			if err != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+				continue
+			}
+			written += n
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	return done
+}

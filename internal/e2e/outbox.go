@@ -141,17 +141,24 @@ func (w *Writer) WriteOther(ctx context.Context, n int, filler string) error {
 // within a transaction in insertion order.
 func (w *Writer) Committed(t testing.TB) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	rows, err := w.pool.Query(ctx, `SELECT id::text FROM commit_log, unnest(ids) WITH ORDINALITY AS u(id, n) ORDER BY ticket, n`)
-	if err != nil {
-		t.Fatalf("read commit log: %v", err)
+	for {
+		// Connections of the pool may have died with a server restart;
+		// the pool replaces them on the next attempt.
+		rows, err := w.pool.Query(ctx, `SELECT id::text FROM commit_log, unnest(ids) WITH ORDINALITY AS u(id, n) ORDER BY ticket, n`)
+		if err == nil {
+			var ids []string
+			ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			if err == nil {
+				return ids
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("read commit log: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatalf("read commit log: %v", err)
-	}
-	return ids
 }
 
 // SampleEvents returns n events with payloads of about size bytes.

@@ -1,0 +1,71 @@
+# outbox-relay: the two commands a newcomer needs are `make demo` and `make test`.
+
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+FUZZTIME  ?= 30s
+# Slow-to-build tools are installed once here and reused.
+TOOLS_BIN ?= $(HOME)/.cache/outbox-relay/tools/bin
+
+PROMTOOL_VERSION      := v0.316.0
+HELM_VERSION          := v3.22.0
+GOLANGCI_LINT_VERSION := v2.15.0
+
+.PHONY: build test test-short fuzz lint vet demo bench chaos docker helm-lint tools clean
+
+build: ## Build bin/relay, as the Dockerfile does
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
+
+test: ## The whole suite: unit, integration, end-to-end and fault tests, with -race
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+test-short: ## Pure-logic tests only (no servers)
+	$(GO) test -race -count=1 ./internal/cdc/ ./internal/relay/ ./internal/sink/ ./internal/backoff/ ./internal/metrics/
+
+fuzz: ## Each fuzz target for FUZZTIME
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/cdc/
+	$(GO) test -run='^$$' -fuzz='^FuzzSubject$$' -fuzztime=$(FUZZTIME) ./internal/relay/
+	$(GO) test -run='^$$' -fuzz='^FuzzRowHeaders$$' -fuzztime=$(FUZZTIME) ./internal/relay/
+
+vet:
+	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && exit 1)
+	$(GO) vet ./...
+
+lint: vet $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) ## golangci-lint with the project's config
+	$(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) run ./...
+
+demo: ## Throwaway PostgreSQL + NATS, the relay, a producer and a consumer; Ctrl-C stops and cleans up
+	$(GO) run ./cmd/demo
+
+bench: ## Benchmark against the measured limits of PostgreSQL and JetStream; writes docs/benchmarks.md
+	$(GO) run ./cmd/bench
+
+chaos: ## The full chaos suite; writes docs/reliability.md
+	CHAOS_FULL=1 $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./cmd/relay/
+
+docker: ## Needs a Docker engine
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t outbox-relay:$(VERSION) .
+
+helm-lint: $(TOOLS_BIN)/helm-$(HELM_VERSION)
+	$(TOOLS_BIN)/helm-$(HELM_VERSION) lint --strict helm/outbox-relay
+
+tools: $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
+
+$(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION):
+	mkdir -p $(TOOLS_BIN)
+	GOBIN=$(TOOLS_BIN)/.tmp $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(TOOLS_BIN)/.tmp/golangci-lint $@
+
+$(TOOLS_BIN)/helm-$(HELM_VERSION):
+	mkdir -p $(TOOLS_BIN)
+	GOBIN=$(TOOLS_BIN)/.tmp $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(TOOLS_BIN)/.tmp/helm $@
+
+$(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION):
+	mkdir -p $(TOOLS_BIN)
+	GOBIN=$(TOOLS_BIN)/.tmp $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mv $(TOOLS_BIN)/.tmp/promtool $@
+
+clean:
+	rm -rf bin
