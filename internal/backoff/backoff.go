@@ -20,12 +20,19 @@ type Backoff struct {
 // half and all of min(Max, Min·2^attempt) ("equal jitter"), so it never
 // collapses to zero and never exceeds Max.
 func (b *Backoff) Next() time.Duration {
-	ceiling := b.Min
+	ceiling := min(b.Min, b.Max)
 	for i := 0; i < b.attempt && ceiling < b.Max; i++ {
+		if ceiling > b.Max/2 {
+			// Doubling would pass Max, or overflow for a huge Max.
+			ceiling = b.Max
+			break
+		}
 		ceiling *= 2
 	}
-	ceiling = min(ceiling, b.Max)
 	b.attempt++
+	if ceiling <= 0 {
+		return 0
+	}
 	half := ceiling / 2
 	return half + rand.N(ceiling-half+1)
 }

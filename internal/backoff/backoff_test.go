@@ -2,6 +2,7 @@ package backoff
 
 import (
 	"context"
+	"math"
 	"testing"
 	"time"
 
@@ -92,4 +93,23 @@ func TestSleep(t *testing.T) {
 	start := time.Now()
 	require.False(t, Sleep(ctx, time.Hour))
 	require.Less(t, time.Since(start), time.Minute)
+}
+
+// TestNextHugeMax: a Max near the largest duration never overflows the
+// doubling ceiling.
+func TestNextHugeMax(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ min, max time.Duration }{
+		{time.Second, math.MaxInt64},
+		{1 << 62, math.MaxInt64},
+		{3 * 365 * 24 * time.Hour, 200 * 365 * 24 * time.Hour},
+	} {
+		b := Backoff{Min: c.min, Max: c.max}
+		for i := range 100 {
+			var d time.Duration
+			require.NotPanics(t, func() { d = b.Next() }, "min %s max %s attempt %d", c.min, c.max, i)
+			require.Positive(t, d, "min %s max %s attempt %d", c.min, c.max, i)
+			require.LessOrEqual(t, d, c.max)
+		}
+	}
 }

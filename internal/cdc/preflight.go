@@ -64,6 +64,67 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	return state, nil
 }
 
+// Check runs the preflight checks without changing anything and returns a
+// line per check. Problems are returned together, joined, each naming the
+// setting and the fix; a missing publication or slot that the relay would
+// create is a note, not a problem.
+func Check(ctx context.Context, cfg Config) ([]string, error) {
+	conn, err := connect(ctx, cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	defer closeConn(conn, cfg.ConnectTimeout)
+	q := querier{conn: conn, timeout: cfg.QueryTimeout}
+	var notes []string
+	var errs []error
+	if err := checkServer(ctx, q, cfg); err != nil {
+		errs = append(errs, err)
+	} else {
+		notes = append(notes, "postgres: wal_level = logical, role may replicate, table and columns present")
+	}
+	dry := cfg
+	dry.CreatePublication, dry.CreateSlot = false, false
+	if err := ensurePublication(ctx, q, dry, zap.NewNop()); err != nil {
+		if cfg.CreatePublication && isMissing(ctx, q, `SELECT 1 FROM pg_publication WHERE pubname = $1`, cfg.Publication) {
+			notes = append(notes, fmt.Sprintf("publication %q: missing, will be created on start", cfg.Publication))
+		} else {
+			errs = append(errs, err)
+		}
+	} else {
+		notes = append(notes, fmt.Sprintf("publication %q: publishes inserts of the table", cfg.Publication))
+	}
+	if _, err := identify(ctx, cfg); err != nil {
+		errs = append(errs, fmt.Errorf("postgres-url: replication connection refused (check pg_hba.conf has a replication line for the role): %w", err))
+	} else {
+		notes = append(notes, "postgres: replication connection accepted")
+	}
+	row, exists, err := readSlot(ctx, q, cfg.Slot)
+	switch {
+	case err != nil:
+		errs = append(errs, err)
+	case !exists && cfg.CreateSlot:
+		notes = append(notes, fmt.Sprintf("slot %q: missing, will be created on start", cfg.Slot))
+	case !exists:
+		errs = append(errs, fmt.Errorf("slot: %q does not exist and --create-slot is off", cfg.Slot))
+	default:
+		var database string
+		if err := q.row(ctx, `SELECT current_database()`).Scan(&database); err != nil {
+			errs = append(errs, fmt.Errorf("read current database: %w", err))
+		} else if err := row.usable(cfg.Slot, database); err != nil {
+			errs = append(errs, err)
+		} else {
+			notes = append(notes, fmt.Sprintf("slot %q: usable, confirmed_flush_lsn %s, wal_status %s", cfg.Slot, row.confirmedFlush, row.walStatus))
+		}
+	}
+	return notes, errors.Join(errs...)
+}
+
+func isMissing(ctx context.Context, q querier, sql string, args ...any) bool {
+	var one int
+	err := q.row(ctx, sql, args...).Scan(&one)
+	return errors.Is(err, pgx.ErrNoRows)
+}
+
 // checkServer gathers every server, role and table problem before reporting,
 // so a user fixes them in one round.
 func checkServer(ctx context.Context, q querier, cfg Config) error {
@@ -345,4 +406,15 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// Connect opens a normal connection with the configured timeouts, for
+// one-off commands.
+func Connect(ctx context.Context, cfg Config) (*pgx.Conn, error) { return connect(ctx, cfg, false) }
+
+// SystemID returns the cluster's system identifier, read with
+// IDENTIFY_SYSTEM (which needs only the REPLICATION attribute).
+func SystemID(ctx context.Context, cfg Config) (string, error) {
+	sys, err := identify(ctx, cfg)
+	return sys.SystemID, err
 }

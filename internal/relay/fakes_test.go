@@ -30,6 +30,8 @@ type fakeSource struct {
 
 	mu   sync.Mutex
 	acks []ackRecord
+	// onAck, when set, runs after each ack is recorded.
+	onAck func(ev cdc.Event)
 }
 
 var _ relay.Source = (*fakeSource)(nil)
@@ -38,14 +40,14 @@ func newFakeSource(buffer int) *fakeSource {
 	return &fakeSource{ch: make(chan cdc.Event, buffer)}
 }
 
-// newFilledSource returns a source holding evs, closed after them when close
+// newFilledSource returns a source holding evs, closed after them when closed
 // is set.
-func newFilledSource(evs []cdc.Event, close bool) *fakeSource {
+func newFilledSource(evs []cdc.Event, closed bool) *fakeSource {
 	s := newFakeSource(len(evs) + 1)
 	for _, ev := range evs {
 		s.ch <- ev
 	}
-	if close {
+	if closed {
 		s.Close()
 	}
 	return s
@@ -55,8 +57,19 @@ func (s *fakeSource) Events() <-chan cdc.Event { return s.ch }
 
 func (s *fakeSource) Ack(ev cdc.Event) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.acks = append(s.acks, ackRecord{ID: ev.ID, Position: ev.Position})
+	hook := s.onAck
+	s.mu.Unlock()
+	if hook != nil {
+		hook(ev)
+	}
+}
+
+// OnAck installs a hook run after each ack.
+func (s *fakeSource) OnAck(f func(ev cdc.Event)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onAck = f
 }
 
 func (s *fakeSource) Close() { close(s.ch) }
@@ -494,7 +507,6 @@ type fakePending struct {
 	storedSeq uint64
 
 	waits atomic.Int32
-	taken atomic.Bool
 }
 
 func (p *fakePending) deliver(ack sink.Ack, err error) {
@@ -519,7 +531,6 @@ func (p *fakePending) Wait(ctx context.Context) (sink.Ack, error) {
 	case <-ctx.Done():
 		return sink.Ack{}, ctx.Err()
 	}
-	p.taken.Store(true)
 	p.stream.mu.Lock()
 	p.stream.outstanding--
 	p.stream.mu.Unlock()

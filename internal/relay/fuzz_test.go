@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"bytes"
 	"encoding/json"
+	"net/textproto"
 	"strings"
 	"testing"
 
@@ -159,8 +161,10 @@ func FuzzRowHeaders(f *testing.F) {
 		if len(raw) == 0 {
 			return
 		}
+		// The relay trims Unicode white space (bytes.TrimSpace) before
+		// parsing; so does this check.
 		var obj map[string]any
-		if err := json.Unmarshal(raw, &obj); err != nil {
+		if err := json.Unmarshal(bytes.TrimSpace(raw), &obj); err != nil {
 			t.Fatalf("accepted headers %q that are not a JSON object: %v", raw, err)
 		}
 		for k, v := range obj {
@@ -171,6 +175,9 @@ func FuzzRowHeaders(f *testing.F) {
 				}
 				continue
 			}
+			// NATS cannot carry white space around a header value; the
+			// relay trims it as the wire would.
+			s = textproto.TrimString(s)
 			if got := msg.Header[k]; len(got) != 1 || got[0] != s {
 				t.Fatalf("header %q = %q, want %q", k, got, s)
 			}

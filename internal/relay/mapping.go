@@ -2,9 +2,12 @@ package relay
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -197,7 +200,7 @@ func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 	}
 	header := nats.Header{}
 	if len(ev.Headers) > 0 {
-		if err := addRowHeaders(header, ev.Headers); err != nil {
+		if err := addRowHeaders(header, ev.Headers, false); err != nil {
 			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
 		}
 	}
@@ -212,9 +215,9 @@ func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError, maxPayload int64) sink.Message {
 	header := nats.Header{}
 	if len(ev.Headers) > 0 {
-		// A malformed headers column is part of why it is poison; keep
-		// whatever part of it is usable.
-		_ = addRowHeaders(header, ev.Headers)
+		// A malformed headers column may be why it is poison; keep every
+		// entry that is usable.
+		_ = addRowHeaders(header, ev.Headers, true)
 	}
 	mp.stamp(header, ev)
 	header.Set(HeaderPoisonReason, reason.Reason+": "+sanitizeHeaderValue(reason.Detail))
@@ -262,10 +265,13 @@ func PositionFromHeader(h nats.Header, origin string) (cdc.Position, bool) {
 }
 
 // addRowHeaders adds the string entries of the row's headers object. Other
-// values are ignored. Names the relay sets itself (Nats-*, Outbox-*) and
-// names or values that cannot travel in a NATS header make the row poison:
-// silently dropping them would change the event.
-func addRowHeaders(header nats.Header, raw []byte) error {
+// values are ignored, and so is whitespace around values, which NATS headers
+// cannot carry. Names the relay sets itself (Nats-*, Outbox-*) and names or
+// values that cannot travel in a NATS header make the row poison: silently
+// dropping them would change the event. With lenient set, such entries are
+// skipped instead (for dead-letter messages). Entries are visited in name
+// order, so the outcome never depends on map iteration.
+func addRowHeaders(header nats.Header, raw []byte, lenient bool) error {
 	trimmed := bytes.TrimSpace(raw)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return errors.New("column headers is not a JSON object")
@@ -274,22 +280,42 @@ func addRowHeaders(header nats.Header, raw []byte) error {
 	if err := json.Unmarshal(trimmed, &entries); err != nil {
 		return fmt.Errorf("column headers: %w", err)
 	}
-	for name, value := range entries {
+	names := make([]string, 0, len(entries))
+	for name := range entries {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var first error
+	for _, name := range names {
+		value := entries[name]
 		var s string
 		if len(value) == 0 || value[0] != '"' || json.Unmarshal(value, &s) != nil {
 			continue
 		}
-		if !validHeaderName(name) {
-			return fmt.Errorf("column headers: %q is not a valid header name", name)
+		if err := checkRowHeader(name, s); err != nil {
+			if !lenient {
+				return err
+			}
+			first = cmp.Or(first, err)
+			continue
 		}
-		lower := strings.ToLower(name)
-		if strings.HasPrefix(lower, "nats-") || strings.HasPrefix(lower, "outbox-") {
-			return fmt.Errorf("column headers: %q is reserved for the relay and NATS", name)
-		}
-		if strings.ContainsAny(s, "\r\n") {
-			return fmt.Errorf("column headers: the value of %q contains a line break", name)
-		}
-		header[name] = []string{s}
+		// NATS trims ASCII white space around header values on the wire;
+		// trimming here keeps the message what the relay believes it sent.
+		header[name] = []string{textproto.TrimString(s)}
+	}
+	return first
+}
+
+func checkRowHeader(name, value string) error {
+	if !validHeaderName(name) {
+		return fmt.Errorf("column headers: %q is not a valid header name", name)
+	}
+	lower := strings.ToLower(name)
+	if strings.HasPrefix(lower, "nats-") || strings.HasPrefix(lower, "outbox-") {
+		return fmt.Errorf("column headers: %q is reserved for the relay and NATS", name)
+	}
+	if strings.ContainsAny(value, "\r\n") {
+		return fmt.Errorf("column headers: the value of %q contains a line break", name)
 	}
 	return nil
 }

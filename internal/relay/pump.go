@@ -97,9 +97,16 @@ func (c Config) Validate() error {
 // inflight is one publish awaiting its PubAck.
 type inflight struct {
 	ev      cdc.Event
-	pending sink.Pending
+	pending sink.Pending // nil once it failed, or when it was never sent
+	err     error        // why it failed
 	// expect is the stream sequence the message must land at.
 	expect uint64
+}
+
+// failure is an event whose publish failed, and why.
+type failure struct {
+	ev  cdc.Event
+	err error
 }
 
 // Pump moves events from a Source to a Publisher.
@@ -149,7 +156,7 @@ func New(src Source, pub Publisher, tail Tailer, mapper *Mapper, cfg Config, log
 // duplicate window.
 func (p *Pump) Run(ctx context.Context) error {
 	if err := p.resync(ctx); err != nil {
-		return p.stop(err)
+		return p.stop(ctx, err)
 	}
 	for {
 		for len(p.window) < p.cfg.Window {
@@ -158,14 +165,11 @@ func (p *Pump) Run(ctx context.Context) error {
 				break
 			}
 			if err := p.publish(ctx, ev); err != nil {
-				if ctx.Err() != nil {
-					return p.stop(nil)
-				}
-				return p.stop(err)
+				return p.stop(ctx, err)
 			}
 		}
 		if ctx.Err() != nil {
-			return p.stop(nil)
+			return p.stop(ctx, nil)
 		}
 		if len(p.window) == 0 {
 			if p.closed && len(p.replay) == 0 {
@@ -173,31 +177,32 @@ func (p *Pump) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		head := p.window[0]
+		head := &p.window[0]
 		ack, err := head.pending.Wait(ctx)
-		if ctx.Err() != nil {
-			return p.stop(nil)
+		if err != nil && ctx.Err() != nil {
+			// Not resolved yet: stop waits for it with the shutdown budget.
+			return p.stop(ctx, nil)
 		}
 		if err == nil && !ack.Duplicate && ack.Seq == head.expect {
-			p.window = p.window[1:]
 			p.stored, p.hasStored = head.ev.Position, true
 			p.acked(head.ev)
+			p.window = p.window[1:]
 			continue
 		}
 		if err == nil {
 			// Stored, but not where expected: a duplicate or another
 			// writer. Later expectations are off; read the stream again.
-			p.window = p.window[1:]
 			p.acked(head.ev)
+			p.window = p.window[1:]
 			err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", head.ev.ID, ack.Seq, ack.Duplicate, head.expect, sink.ErrWrongSequence)
-		} else {
-			p.window[0].pending = nil // failed; settle must not wait on it
-		}
-		if err := p.recover(ctx, err); err != nil {
-			if ctx.Err() != nil {
-				return p.stop(nil)
+			if err := p.retryAfter(ctx, p.settle(ctx), err); err != nil {
+				return p.stop(ctx, err)
 			}
-			return p.stop(err)
+			continue
+		}
+		head.pending, head.err = nil, err
+		if err := p.recover(ctx); err != nil {
+			return p.stop(ctx, err)
 		}
 	}
 }
@@ -251,13 +256,13 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 	msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
 	pending, err := p.pub.Publish(ctx, msg)
 	if err != nil {
-		if errors.Is(err, sink.ErrPermanent) {
-			return p.poison(ctx, ev, &PoisonError{Reason: "too_large", Detail: err.Error()})
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		// Not sent: queue it behind the window and recover as for a
 		// failed PubAck.
-		p.window = append(p.window, inflight{ev: ev})
-		return p.recover(ctx, err)
+		p.window = append(p.window, inflight{ev: ev, err: err})
+		return p.recover(ctx)
 	}
 	p.lastSeq = expect
 	p.window = append(p.window, inflight{ev: ev, pending: pending, expect: expect})
@@ -286,16 +291,23 @@ func (p *Pump) LastProgress() time.Time {
 }
 
 // settle waits for every publish still in the window, acknowledges the ones
-// stored and returns the others, in order.
-func (p *Pump) settle(ctx context.Context) []cdc.Event {
-	var failed []cdc.Event
-	for _, f := range p.window {
+// stored and returns the others, in order, with why they failed. When ctx
+// ends first, the unresolved publishes stay in the window for stop to wait
+// on.
+func (p *Pump) settle(ctx context.Context) []failure {
+	var failed []failure
+	for i, f := range p.window {
 		if f.pending == nil {
-			failed = append(failed, f.ev)
+			failed = append(failed, failure{ev: f.ev, err: f.err})
 			continue
 		}
-		if _, err := f.pending.Wait(ctx); err != nil {
-			failed = append(failed, f.ev)
+		_, err := f.pending.Wait(ctx)
+		if err != nil && ctx.Err() != nil {
+			p.window = append(p.window[:0], p.window[i:]...)
+			return failed
+		}
+		if err != nil {
+			failed = append(failed, failure{ev: f.ev, err: err})
 			continue
 		}
 		p.acked(f.ev)
@@ -304,28 +316,34 @@ func (p *Pump) settle(ctx context.Context) []cdc.Event {
 	return failed
 }
 
-// recover handles a failed publish: it settles the window (the failed
-// publish has a nil pending there), queues every unsettled event for
-// publishing again in order, backs off unless the failure was an ordering
-// conflict, and reads back the stream's end. A permanent failure of the
-// oldest unsettled event is handled as poison.
-func (p *Pump) recover(ctx context.Context, cause error) error {
-	failed := p.settle(ctx)
-	if errors.Is(cause, sink.ErrPermanent) && len(failed) > 0 {
-		p.replay = append(failed[1:], p.replay...)
-		if err := p.resync(ctx); err != nil {
-			return err
-		}
-		return p.poison(ctx, failed[0], &PoisonError{Reason: "too_large", Detail: cause.Error()})
-	}
-	p.replay = append(failed, p.replay...)
-	return p.retryAfter(ctx, cause)
+// recover handles a failed publish in the window: it settles the window and
+// deals with what failed.
+func (p *Pump) recover(ctx context.Context) error {
+	return p.retryAfter(ctx, p.settle(ctx), nil)
 }
 
-// retryAfter backs off unless cause was an ordering conflict (nothing to
-// wait for then), and reads back the stream's end.
-func (p *Pump) retryAfter(ctx context.Context, cause error) error {
-	if !errors.Is(cause, sink.ErrWrongSequence) {
+// retryAfter queues failed events for publishing again in order, ahead of
+// everything else. The first failure decides what happens: a permanent one
+// makes its event poison; any other is retried after a backoff (none for an
+// ordering conflict, which has nothing to wait for), once the stream's end
+// has been read back. cause, when set, is a failure of an event already
+// handled (stored where not expected).
+func (p *Pump) retryAfter(ctx context.Context, failed []failure, cause error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(failed) > 0 {
+		cause = failed[0].err
+		if errors.Is(cause, sink.ErrPermanent) {
+			p.replay = append(events(failed[1:]), p.replay...)
+			if err := p.resync(ctx); err != nil {
+				return err
+			}
+			return p.poison(ctx, failed[0].ev, &PoisonError{Reason: "too_large", Detail: cause.Error()})
+		}
+		p.replay = append(events(failed), p.replay...)
+	}
+	if cause != nil && !errors.Is(cause, sink.ErrWrongSequence) {
 		delay := p.retry.Next()
 		p.m.PumpRetries.Inc()
 		p.log.Warn("publish failed, retrying", zap.Int("attempt", p.retry.Attempt()),
@@ -335,6 +353,14 @@ func (p *Pump) retryAfter(ctx context.Context, cause error) error {
 		}
 	}
 	return p.resync(ctx)
+}
+
+func events(failed []failure) []cdc.Event {
+	evs := make([]cdc.Event, len(failed))
+	for i, f := range failed {
+		evs[i] = f.ev
+	}
+	return evs
 }
 
 // resync reads the stream's last sequence and last stored position, retrying
@@ -364,11 +390,14 @@ func (p *Pump) resync(ctx context.Context) error {
 func (p *Pump) poison(ctx context.Context, ev cdc.Event, reason *PoisonError) error {
 	if len(p.window) > 0 {
 		failed := p.settle(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if len(failed) > 0 {
-			// An earlier event failed: retry it first; ev comes back in
-			// its turn.
-			p.replay = append(append(failed, ev), p.replay...)
-			return p.retryAfter(ctx, errors.New("a publish before a poison event failed"))
+			// An earlier event failed: deal with it first; ev comes
+			// back in its turn.
+			p.replay = append([]cdc.Event{ev}, p.replay...)
+			return p.retryAfter(ctx, failed, nil)
 		}
 	}
 	p.m.PumpPoisonEvents.WithLabelValues(reason.Reason).Inc()
@@ -425,6 +454,9 @@ func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError
 			return err
 		}
 		if p.hasStored && !p.stored.Less(ev.Position) {
+			// Stored although its acknowledgement was lost.
+			p.m.PumpDeadLettered.Inc()
+			p.log.Warn("poison event dead-lettered", zap.String("event_id", ev.ID), zap.String("subject", p.cfg.DeadLetterSubject), zap.Error(reason))
 			p.acked(ev)
 			return nil
 		}
@@ -432,16 +464,20 @@ func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError
 }
 
 // stop lets the publishes in flight finish within ShutdownTimeout,
-// acknowledges the stored ones and returns err.
-func (p *Pump) stop(err error) error {
+// acknowledges the stored ones and returns err; an error caused by ctx
+// ending is a shutdown, not a failure, and becomes nil.
+func (p *Pump) stop(ctx context.Context, err error) error {
+	if ctx.Err() != nil && err != nil && errors.Is(err, ctx.Err()) {
+		err = nil
+	}
 	if len(p.window) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
 		defer cancel()
 		for _, f := range p.window {
 			if f.pending == nil {
 				continue
 			}
-			if _, werr := f.pending.Wait(ctx); werr == nil {
+			if _, werr := f.pending.Wait(sctx); werr == nil {
 				p.acked(f.ev)
 			}
 		}
