@@ -153,10 +153,7 @@ func parseConfig(name string, args []string, getenv func(string) string, out io.
 			}
 		}
 	})
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return c, c.finish()
+	return c, errors.Join(append(errs, c.finish())...)
 }
 
 // fromEnv reads name, or the file named by name_FILE.

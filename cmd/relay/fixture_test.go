@@ -35,7 +35,7 @@ func newFixture(t *testing.T, pgOpts ...testenv.PostgresOption) *fixture {
 	e2e.SetupOutbox(t, f.pg, f.db)
 	f.nats = testenv.StartNATS(t)
 	f.nc = f.nats.Connect(t)
-	f.writer = e2e.NewWriter(t, f.pg.URL(f.db), 8)
+	f.writer = e2e.NewWriter(t, f.pg.AdminURL(f.db), 8)
 	return f
 }
 
@@ -123,7 +123,7 @@ func (f *fixture) lsn(t *testing.T, query string) pglogrepl.LSN {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, f.pg.URL(f.db))
+	conn, err := pgx.Connect(ctx, f.pg.AdminURL(f.db))
 	if err != nil {
 		return 0
 	}
