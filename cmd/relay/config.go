@@ -71,6 +71,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.cdc.Slot, "slot", "outbox_relay", "logical replication slot")
 	b(&c.cdc.CreatePublication, "create-publication", true, "create the publication when missing")
 	b(&c.cdc.CreateSlot, "create-slot", true, "create the slot when missing (never when the stream shows the slot was dropped)")
+	b(&c.cdc.FailoverSlot, "failover-slot", false, "create the slot as a failover slot that survives a failover to a standby (PostgreSQL 17+)")
 	d(&c.cdc.StatusInterval, "status-interval", 2*time.Second, "how often the confirmed position is reported to PostgreSQL; keep below wal_sender_timeout")
 	d(&c.cdc.ConnectTimeout, "connect-timeout", 10*time.Second, "timeout for connecting to PostgreSQL")
 	d(&c.cdc.QueryTimeout, "query-timeout", 10*time.Second, "timeout for each PostgreSQL query")

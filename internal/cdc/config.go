@@ -23,6 +23,10 @@ type Config struct {
 	// CreatePublication and CreateSlot allow creating them when missing.
 	CreatePublication bool
 	CreateSlot        bool
+	// FailoverSlot creates the slot as a failover slot (PostgreSQL 17+),
+	// which standbys with sync_replication_slots keep in step, so the slot
+	// survives a failover.
+	FailoverSlot bool
 	// StatusInterval is how often the confirmed position is reported to
 	// PostgreSQL; it must stay well below the server's wal_sender_timeout.
 	StatusInterval time.Duration

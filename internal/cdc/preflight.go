@@ -260,8 +260,21 @@ func ensureSlot(ctx context.Context, q querier, cfg Config, log *zap.Logger, may
 		if err := mayCreate(database); err != nil {
 			return SlotState{}, fmt.Errorf("slot: %q does not exist and may not be created: %w: %w", cfg.Slot, err, ErrSlot)
 		}
+		create := `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`
+		if cfg.FailoverSlot {
+			var version int
+			if err := q.row(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+				return SlotState{}, fmt.Errorf("read server version: %w", err)
+			}
+			if version < 170000 {
+				return SlotState{}, fmt.Errorf("failover-slot: failover slots need PostgreSQL 17 or later, the server is version %d; turn the flag off: %w",
+					version/10000, ErrConfig)
+			}
+			// Arguments: slot, plugin, temporary, two-phase, failover.
+			create = `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)`
+		}
 		var lsn string
-		if err := q.row(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, cfg.Slot).Scan(&lsn); err != nil {
+		if err := q.row(ctx, create, cfg.Slot).Scan(&lsn); err != nil {
 			return SlotState{}, fmt.Errorf("create slot %q: %w", cfg.Slot, err)
 		}
 		log.Info("replication slot created", zap.String("slot", cfg.Slot), zap.String("lsn", lsn))
