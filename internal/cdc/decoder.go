@@ -3,6 +3,7 @@ package cdc
 import (
 	"errors"
 	"fmt"
+	"unsafe"
 )
 
 // ErrConfig marks a problem only a change of configuration or schema can fix;
@@ -190,21 +191,35 @@ func (d *decoder) event(rel relation) (Event, string) {
 			}
 		}
 	}
-	ev.ID = string(text[colID])
-	ev.AggregateType = string(text[colAggregateType])
-	ev.AggregateID = string(text[colAggregateID])
-	ev.EventType = string(text[colEventType])
-	ev.Payload = cloneBytes(text[colPayload])
-	ev.Headers = cloneBytes(text[colHeaders])
-	ev.CreatedAt = string(text[colCreatedAt])
-	return ev, defect
-}
-
-// cloneBytes copies b, keeping nil as nil (a NULL stays distinguishable from
-// an empty value).
-func cloneBytes(b []byte) []byte {
-	if b == nil {
-		return nil
+	// One allocation holds every value: the row is copied out of the
+	// connection's buffer once, and strings are views of the copy, which
+	// nothing writes to afterwards.
+	size := 0
+	for _, v := range text {
+		size += len(v)
 	}
-	return append(make([]byte, 0, len(b)), b...)
+	buf := make([]byte, 0, size)
+	view := func(v []byte) []byte {
+		if v == nil {
+			return nil
+		}
+		start := len(buf)
+		buf = append(buf, v...)
+		return buf[start:len(buf):len(buf)]
+	}
+	str := func(v []byte) string {
+		b := view(v)
+		if len(b) == 0 {
+			return ""
+		}
+		return unsafe.String(&b[0], len(b))
+	}
+	ev.ID = str(text[colID])
+	ev.AggregateType = str(text[colAggregateType])
+	ev.AggregateID = str(text[colAggregateID])
+	ev.EventType = str(text[colEventType])
+	ev.Payload = view(text[colPayload])
+	ev.Headers = view(text[colHeaders])
+	ev.CreatedAt = str(text[colCreatedAt])
+	return ev, defect
 }

@@ -321,7 +321,9 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 		r.tracker.Track(txn.entry)
 		txn.forwarded++
 		r.m.CDCEvents.Inc()
-		r.log.Debug("event read", zap.String("event_id", ev.ID), zap.Uint32("xid", txn.xid), zap.Stringer("lsn", lsn))
+		if ce := r.log.Check(zap.DebugLevel, "event read"); ce != nil {
+			ce.Write(zap.String("event_id", ev.ID), zap.Uint32("xid", txn.xid), zap.Stringer("lsn", lsn))
+		}
 		return s.emit(ctx, ev)
 	case changeCommit:
 		if s.skipping {

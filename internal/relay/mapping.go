@@ -163,12 +163,18 @@ type Mapper struct {
 	// captures lists the stream's subjects; a subject outside them would
 	// never be stored.
 	captures []string
+	// checkEach is set when the stream captures only some of the subjects
+	// the template can build, so each must be checked.
+	checkEach bool
 }
 
 // NewMapper builds a Mapper. origin identifies the slot the events come
 // from (cluster system identifier, database and slot).
 func NewMapper(template Template, origin string, streamSubjects []string) *Mapper {
-	return &Mapper{template: template, origin: origin, captures: streamSubjects}
+	return &Mapper{
+		template: template, origin: origin, captures: streamSubjects,
+		checkEach: len(streamSubjects) > 0 && !sink.Captures(streamSubjects, template.Wildcard()),
+	}
 }
 
 // Captured reports whether the stream stores messages published to subject.
@@ -195,7 +201,7 @@ func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 	if err != nil {
 		return sink.Message{}, &PoisonError{Reason: "invalid_subject", Detail: err.Error()}
 	}
-	if len(mp.captures) > 0 && !sink.Captures(mp.captures, subject) {
+	if mp.checkEach && !sink.Captures(mp.captures, subject) {
 		return sink.Message{}, &PoisonError{Reason: "no_stream", Detail: fmt.Sprintf("no subject of the stream captures %q", subject)}
 	}
 	header := nats.Header{}
@@ -242,7 +248,7 @@ func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event) {
 	set(HeaderAggregateID, ev.AggregateID)
 	set(HeaderEventType, ev.EventType)
 	set(HeaderCreatedAt, normalizeTimestamp(ev.CreatedAt))
-	header[HeaderCommitLSN] = []string{ev.Position.CommitLSN.String()}
+	header[HeaderCommitLSN] = []string{formatLSN(ev.Position.CommitLSN)}
 	header[HeaderCommitIndex] = []string{strconv.FormatUint(uint64(ev.Position.Index), 10)}
 	header[HeaderOrigin] = []string{mp.origin}
 }
@@ -363,4 +369,29 @@ func normalizeTimestamp(s string) string {
 		}
 	}
 	return s
+}
+
+// formatLSN renders lsn as PostgreSQL does ("16/B374D848"), without fmt:
+// it runs for every message.
+func formatLSN(lsn pglogrepl.LSN) string {
+	var buf [17]byte
+	b := appendUpperHex(buf[:0], uint32(lsn>>32))
+	b = append(b, '/')
+	b = appendUpperHex(b, uint32(lsn))
+	return string(b)
+}
+
+func appendUpperHex(b []byte, v uint32) []byte {
+	const digits = "0123456789ABCDEF"
+	if v == 0 {
+		return append(b, '0')
+	}
+	var tmp [8]byte
+	i := len(tmp)
+	for v > 0 {
+		i--
+		tmp[i] = digits[v&0xF]
+		v >>= 4
+	}
+	return append(b, tmp[i:]...)
 }

@@ -593,3 +593,10 @@ func TestDeadLetterKeepsAllUsableRowHeaders(t *testing.T) {
 		require.False(t, ok)
 	}
 }
+
+func TestFormatLSNMatchesPostgres(t *testing.T) {
+	t.Parallel()
+	for _, lsn := range []pglogrepl.LSN{0, 1, 0x16B374D848, 0xFFFFFFFFFFFFFFFF, 0x100000000, 0xABCDEF} {
+		require.Equal(t, lsn.String(), formatLSN(lsn))
+	}
+}

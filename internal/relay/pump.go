@@ -240,7 +240,9 @@ func (p *Pump) next(ctx context.Context, block bool) (cdc.Event, bool) {
 func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 	if p.hasStored && !p.stored.Less(ev.Position) {
 		p.m.PumpSkipped.Inc()
-		p.log.Debug("event already on the stream, skipped", zap.String("event_id", ev.ID), zap.Stringer("lsn", ev.Position.CommitLSN))
+		if ce := p.log.Check(zap.DebugLevel, "event already on the stream, skipped"); ce != nil {
+			ce.Write(zap.String("event_id", ev.ID), zap.Stringer("lsn", ev.Position.CommitLSN))
+		}
 		p.src.Ack(ev)
 		return nil
 	}
@@ -266,7 +268,11 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 	}
 	p.lastSeq = expect
 	p.window = append(p.window, inflight{ev: ev, pending: pending, expect: expect})
-	p.log.Debug("event published", zap.String("event_id", ev.ID), zap.String("subject", msg.Subject))
+	// Check first: building the fields of a disabled log line costs
+	// allocations on the hottest path.
+	if ce := p.log.Check(zap.DebugLevel, "event published"); ce != nil {
+		ce.Write(zap.String("event_id", ev.ID), zap.String("subject", msg.Subject))
+	}
 	return nil
 }
 
