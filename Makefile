@@ -52,20 +52,21 @@ helm-lint: $(TOOLS_BIN)/helm-$(HELM_VERSION)
 
 tools: $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
 
+# Each tool is built once, from the Go module proxy, into a versioned name.
 $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION):
-	mkdir -p $(TOOLS_BIN)
-	GOBIN=$(TOOLS_BIN)/.tmp $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
-	mv $(TOOLS_BIN)/.tmp/golangci-lint $@
+	mkdir -p $(TOOLS_BIN)/.tmp-golangci-lint
+	cd /tmp && GOBIN=$(TOOLS_BIN)/.tmp-golangci-lint $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(TOOLS_BIN)/.tmp-golangci-lint/golangci-lint $@
 
 $(TOOLS_BIN)/helm-$(HELM_VERSION):
-	mkdir -p $(TOOLS_BIN)
-	GOBIN=$(TOOLS_BIN)/.tmp $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
-	mv $(TOOLS_BIN)/.tmp/helm $@
+	mkdir -p $(TOOLS_BIN)/.tmp-helm
+	cd /tmp && GOBIN=$(TOOLS_BIN)/.tmp-helm $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(TOOLS_BIN)/.tmp-helm/helm $@
 
 $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION):
-	mkdir -p $(TOOLS_BIN)
-	GOBIN=$(TOOLS_BIN)/.tmp $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
-	mv $(TOOLS_BIN)/.tmp/promtool $@
+	mkdir -p $(TOOLS_BIN)/.tmp-promtool
+	cd /tmp && GOBIN=$(TOOLS_BIN)/.tmp-promtool $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mv $(TOOLS_BIN)/.tmp-promtool/promtool $@
 
 clean:
 	rm -rf bin

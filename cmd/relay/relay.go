@@ -111,14 +111,18 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 		}
 		if ctx.Err() != nil {
 			health.SetRole(relay.RoleStopping)
-			return err
-		}
-		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				return nil // a signal is a clean shutdown
+			}
 			return err
 		}
 		if lost {
-			log.Warn("leadership lost, standing by", zap.String("slot", cfg.cdc.Slot))
+			// Whatever failed was cut short by the lost lease.
+			log.Warn("leadership lost, standing by", zap.String("slot", cfg.cdc.Slot), zap.Error(err))
 			continue
+		}
+		if err != nil {
+			return err
 		}
 		return nil
 	}
