@@ -36,7 +36,8 @@ lint: vet $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) ## golangci-lint w
 	$(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) run ./...
 
 demo: ## Throwaway PostgreSQL + NATS, the relay, a producer and a consumer; Ctrl-C stops and cleans up
-	$(GO) run ./cmd/demo
+	$(GO) build -o bin/demo ./cmd/demo
+	bin/demo $(DEMO_ARGS)
 
 bench: ## Benchmark against the measured limits of PostgreSQL and JetStream; writes docs/benchmarks.md
 	$(GO) run ./cmd/bench

@@ -23,6 +23,16 @@ func (c *console) printf(format string, args ...any) {
 	_, _ = fmt.Fprintf(c.w, format+"\n", args...)
 }
 
+// locked runs f while holding the console, with a printf that writes
+// under that hold: lines printed by others in the meantime come after f's.
+func (c *console) locked(f func(printf func(format string, args ...any))) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f(func(format string, args ...any) {
+		_, _ = fmt.Fprintf(c.w, format+"\n", args...)
+	})
+}
+
 // linePrefixer is an io.Writer for a child's output that prints each line
 // to a console with a prefix. It is not safe for concurrent writes; exec
 // serializes them when Stdout and Stderr are the same linePrefixer.

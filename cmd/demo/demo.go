@@ -42,6 +42,10 @@ const (
 	catchUpTimeout = 5 * time.Second
 )
 
+// errInterrupted reports that the user stopped the demo before it was up,
+// which is neither a failure nor a run worth a summary.
+var errInterrupted = errors.New("interrupted while starting")
+
 // result is what the demo saw: the ids of committed events in commit order,
 // and the Nats-Msg-Ids the consumer received in stream order.
 type result struct {
@@ -82,8 +86,7 @@ func runDemo(ctx context.Context, opts options, out *console) (res result, err e
 	started := false
 	defer func() {
 		if err != nil && !started && ctx.Err() != nil && opts.duration == 0 {
-			out.printf("demo: interrupted while starting")
-			err = nil
+			err = errInterrupted
 		}
 	}()
 
@@ -229,7 +232,7 @@ func runUntilDone(ctx context.Context, duration time.Duration, out *console, pro
 		}
 		return fmt.Errorf("producer: %w", err)
 	case <-relay.done:
-		failure = fmt.Errorf("relay exited unexpectedly: %v", relay.err)
+		failure = relay.unexpectedExit()
 	case <-cons.done:
 		failure = fmt.Errorf("consumer stopped unexpectedly: %v", cons.err)
 	}

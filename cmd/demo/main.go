@@ -68,6 +68,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	out := &console{w: stdout}
 	res, err := runDemo(ctx, opts, out)
+	if errors.Is(err, errInterrupted) {
+		out.printf("demo: %v", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}

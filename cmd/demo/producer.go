@@ -106,22 +106,36 @@ func (p *producer) step(ctx context.Context) error {
 	rollback := p.rng.IntN(rollbackOneIn) == 0
 	p.txs++
 
-	ids, err := p.write(ctx, events, rollback)
+	tx, ids, err := p.insert(ctx, events)
 	if err != nil {
 		return fmt.Errorf("transaction %d: %w", p.txs, err)
 	}
+	defer func() { _ = tx.Rollback(ctx) }() // no-op after commit
 	desc := describe(events)
 	if rollback {
+		if err := tx.Rollback(ctx); err != nil {
+			return fmt.Errorf("transaction %d: rollback: %w", p.txs, err)
+		}
 		p.mu.Lock()
 		p.rolledBack++
 		p.mu.Unlock()
 		p.out.printf("producer | tx %d ROLLED BACK: %s (must never reach the stream)", p.txs, desc)
 		return nil // the order retries this step later
 	}
+	// Committed while holding the console: the relay publishes within
+	// milliseconds, and the consumer's lines must not come before the one
+	// saying the transaction committed.
+	p.out.locked(func(printf func(string, ...any)) {
+		if err = tx.Commit(ctx); err == nil {
+			printf("producer | tx %d committed: %s", p.txs, desc)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("transaction %d: commit (its outcome is unknown): %w", p.txs, err)
+	}
 	p.mu.Lock()
 	p.committed = append(p.committed, ids...)
 	p.mu.Unlock()
-	p.out.printf("producer | tx %d committed: %s", p.txs, desc)
 	o.step++
 	if o.step == 3 {
 		p.open = removeOrder(p.open, o)
@@ -188,14 +202,13 @@ func (p *producer) eventsFor(o *order) []event {
 	return events
 }
 
-// write inserts events in one transaction, in order, and commits it or
-// rolls it back. It returns the ids PostgreSQL assigned.
-func (p *producer) write(ctx context.Context, events []event, rollback bool) ([]string, error) {
+// insert begins a transaction and inserts events in order. It returns the
+// open transaction and the ids PostgreSQL assigned.
+func (p *producer) insert(ctx context.Context, events []event) (pgx.Tx, []string, error) {
 	tx, err := p.conn.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, nil, fmt.Errorf("begin: %w", err)
 	}
-	defer func() { _ = tx.Rollback(ctx) }() // no-op after commit
 	ids := make([]string, 0, len(events))
 	for _, e := range events {
 		var headers *string
@@ -207,20 +220,12 @@ func (p *producer) write(ctx context.Context, events []event, rollback bool) ([]
 			VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id::text`,
 			e.aggregateType, e.aggregateID, e.eventType, e.payload, headers).Scan(&id)
 		if err != nil {
-			return nil, fmt.Errorf("insert: %w", err)
+			_ = tx.Rollback(ctx) // the error that matters is the insert's
+			return nil, nil, fmt.Errorf("insert: %w", err)
 		}
 		ids = append(ids, id)
 	}
-	if rollback {
-		if err := tx.Rollback(ctx); err != nil {
-			return nil, fmt.Errorf("rollback: %w", err)
-		}
-		return ids, nil
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit (its outcome is unknown): %w", err)
-	}
-	return ids, nil
+	return tx, ids, nil
 }
 
 // describe lists events as aggregate_type/aggregate_id event_type.

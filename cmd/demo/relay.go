@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	relaypkg "github.com/outbox-relay/outbox-relay/internal/relay"
 )
 
 // buildRelay builds cmd/relay into dir and returns the binary's path. The
@@ -36,7 +39,7 @@ type relayProcess struct {
 	err  error
 
 	stopOnce sync.Once
-	stopErr  error
+	exitOnce sync.Once
 }
 
 // startRelay starts bin with the demo's environment plus env, which wins
@@ -81,7 +84,7 @@ func startRelay(bin string, env []string, out *console) (*relayProcess, error) {
 	return r, nil
 }
 
-// waitReady polls /readyz until the relay is streaming from its slot.
+// waitReady polls /readyz until the relay leads and streams from its slot.
 func (r *relayProcess) waitReady(ctx context.Context, httpAddr string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -89,12 +92,12 @@ func (r *relayProcess) waitReady(ctx context.Context, httpAddr string, timeout t
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if ready(ctx, url) {
+		if leading(ctx, url) {
 			return nil
 		}
 		select {
 		case <-r.done:
-			return fmt.Errorf("relay exited while starting: %v", r.err)
+			return fmt.Errorf("while starting: %w", r.unexpectedExit())
 		case <-ctx.Done():
 			return fmt.Errorf("wait for the relay to become ready (%s): %w", url, ctx.Err())
 		case <-tick.C:
@@ -102,7 +105,10 @@ func (r *relayProcess) waitReady(ctx context.Context, httpAddr string, timeout t
 	}
 }
 
-func ready(ctx context.Context, url string) bool {
+// leading reports whether /readyz says the relay is a ready leader. Ready
+// alone is not enough: a standby, still waiting for leadership, is ready
+// too, but has created neither the stream nor the slot.
+func leading(ctx context.Context, url string) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -113,27 +119,44 @@ func ready(ctx context.Context, url string) bool {
 	if err != nil {
 		return false // not listening yet
 	}
-	_ = resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	defer resp.Body.Close()
+	var probe struct {
+		Role string `json:"role"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&probe) != nil {
+		return false
+	}
+	return probe.Role == string(relaypkg.RoleLeader)
+}
+
+// unexpectedExit describes the exit of a relay nobody asked to stop. It
+// returns nil after the first call, since whoever noticed first has
+// reported it.
+func (r *relayProcess) unexpectedExit() error {
+	var err error
+	r.exitOnce.Do(func() {
+		status := "exit status 0"
+		if r.err != nil {
+			status = r.err.Error()
+		}
+		err = fmt.Errorf("relay exited unexpectedly: %s", status)
+	})
+	return err
 }
 
 // stop sends SIGTERM, which makes the relay finish its publishes in flight,
 // confirm its position to PostgreSQL and exit 0, and waits for that. After
-// timeout it kills the relay. Only the first call acts; later ones return
-// its result.
+// timeout it kills the relay. Only the first call acts and reports.
 func (r *relayProcess) stop(timeout time.Duration) error {
-	r.stopOnce.Do(func() { r.stopErr = r.terminate(timeout) })
-	return r.stopErr
+	var err error
+	r.stopOnce.Do(func() { err = r.terminate(timeout) })
+	return err
 }
 
 func (r *relayProcess) terminate(timeout time.Duration) error {
 	select {
 	case <-r.done:
-		// Already gone: that is only fine if it went cleanly.
-		if r.err != nil {
-			return fmt.Errorf("relay: %w", r.err)
-		}
-		return nil
+		return r.unexpectedExit()
 	default:
 	}
 	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {

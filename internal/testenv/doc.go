@@ -3,6 +3,10 @@
 // bound to 127.0.0.1 only, and registers t.Cleanup hooks that stop it and
 // remove its files.
 //
+// Programs that are not tests, such as cmd/demo, use the same code through
+// NewPostgres, NewNATS and PickFreePort, which return errors instead of
+// failing a test and leave stopping to the caller's Close.
+//
 // PostgreSQL runs from the binaries found via PG_BIN, /usr/lib/postgresql/15/bin
 // or pg_config. When the test process runs as root (which PostgreSQL refuses),
 // initdb and postgres are started as the OS user "postgres".

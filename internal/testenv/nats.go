@@ -28,7 +28,8 @@ const (
 	natsLogEnv = "TESTENV_NATS_LOG"
 )
 
-// NATSOption configures a server started by StartNATS or StartNATSCluster.
+// NATSOption configures a server started by StartNATS, NewNATS or
+// StartNATSCluster.
 type NATSOption func(*natsConfig)
 
 type natsConfig struct {
@@ -43,13 +44,14 @@ func WithNATSConfig(fn func(*server.Options)) NATSOption {
 	return func(c *natsConfig) { c.mutate = append(c.mutate, fn) }
 }
 
-// NATS is an in-process NATS server with JetStream, owned by one test. Its
-// port and store directory stay the same across Stop/Start, so clients can
-// reconnect and JetStream state survives.
+// NATS is an in-process NATS server with JetStream, owned by one test or
+// program. Its port and store directory stay the same across Stop/Start, so
+// clients can reconnect and JetStream state survives.
 type NATS struct {
-	storeDir string
-	base     func() *server.Options // harness defaults for this server
-	mutate   []func(*server.Options)
+	storeDir  string
+	tempStore bool                   // storeDir was made by NewNATS; Close removes it
+	base      func() *server.Options // harness defaults for this server
+	mutate    []func(*server.Options)
 
 	// mu serializes Start/Stop and guards the fields below.
 	mu   sync.Mutex
@@ -59,25 +61,62 @@ type NATS struct {
 
 // StartNATS starts a JetStream-enabled NATS server on a free 127.0.0.1 port
 // with its store in a temporary directory and waits until it accepts
-// connections. It is shut down in t.Cleanup.
+// connections. It is shut down and its store removed in t.Cleanup.
 func StartNATS(t testing.TB, opts ...NATSOption) *NATS {
 	t.Helper()
+	n, err := NewNATS(opts...)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("testenv: cleanup nats: %v", err)
+		}
+	})
+	return n
+}
+
+// NewNATS is StartNATS for callers without a testing.TB, such as the demo:
+// it returns an error instead of failing a test, and the caller must call
+// Close. On error nothing is left behind.
+func NewNATS(opts ...NATSOption) (*NATS, error) {
 	var cfg natsConfig
 	for _, o := range opts {
 		o(&cfg)
 	}
-	// t.TempDir's removal is registered first, so it runs after shutdown.
-	storeDir := t.TempDir()
+	storeDir, err := os.MkdirTemp("", "testenv-nats-")
+	if err != nil {
+		return nil, fmt.Errorf("start nats: create store dir: %w", err)
+	}
 	n := &NATS{
-		storeDir: storeDir,
+		storeDir:  storeDir,
+		tempStore: true,
 		base: func() *server.Options {
 			return baseNATSOptions(storeDir)
 		},
 		mutate: cfg.mutate,
 	}
-	t.Cleanup(func() { n.stop() })
-	n.Start(t)
-	return n
+	if err := n.start(); err != nil {
+		err = fmt.Errorf("start nats: %w", err)
+		if cerr := n.Close(); cerr != nil {
+			err = fmt.Errorf("%w (cleanup: %v)", err, cerr)
+		}
+		return nil, err
+	}
+	return n, nil
+}
+
+// Close shuts the server down and removes the store directory that NewNATS
+// or StartNATS created. Calling it again is harmless.
+func (n *NATS) Close() error {
+	n.stop()
+	if !n.tempStore {
+		return nil
+	}
+	if err := os.RemoveAll(n.storeDir); err != nil {
+		return fmt.Errorf("remove nats store %s: %w", n.storeDir, err)
+	}
+	return nil
 }
 
 // baseNATSOptions is the standalone configuration every server starts from.

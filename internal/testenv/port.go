@@ -18,14 +18,16 @@ const loopbackHost = "127.0.0.1"
 // small race (StartPostgres retries with a new port).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	port, err := freePort()
+	port, err := PickFreePort()
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	return port
 }
 
-func freePort() (int, error) {
+// PickFreePort is FreePort for callers without a testing.TB: it returns
+// the error instead of failing a test. The same race applies.
+func PickFreePort() (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(loopbackHost, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("find free port: %w", err)

@@ -50,7 +50,8 @@ const (
 	maxSocketDirLen = 90
 )
 
-// PostgresOption configures a cluster started by StartPostgres.
+// PostgresOption configures a cluster started by StartPostgres or
+// NewPostgres.
 type PostgresOption func(*postgresConfig)
 
 type postgresConfig struct {
@@ -100,8 +101,9 @@ func WithPostgresFile(name string, data []byte) PostgresOption {
 	}
 }
 
-// Postgres is a throwaway PostgreSQL cluster owned by one test. Its port and
-// data directory stay the same across Stop/Start, like a real server restart.
+// Postgres is a throwaway PostgreSQL cluster owned by one test or program.
+// Its port and data directory stay the same across Stop/Start, like a real
+// server restart.
 type Postgres struct {
 	binDir  string
 	dir     string // owns everything: data dir, log, Unix socket
@@ -136,6 +138,29 @@ type pgProcess struct {
 // the PostgreSQL binaries are missing.
 func StartPostgres(t testing.TB, opts ...PostgresOption) *Postgres {
 	t.Helper()
+	p, err := NewPostgres(opts...)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.stop("immediate"); err != nil {
+			t.Errorf("testenv: cleanup postgres: %v", err)
+		}
+		// Read before the directory, and with it the log, is removed.
+		if t.Failed() {
+			t.Logf("testenv: postgres log tail (%s):\n%s", p.logPath, p.logTail())
+		}
+		if err := p.removeDir(); err != nil {
+			t.Errorf("testenv: cleanup postgres: %v", err)
+		}
+	})
+	return p
+}
+
+// NewPostgres is StartPostgres for callers without a testing.TB, such as the
+// demo: it returns an error instead of failing a test, and the caller must
+// call Close. On error nothing is left behind.
+func NewPostgres(opts ...PostgresOption) (p *Postgres, err error) {
 	var cfg postgresConfig
 	for _, o := range opts {
 		o(&cfg)
@@ -143,63 +168,77 @@ func StartPostgres(t testing.TB, opts ...PostgresOption) *Postgres {
 
 	binDir, err := findPostgresBin()
 	if err != nil {
-		t.Fatalf("testenv: start postgres: %v", err)
+		return nil, fmt.Errorf("start postgres: %w", err)
 	}
 	owner, err := serverUser()
 	if err != nil {
-		t.Fatalf("testenv: start postgres: %v", err)
+		return nil, fmt.Errorf("start postgres: %w", err)
 	}
 	dir, err := makeClusterDir(owner)
 	if err != nil {
-		t.Fatalf("testenv: start postgres: %v", err)
+		return nil, fmt.Errorf("start postgres: %w", err)
 	}
-	p := &Postgres{
+	p = &Postgres{
 		binDir:  binDir,
 		dir:     dir,
 		dataDir: filepath.Join(dir, "data"),
 		logPath: filepath.Join(dir, "postgres.log"),
 		owner:   owner,
 	}
-	// Registered before anything else can fail so the directory and any
-	// half-started server are always cleaned up.
-	t.Cleanup(func() {
-		if err := p.stop("immediate"); err != nil {
-			t.Errorf("testenv: cleanup postgres: %v", err)
+	// From here on the directory, and possibly a half-started server, exist;
+	// a failed start must not leave them behind.
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("start postgres: %w", err)
+			if cerr := p.Close(); cerr != nil {
+				err = fmt.Errorf("%w (cleanup: %v)", err, cerr)
+			}
+			p = nil
 		}
-		if t.Failed() {
-			t.Logf("testenv: postgres log tail (%s):\n%s", p.logPath, p.logTail())
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("testenv: cleanup postgres: remove %s: %v", dir, err)
-		}
-	})
+	}()
 
 	if err := p.initdb(); err != nil {
-		t.Fatalf("testenv: start postgres: %v", err)
+		return nil, err
 	}
 	if err := p.configure(cfg); err != nil {
-		t.Fatalf("testenv: start postgres: %v", err)
+		return nil, err
 	}
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := PickFreePort()
 		if err != nil {
-			t.Fatalf("testenv: start postgres: %v", err)
+			return nil, err
 		}
 		p.port = port
 		err = p.start()
 		if err == nil {
-			return p
+			return p, nil
 		}
 		// FreePort is inherently racy with parallel tests; a lost race
 		// shows up as a bind failure, so simply try another port.
 		if attempt < pgStartAttempts && strings.Contains(err.Error(), "Address already in use") {
 			continue
 		}
-		t.Fatalf("testenv: start postgres: %v", err)
+		return nil, err
 	}
+}
+
+// Close stops the server in immediate mode, since the data is about to be
+// discarded and a shutdown checkpoint would only cost time, and removes the
+// cluster directory. It is for clusters from NewPostgres; StartPostgres
+// registers the equivalent in t.Cleanup. Calling it again is harmless.
+func (p *Postgres) Close() error {
+	return errors.Join(p.stop("immediate"), p.removeDir())
+}
+
+// removeDir deletes the cluster directory: data, log and socket.
+func (p *Postgres) removeDir() error {
+	if err := os.RemoveAll(p.dir); err != nil {
+		return fmt.Errorf("remove %s: %w", p.dir, err)
+	}
+	return nil
 }
 
 // URL returns a connection URL for database db over TCP on 127.0.0.1 as the
@@ -241,14 +280,23 @@ func (p *Postgres) Exec(t testing.TB, db, sql string, args ...any) {
 	// cleanups are a natural place to drop slots or publications.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if err := p.ExecContext(ctx, db, sql, args...); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+// ExecContext is Exec for callers without a testing.TB: it returns the
+// error instead of failing a test.
+func (p *Postgres) ExecContext(ctx context.Context, db, sql string, args ...any) error {
 	conn, err := pgx.Connect(ctx, p.AdminURL(db))
 	if err != nil {
-		t.Fatalf("testenv: postgres exec: connect to %s: %v", db, err)
+		return fmt.Errorf("postgres exec: connect to %s: %w", db, err)
 	}
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		t.Fatalf("testenv: postgres exec on %s: %q: %v", db, sql, err)
+		return fmt.Errorf("postgres exec on %s: %q: %w", db, sql, err)
 	}
+	return nil
 }
 
 // Connect opens a superuser connection to database db over the Unix socket;
@@ -310,7 +358,11 @@ func findPostgresBin() (string, error) {
 	}
 	candidates := []string{defaultPGBin}
 	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		candidates = append(candidates, strings.TrimSpace(string(out)))
+		// On Debian it is usually the default, which the error below
+		// should not list twice.
+		if dir := strings.TrimSpace(string(out)); dir != defaultPGBin {
+			candidates = append(candidates, dir)
+		}
 	}
 	for _, dir := range candidates {
 		if len(missingPGBinaries(dir)) == 0 {
@@ -388,7 +440,11 @@ func (p *Postgres) command(name string, args ...string) *exec.Cmd {
 	// user; the cluster dir is.
 	cmd.Dir = p.dir
 	cmd.Env = serverEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	// A process group of its own: a terminal's Ctrl-C goes to the whole
+	// foreground group, and postgres would shut itself down on it before its
+	// owner (the test or the demo) has stopped the clients depending on it.
+	// Stopping is the owner's job, or Pdeathsig's if the owner dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if p.owner != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(p.owner.uid), Gid: uint32(p.owner.gid)}
 	}
