@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -57,13 +55,13 @@ func runRelay(ctx context.Context, cfg *config, logOut io.Writer) (err error) {
 	log.Info("relay starting", zap.String("slot", cfg.cdc.Slot), zap.String("stream", cfg.sink.Stream),
 		zap.String("table", cfg.cdc.Schema+"."+cfg.cdc.Table))
 
-	nc, js, err := sink.Connect(cfg.sink, log.Named("sink"), m)
+	nc, err := sink.Connect(cfg.sink, log.Named("sink"), m)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 
-	err = lead(ctx, cfg, log, m, health, nc, js)
+	err = lead(ctx, cfg, log, m, health, nc)
 	if err != nil {
 		health.SetRole(relay.RoleUnhealthy)
 		return err
@@ -74,7 +72,7 @@ func runRelay(ctx context.Context, cfg *config, logOut io.Writer) (err error) {
 
 // lead wins leadership (when election is on), relays while it lasts, and
 // stands by again when it is lost, until ctx is done.
-func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics, health *relay.Health, nc *nats.Conn, js jetstream.JetStream) error {
+func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics, health *relay.Health, nc *sink.Connection) error {
 	election := cfg.election
 	election.Key = cfg.cdc.Slot // advisory locks are per database already
 	elector := leader.New(election, log.Named("leader"))
@@ -82,9 +80,15 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 		pctx, cancel := context.WithCancel(ctx)
 		var lease *leader.Lease
 		if cfg.leaderElection {
-			health.SetRole(relay.RoleStandby)
+			health.SetRole(relay.RoleWaiting)
 			m.Leader.Set(0)
-			l, err := elector.Acquire(ctx)
+			l, err := elector.Acquire(ctx, func(ready bool) {
+				if ready {
+					health.SetRole(relay.RoleStandby)
+				} else {
+					health.SetRole(relay.RoleWaiting)
+				}
+			})
 			if err != nil {
 				cancel()
 				return nil // ctx is done
@@ -102,7 +106,7 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 		}
 		health.SetRole(relay.RoleLeader)
 		m.Leader.Set(1)
-		err := relayAsLeader(pctx, cfg, log, m, health, nc, js)
+		err := relayAsLeader(pctx, cfg, log, m, health, nc)
 		m.Leader.Set(0)
 		lost := pctx.Err() != nil && ctx.Err() == nil
 		cancel()
@@ -130,10 +134,11 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 
 // relayAsLeader runs preflight, then the reader and the pump, until ctx is
 // done or either fails for good.
-func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics, health *relay.Health, nc *nats.Conn, js jetstream.JetStream) error {
+func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics, health *relay.Health, nc *sink.Connection) error {
+	js := nc.JetStream
 	tails := sink.NewTailReader(js, cfg.sink.Stream, relay.HeaderOrigin, cfg.sink.RequestTimeout)
 	stream, err := retry(ctx, log, "stream preflight", cfg, func() (sink.StreamState, error) {
-		return sink.EnsureStream(ctx, js, cfg.sink, []string{cfg.template.Wildcard()}, log.Named("sink"))
+		return nc.EnsureStream(ctx, cfg.sink, []string{cfg.template.Wildcard()}, log.Named("sink"))
 	}, sink.ErrConfig)
 	if err != nil {
 		return err

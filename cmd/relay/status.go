@@ -7,7 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -44,31 +43,32 @@ func runCheck(ctx context.Context, cfg *config, out io.Writer) error {
 
 // connectNATS connects for a one-off command, failing after the connect
 // timeout instead of retrying forever as the relay does.
-func connectNATS(cfg *config) (*nats.Conn, jetstream.JetStream, error) {
-	nc, js, err := sink.Connect(cfg.sink, zap.NewNop(), metrics.New(version, commit))
+func connectNATS(cfg *config) (*sink.Connection, error) {
+	nc, err := sink.Connect(cfg.sink, zap.NewNop(), metrics.New(version, commit))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	deadline := time.Now().Add(cfg.sink.ConnectTimeout)
 	for !nc.IsConnected() {
 		if time.Now().After(deadline) {
+			cause := nc.NotConnectedCause()
 			nc.Close()
-			return nil, nil, fmt.Errorf("nats-url: no server reachable within %s", cfg.sink.ConnectTimeout)
+			return nil, fmt.Errorf("nats-url: no server reachable within %s: %w", cfg.sink.ConnectTimeout, cause)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return nc, js, nil
+	return nc, nil
 }
 
 func checkStream(ctx context.Context, cfg *config) ([]string, error) {
-	nc, js, err := connectNATS(cfg)
+	nc, err := connectNATS(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer nc.Close()
 	dry := cfg.sink
 	dry.CreateStream = false
-	state, err := sink.EnsureStream(ctx, js, dry, []string{cfg.template.Wildcard()}, zap.NewNop())
+	state, err := nc.EnsureStream(ctx, dry, []string{cfg.template.Wildcard()}, zap.NewNop())
 	if err != nil {
 		if cfg.sink.CreateStream && errors.Is(err, sink.ErrConfig) && state.Subjects == nil {
 			return []string{fmt.Sprintf("stream %q: missing, will be created on start", cfg.sink.Stream)}, nil
@@ -124,11 +124,12 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		}
 	}
 
-	nc, js, err := connectNATS(cfg)
+	nc, err := connectNATS(cfg)
 	if err != nil {
 		return errors.Join(append(problems, err)...)
 	}
 	defer nc.Close()
+	js := nc.JetStream
 	stream, err := js.Stream(ctx, cfg.sink.Stream)
 	if err != nil {
 		return errors.Join(append(problems, fmt.Errorf("stream %q: %w", cfg.sink.Stream, err))...)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 )
 
@@ -321,10 +322,9 @@ func identify(ctx context.Context, cfg Config) (pglogrepl.IdentifySystemResult, 
 
 // connect opens a normal or (replication) a logical replication connection.
 func connect(ctx context.Context, cfg Config, replication bool) (*pgx.Conn, error) {
-	connCfg, err := pgx.ParseConfig(cfg.PostgresURL)
+	connCfg, err := ParseURL(cfg.PostgresURL)
 	if err != nil {
-		// pgx's parse errors can quote the URL, password included.
-		return nil, fmt.Errorf("postgres-url: cannot be parsed: %w", ErrConfig)
+		return nil, fmt.Errorf("%w: %w", err, ErrConfig)
 	}
 	connCfg.ConnectTimeout = cfg.ConnectTimeout
 	// Timestamps reach the relay as text rendered in the session's time
@@ -430,4 +430,19 @@ func Connect(ctx context.Context, cfg Config) (*pgx.Conn, error) { return connec
 func SystemID(ctx context.Context, cfg Config) (string, error) {
 	sys, err := identify(ctx, cfg)
 	return sys.SystemID, err
+}
+
+// ParseURL parses a PostgreSQL connection URL or keyword/value string. Its
+// error names the setting and the cause (an unreadable sslrootcert file,
+// say) but never quotes the URL, which may hold a password.
+func ParseURL(url string) (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err == nil {
+		return cfg, nil
+	}
+	var parseErr *pgconn.ParseConfigError
+	if errors.As(err, &parseErr) && parseErr.Unwrap() != nil {
+		return nil, fmt.Errorf("postgres-url: cannot be used: %s", parseErr.Unwrap().Error())
+	}
+	return nil, errors.New("postgres-url: cannot be parsed (check its syntax)")
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/backoff"
+	"github.com/outbox-relay/outbox-relay/internal/cdc"
 )
 
 // Config configures the election.
@@ -85,15 +86,19 @@ func (l *Lease) Release() {
 
 // Acquire blocks until this instance holds the lock or ctx is done.
 // Connection failures are retried with backoff: a standby outlives its
-// database's restarts.
-func (e *Elector) Acquire(ctx context.Context) (*Lease, error) {
+// database's restarts. standby, when set, is told whether the instance
+// stands by ready to take over (true) or cannot reach PostgreSQL (false).
+func (e *Elector) Acquire(ctx context.Context, standby func(ready bool)) (*Lease, error) {
+	if standby == nil {
+		standby = func(bool) {}
+	}
 	bo := backoff.Backoff{Min: e.cfg.PollInterval, Max: e.cfg.ReconnectMax}
 	id := LockID(e.cfg.Key)
 	for {
 		conn, err := e.connect(ctx)
 		if err == nil {
 			var lease *Lease
-			lease, err = e.poll(ctx, conn, id)
+			lease, err = e.poll(ctx, conn, id, standby)
 			if lease != nil {
 				return lease, nil
 			}
@@ -102,6 +107,7 @@ func (e *Elector) Acquire(ctx context.Context) (*Lease, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		standby(false)
 		delay := bo.Next()
 		e.log.Warn("leader election connection failed, retrying", zap.Int("attempt", bo.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
 		if !backoff.Sleep(ctx, delay) {
@@ -112,7 +118,7 @@ func (e *Elector) Acquire(ctx context.Context) (*Lease, error) {
 
 // poll tries for the lock on conn until it gets it, the connection fails or
 // ctx is done.
-func (e *Elector) poll(ctx context.Context, conn *pgx.Conn, id int64) (*Lease, error) {
+func (e *Elector) poll(ctx context.Context, conn *pgx.Conn, id int64, standby func(bool)) (*Lease, error) {
 	logged := false
 	for {
 		var got bool
@@ -125,6 +131,7 @@ func (e *Elector) poll(ctx context.Context, conn *pgx.Conn, id int64) (*Lease, e
 		if got {
 			return e.hold(conn), nil
 		}
+		standby(true)
 		if !logged {
 			e.log.Info("standing by: another relay leads this slot")
 			logged = true
@@ -172,9 +179,9 @@ func (e *Elector) renewTimeout() time.Duration { return e.cfg.LeaseTimeout / 3 }
 // LeaseTimeout: that covers a holder whose host vanished without closing its
 // connections, which TCP alone would notice only after many minutes.
 func (e *Elector) connect(ctx context.Context) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(e.cfg.PostgresURL)
+	cfg, err := cdc.ParseURL(e.cfg.PostgresURL)
 	if err != nil {
-		return nil, errors.New("postgres-url: cannot be parsed")
+		return nil, err
 	}
 	cfg.ConnectTimeout = e.cfg.ConnectTimeout
 	cfg.RuntimeParams["application_name"] = "outbox-relay-leader"

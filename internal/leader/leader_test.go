@@ -26,12 +26,12 @@ func TestOneLeaderAtATime(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	lease, err := first.Acquire(ctx)
+	lease, err := first.Acquire(ctx, nil)
 	require.NoError(t, err)
 
 	won := make(chan *Lease, 1)
 	go func() {
-		l, err := second.Acquire(ctx)
+		l, err := second.Acquire(ctx, nil)
 		if err == nil {
 			won <- l
 		}
@@ -59,7 +59,7 @@ func TestLeaseLostWhenTheSessionEnds(t *testing.T) {
 	cfg := testConfig(pg.URL("postgres"))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	lease, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx)
+	lease, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx, nil)
 	require.NoError(t, err)
 	pg.Exec(t, "postgres", `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outbox-relay-leader'`)
 	select {
@@ -68,7 +68,7 @@ func TestLeaseLostWhenTheSessionEnds(t *testing.T) {
 		t.Fatal("the holder was not told its lease ended")
 	}
 	lease.Release()
-	other, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx)
+	other, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx, nil)
 	require.NoError(t, err)
 	other.Release()
 }
@@ -90,7 +90,7 @@ func TestSilentHolderLosesTheLockOnTheServer(t *testing.T) {
 	require.True(t, got)
 	// No renewals: the server must end the session and free the lock.
 	start := time.Now()
-	lease, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx)
+	lease, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx, nil)
 	require.NoError(t, err)
 	defer lease.Release()
 	waited := time.Since(start)

@@ -12,6 +12,7 @@ type Role string
 // Roles, in the order an instance goes through them.
 const (
 	RoleStarting  Role = "starting"
+	RoleWaiting   Role = "waiting" // for PostgreSQL, to take part in the election
 	RoleStandby   Role = "standby"
 	RoleLeader    Role = "leader"
 	RoleStopping  Role = "stopping"
@@ -132,6 +133,8 @@ func (h *Health) Ready() error {
 			return fmt.Errorf("not connected to NATS")
 		}
 		return nil
+	case RoleWaiting:
+		return fmt.Errorf("cannot reach PostgreSQL to stand by")
 	default:
 		return fmt.Errorf("%s", role)
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,25 +17,52 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/metrics"
 )
 
+// Connection is a NATS connection made by Connect, with its JetStream
+// context and what it last failed to connect with.
+type Connection struct {
+	*nats.Conn
+	JetStream jetstream.JetStream
+	cfg       Config
+	// connectErr is the latest failure to connect that the client reports
+	// only to its ReconnectErrHandler: the first attempt's and later dial
+	// failures. The client clears its LastError when it starts retrying.
+	connectErr atomic.Pointer[error]
+}
+
 // Connect dials NATS and returns the connection and its JetStream context.
 // It never fails because the servers are down: the client keeps trying to
 // (re)connect forever, with jitter, and publishes wait for it. It fails only
 // on a configuration the client rejects.
-func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, jetstream.JetStream, error) {
+func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*Connection, error) {
+	c := &Connection{cfg: cfg}
 	opts := []nats.Option{
 		nats.Name("outbox-relay"),
 		nats.Timeout(cfg.ConnectTimeout),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(cfg.ReconnectWait),
+		// By default the client gives up for good after the same server
+		// rejects its credentials twice, and the connection is closed
+		// while the relay keeps running: it would never recover, not even
+		// once the server's credentials are rotated to match. Keep
+		// retrying like any other outage; the cause is reported by
+		// NotConnectedCause.
+		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectJitter(cfg.ReconnectWait/2, cfg.ReconnectWait),
 		nats.ConnectHandler(func(*nats.Conn) {
+			c.connectErr.Store(nil)
 			m.SinkConnected.Set(1)
 			log.Info("nats connected")
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
+			c.connectErr.Store(nil)
 			m.SinkConnected.Set(1)
 			log.Info("nats reconnected")
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				c.connectErr.Store(&err)
+			}
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			m.SinkConnected.Set(0)
@@ -40,19 +70,21 @@ func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, jetst
 				log.Warn("nats disconnected", zap.Error(err))
 			}
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { m.SinkConnected.Set(0) }),
+		nats.ClosedHandler(func(*nats.Conn) {
+			m.SinkConnected.Set(0)
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			log.Warn("nats error", zap.Error(err))
 		}),
 	}
 	auth, err := authOptions(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	opts = append(opts, auth...)
 	nc, err := nats.Connect(cfg.NATSURL, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats: %w", redact(err, cfg))
+		return nil, fmt.Errorf("connect to nats: %w", redact(err, cfg))
 	}
 	if nc.IsConnected() {
 		m.SinkConnected.Set(1)
@@ -64,9 +96,10 @@ func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, jetst
 	)
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("open jetstream: %w", err)
+		return nil, fmt.Errorf("open jetstream: %w", err)
 	}
-	return nc, js, nil
+	c.Conn, c.JetStream = nc, js
+	return c, nil
 }
 
 func authOptions(cfg Config) ([]nats.Option, error) {
@@ -97,19 +130,88 @@ func authOptions(cfg Config) ([]nats.Option, error) {
 }
 
 // redact removes secrets from an error's text: client errors can quote the
-// URL, and a URL can carry a password or token.
+// URL, and a URL can carry a password or token (nats://user:password@host,
+// nats://token@host), so both the configured secrets and those embedded in
+// the configured URLs are replaced.
 func redact(err error, cfg Config) error {
 	msg := err.Error()
 	clean := msg
-	for _, secret := range []string{cfg.Password, cfg.Token} {
-		if secret != "" {
-			clean = strings.ReplaceAll(clean, secret, "REDACTED")
-		}
+	for _, secret := range secrets(cfg) {
+		clean = strings.ReplaceAll(clean, secret, "REDACTED")
 	}
 	if clean == msg {
 		return err
 	}
 	return errors.New(clean)
+}
+
+// secrets lists what must never be shown: the password, the token, and the
+// secret part of each URL's user information, raw and unescaped. The URLs
+// are taken apart by hand because the ones that matter most here are those
+// net/url rejects, whose text the parse error quotes.
+func secrets(cfg Config) []string {
+	var out []string
+	add := func(s string) {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	add(cfg.Password)
+	add(cfg.Token)
+	for _, u := range strings.Split(cfg.NATSURL, ",") {
+		_, rest, ok := strings.Cut(strings.TrimSpace(u), "://")
+		if !ok {
+			rest = strings.TrimSpace(u)
+		}
+		// The last "@" ends the user information even when the secret
+		// holds characters ("/", "?", "#") that would end the host part of
+		// a well-formed URL; NATS URLs have no path that could hold one.
+		at := strings.LastIndex(rest, "@")
+		if at < 0 {
+			continue
+		}
+		userinfo := rest[:at]
+		secret := userinfo // nats://token@host
+		if _, password, ok := strings.Cut(userinfo, ":"); ok {
+			secret = password
+		}
+		add(secret)
+		if unescaped, err := url.PathUnescape(secret); err == nil && unescaped != secret {
+			add(unescaped)
+		}
+	}
+	// Longest first, so a secret containing another is replaced whole.
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+// NotConnectedCause explains why the connection is not connected, or returns
+// nil when it is. While the client is (re)connecting in the background,
+// requests simply time out; the actual cause (a TLS handshake failure, a
+// rejected password, a refused dial) is only kept by the client. The text is
+// redacted.
+func (c *Connection) NotConnectedCause() error {
+	if c == nil || c.Conn == nil || c.IsConnected() {
+		return nil
+	}
+	last := c.LastError()
+	if last == nil {
+		if p := c.connectErr.Load(); p != nil {
+			last = *p
+		}
+	}
+	if last == nil {
+		return fmt.Errorf("nats not connected (%s)", c.Status())
+	}
+	return fmt.Errorf("nats not connected: %w", redact(last, c.cfg))
+}
+
+// withCause adds the connection's NotConnectedCause to err when there is one.
+func (c *Connection) withCause(err error) error {
+	if cause := c.NotConnectedCause(); cause != nil {
+		return fmt.Errorf("%w (%w)", err, cause)
+	}
+	return err
 }
 
 // StreamState is what preflight learned about the stream.
@@ -128,7 +230,8 @@ var ErrConfig = errors.New("configuration error")
 // want (which may hold wildcards), creating it when allowed. It warns when
 // the stream's duplicate window is short or its acknowledgements are not
 // durable against a host crash.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg Config, want []string, log *zap.Logger) (StreamState, error) {
+func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string, log *zap.Logger) (StreamState, error) {
+	js := c.JetStream
 	rctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 	defer cancel()
 	var created bool
@@ -152,7 +255,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg Config, want 
 		log.Info("stream created", zap.String("stream", cfg.Stream))
 	}
 	if err != nil {
-		return StreamState{}, fmt.Errorf("look up stream %q: %w", cfg.Stream, err)
+		return StreamState{}, fmt.Errorf("look up stream %q: %w", cfg.Stream, c.withCause(err))
 	}
 	sc := stream.CachedInfo().Config
 	state := StreamState{Subjects: sc.Subjects, DuplicateWindow: sc.Duplicates, Replicas: sc.Replicas, MaxMsgSize: sc.MaxMsgSize, Created: created}
