@@ -12,13 +12,20 @@ PROMTOOL_VERSION      := v0.316.0
 HELM_VERSION          := v3.22.0
 GOLANGCI_LINT_VERSION := v2.15.0
 
-.PHONY: build test test-short fuzz lint vet demo bench chaos docker helm-lint tools clean
+.PHONY: build test test-short test-deploy fuzz lint vet demo bench chaos docker helm-lint tools clean
 
 build: ## Build bin/relay, as the Dockerfile does
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
 
-test: ## The whole suite: unit, integration, end-to-end and fault tests, with -race
-	$(GO) test -race -count=1 -timeout 30m ./...
+# The tools some tests run (helm for the chart, promtool for the alert rules)
+# are built once into TOOLS_BIN; the first run on a new machine takes minutes.
+TEST_TOOLS := HELM=$(TOOLS_BIN)/helm-$(HELM_VERSION) PROMTOOL=$(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
+
+test: $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION) ## The whole suite: unit, integration, end-to-end, fault and deploy tests, with -race
+	$(TEST_TOOLS) $(GO) test -race -count=1 -timeout 30m ./...
+
+test-deploy: $(TOOLS_BIN)/helm-$(HELM_VERSION) ## Dockerfile and Helm checks, no Docker engine needed
+	$(TEST_TOOLS) $(GO) test -count=1 ./deploy/...
 
 test-short: ## Pure-logic tests only (no servers)
 	$(GO) test -race -count=1 ./internal/cdc/ ./internal/relay/ ./internal/sink/ ./internal/backoff/ ./internal/metrics/
@@ -49,7 +56,9 @@ docker: ## Needs a Docker engine
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t outbox-relay:$(VERSION) .
 
 helm-lint: $(TOOLS_BIN)/helm-$(HELM_VERSION)
-	$(TOOLS_BIN)/helm-$(HELM_VERSION) lint --strict helm/outbox-relay
+	$(TOOLS_BIN)/helm-$(HELM_VERSION) lint --strict helm/outbox-relay -f helm/outbox-relay/ci/defaults-values.yaml
+	$(TOOLS_BIN)/helm-$(HELM_VERSION) dependency build --skip-refresh helm/examples/sidecar-app
+	$(TOOLS_BIN)/helm-$(HELM_VERSION) lint --strict helm/examples/sidecar-app
 
 tools: $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
 
