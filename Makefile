@@ -23,6 +23,7 @@ TEST_TOOLS := HELM=$(TOOLS_BIN)/helm-$(HELM_VERSION) PROMTOOL=$(TOOLS_BIN)/promt
 
 test: $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION) ## The whole suite: unit, integration, end-to-end, fault and deploy tests, with -race
 	$(TEST_TOOLS) $(GO) test -race -count=1 -timeout 30m ./...
+	$(TEST_TOOLS) monitoring/check.sh
 
 test-deploy: $(TOOLS_BIN)/helm-$(HELM_VERSION) ## Dockerfile and Helm checks, no Docker engine needed
 	$(TEST_TOOLS) $(GO) test -count=1 ./deploy/...

@@ -98,6 +98,7 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 				// Step down at once when the lease may have ended.
 				select {
 				case <-lease.Lost():
+					m.Leader.Set(0) // no longer leading, even while winding down
 					cancel()
 				case <-pctx.Done():
 				}
@@ -107,7 +108,7 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 		health.SetRole(relay.RoleLeader)
 		m.Leader.Set(1)
 		err := relayAsLeader(pctx, cfg, log, m, health, nc)
-		m.Leader.Set(0)
+		m.StepDown()
 		lost := pctx.Err() != nil && ctx.Err() == nil
 		cancel()
 		if lease != nil {

@@ -110,6 +110,10 @@ func MonitorSlot(ctx context.Context, cfg Config, log *zap.Logger, m *metrics.Me
 			m.SetSlotWALStatus(r.WALStatus)
 			m.CDCSlotRetainedWAL.Set(float64(r.RetainedBytes))
 			m.CDCSlotSafeWALSize.Set(float64(r.SafeWALSize))
+			// The reader updates the lag from keepalives, which it cannot
+			// read while it waits for a slow publisher; the poll keeps
+			// the gauge true then.
+			m.CDCLagBytes.Set(float64(max(0, r.LagBytes)))
 		}
 		select {
 		case <-ctx.Done():

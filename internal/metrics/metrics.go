@@ -5,6 +5,7 @@ package metrics
 import (
 	"net/http"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -18,7 +19,7 @@ const namespace = "outbox_relay"
 var PublishErrorKinds = []string{"timeout", "no_responders", "wrong_sequence", "too_large", "connection", "server", "other"}
 
 // PoisonReasons is the fixed label set of outbox_relay_pump_poison_events_total{reason}.
-var PoisonReasons = []string{"invalid_subject", "too_large", "no_stream", "bad_row", "rejected"}
+var PoisonReasons = []string{"invalid_subject", "too_large", "no_stream", "bad_row"}
 
 // SlotWALStatuses is the fixed label set of outbox_relay_cdc_slot_wal_status{status}:
 // the values of pg_replication_slots.wal_status, plus "missing" when the slot
@@ -58,15 +59,17 @@ type Metrics struct {
 	SinkConnected       prometheus.Gauge
 
 	// pump: ordering, retries, poison handling.
-	PumpRetries       prometheus.Counter
-	PumpResyncs       prometheus.Counter
-	PumpSkipped       prometheus.Counter
-	PumpPoisonEvents  *prometheus.CounterVec
-	PumpDeadLettered  prometheus.Counter
-	PumpCommitToAck   prometheus.Histogram
-	PumpLastProgress  prometheus.Gauge
-	Leader            prometheus.Gauge
-	oldestPendingFunc func() float64
+	PumpRetries      prometheus.Counter
+	PumpResyncs      prometheus.Counter
+	PumpSkipped      prometheus.Counter
+	PumpPoisonEvents *prometheus.CounterVec
+	PumpDeadLettered prometheus.Counter
+	PumpCommitToAck  prometheus.Histogram
+	PumpLastProgress prometheus.Gauge
+	Leader           prometheus.Gauge
+	// oldestPending computes outbox_relay_cdc_oldest_pending_age_seconds
+	// at scrape time; it changes with each leadership, while scrapes run.
+	oldestPending atomic.Pointer[func() float64]
 }
 
 // New registers every metric, plus the Go, process and build-info collectors,
@@ -122,10 +125,10 @@ func New(version, commit string) *Metrics {
 		Namespace: namespace, Subsystem: "cdc", Name: "oldest_pending_age_seconds",
 		Help: "Age of the oldest event read but not yet acknowledged by JetStream (since its commit); 0 when nothing is pending.",
 	}, func() float64 {
-		if m.oldestPendingFunc == nil {
-			return 0
+		if f := m.oldestPending.Load(); f != nil {
+			return (*f)()
 		}
-		return m.oldestPendingFunc()
+		return 0
 	}))
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -142,8 +145,29 @@ func New(version, commit string) *Metrics {
 
 // SetOldestPendingAge installs the function that computes
 // outbox_relay_cdc_oldest_pending_age_seconds at scrape time, so the gauge is
-// never stale. It must be called before the registry is scraped concurrently.
-func (m *Metrics) SetOldestPendingAge(f func() float64) { m.oldestPendingFunc = f }
+// never stale; nil makes it 0. Safe to call while the registry is scraped.
+func (m *Metrics) SetOldestPendingAge(f func() float64) {
+	if f == nil {
+		m.oldestPending.Store(nil)
+		return
+	}
+	m.oldestPending.Store(&f)
+}
+
+// StepDown clears what only a leader can know (the slot's state, lag, work
+// pending), so a standby does not report a former leadership's stale values.
+func (m *Metrics) StepDown() {
+	m.Leader.Set(0)
+	m.SetOldestPendingAge(nil)
+	m.CDCLagBytes.Set(0)
+	m.CDCSlotRetainedWAL.Set(0)
+	m.CDCSlotSafeWALSize.Set(0)
+	m.CDCConnected.Set(0)
+	m.SinkInflight.Set(0)
+	for _, s := range SlotWALStatuses {
+		m.CDCSlotWALStatus.WithLabelValues(s).Set(0)
+	}
+}
 
 // SetSlotWALStatus sets outbox_relay_cdc_slot_wal_status to 1 for status and
 // 0 for every other known status.
