@@ -149,7 +149,7 @@ func sidecarChart(t *testing.T) string {
 		}
 		chart := filepath.Join(dst, "examples", "sidecar-app")
 		if _, stderr, err := runHelm(t, "dependency", "build", "--skip-refresh", chart); err != nil {
-			sidecarErr = fmt.Errorf("helm dependency build --skip-refresh %s (offline): %v\n%s", chart, err, stderr)
+			sidecarErr = fmt.Errorf("helm dependency build --skip-refresh %s (offline): %w\n%s", chart, err, stderr)
 			return
 		}
 		sidecarDir, sidecarErr = chart, nil
@@ -1007,8 +1007,10 @@ func TestHelmChart(t *testing.T) {
 			name:    "sidecar example, chart-made secret",
 			chart:   sidecarChart,
 			release: "shop",
-			args: []string{"--set", "outbox-relay.postgres.existingSecret=", "--set", "outbox-relay.postgres.password=" + inlinePostgresPassword,
-				"--set", "outbox-relay.secretFileMode=292"},
+			args: []string{
+				"--set", "outbox-relay.postgres.existingSecret=", "--set", "outbox-relay.postgres.password=" + inlinePostgresPassword,
+				"--set", "outbox-relay.secretFileMode=292",
+			},
 			wantKinds: []string{"Deployment", "PodMonitor", "Secret", "Service"},
 			check:     sidecarExample(true),
 		},
@@ -1107,10 +1109,14 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{
 			name:  "schema",
 			chart: mainChart,
-			args: []string{"-f", defaults, "--set", "relay.logFormat=xml", "--set", "relay.onPoison=skip",
-				"--set", "replicaCount=two", "--set", "postgres.url=", "--set", "bogus=1", "--set", "relay.shutdownTimeoutSeconds=15s"},
-			want: []string{"values don't meet the specifications of the schema", "/relay/logFormat", "/relay/onPoison",
-				"/replicaCount", "/postgres/url", "bogus", "/relay/shutdownTimeoutSeconds"},
+			args: []string{
+				"-f", defaults, "--set", "relay.logFormat=xml", "--set", "relay.onPoison=skip",
+				"--set", "replicaCount=two", "--set", "postgres.url=", "--set", "bogus=1", "--set", "relay.shutdownTimeoutSeconds=15s",
+			},
+			want: []string{
+				"values don't meet the specifications of the schema", "/relay/logFormat", "/relay/onPoison",
+				"/replicaCount", "/postgres/url", "bogus", "/relay/shutdownTimeoutSeconds",
+			},
 			schema: true,
 		},
 		{
@@ -1183,9 +1189,11 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 // The chart's files that other charts and tools read are where the
 // templates look for them.
 func TestHelmChartFiles(t *testing.T) {
-	for _, f := range []string{"Chart.yaml", "values.yaml", "values.schema.json", "README.md",
+	for _, f := range []string{
+		"Chart.yaml", "values.yaml", "values.schema.json", "README.md",
 		"templates/NOTES.txt", "templates/_helpers.tpl",
-		"files/outbox-relay-alerts.yaml", "files/outbox-relay-dashboard.json"} {
+		"files/outbox-relay-alerts.yaml", "files/outbox-relay-dashboard.json",
+	} {
 		if _, err := os.Stat(repoPath("helm", "outbox-relay", filepath.FromSlash(f))); err != nil {
 			t.Errorf("helm/outbox-relay/%s: %v", f, err)
 		}
@@ -1195,8 +1203,10 @@ func TestHelmChartFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	readme, _ := os.ReadFile(repoPath("helm", "outbox-relay", "README.md"))
-	for _, name := range []string{"outbox-relay.sidecarContainer", "outbox-relay.sidecarVolumes", "outbox-relay.sidecarPodLabels",
-		"outbox-relay.sidecarPodAnnotations", "outbox-relay.terminationGracePeriodSeconds"} {
+	for _, name := range []string{
+		"outbox-relay.sidecarContainer", "outbox-relay.sidecarVolumes", "outbox-relay.sidecarPodLabels",
+		"outbox-relay.sidecarPodAnnotations", "outbox-relay.terminationGracePeriodSeconds",
+	} {
 		if !bytes.Contains(helpers, []byte(`define "`+name+`"`)) {
 			t.Errorf("_helpers.tpl does not define %s", name)
 		}

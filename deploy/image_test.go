@@ -79,15 +79,18 @@ func (stubResolver) ResolveImageConfig(_ context.Context, ref string, opt source
 	}
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	if strings.Contains(ref, "golang") {
-		env = []string{"PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-			"GOLANG_VERSION=1.26.0", "GOTOOLCHAIN=local", "GOPATH=/go"}
+		env = []string{
+			"PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+			"GOLANG_VERSION=1.26.0", "GOTOOLCHAIN=local", "GOPATH=/go",
+		}
 	}
 	config, err := json.Marshal(map[string]any{
 		"architecture": platform.Architecture,
 		"os":           platform.OS,
 		"config":       map[string]any{"Env": env},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{
-			"sha256:" + strings.Repeat("ab", 32)}},
+			"sha256:" + strings.Repeat("ab", 32),
+		}},
 	})
 	return ref, "", config, err
 }
@@ -99,8 +102,10 @@ func lintDockerfile(t *testing.T, dt []byte) []string {
 	res, err := dockerfile2llb.DockerfileLint(context.Background(), dt, dockerfile2llb.ConvertOpt{
 		MetaResolver:   stubResolver{},
 		TargetPlatform: &platform,
-		SourceMap: &llb.SourceMap{Filename: "Dockerfile", Language: "Dockerfile", Data: dt,
-			Definition: &llb.Definition{}},
+		SourceMap: &llb.SourceMap{
+			Filename: "Dockerfile", Language: "Dockerfile", Data: dt,
+			Definition: &llb.Definition{},
+		},
 	})
 	if err != nil {
 		t.Fatalf("BuildKit lint: %v", err)
@@ -349,11 +354,15 @@ func goBuildCommand(t *testing.T, buildArgs map[string]string) goBuild {
 }
 
 func TestDockerfileBuildCommand(t *testing.T) {
-	cmd := goBuildCommand(t, map[string]string{"VERSION": testVersion, "COMMIT": testCommit,
-		"TARGETOS": "linux", "TARGETARCH": "arm64"})
-	want := []string{"go", "build", "-trimpath",
+	cmd := goBuildCommand(t, map[string]string{
+		"VERSION": testVersion, "COMMIT": testCommit,
+		"TARGETOS": "linux", "TARGETARCH": "arm64",
+	})
+	want := []string{
+		"go", "build", "-trimpath",
 		"-ldflags", "-s -w -X main.version=" + testVersion + " -X main.commit=" + testCommit,
-		"-o", "/out/relay", "./cmd/relay"}
+		"-o", "/out/relay", "./cmd/relay",
+	}
 	if !slices.Equal(cmd.args, want) {
 		t.Errorf("go build command:\n got %q\nwant %q", cmd.args, want)
 	}
@@ -455,8 +464,10 @@ func relayBinary(t *testing.T) string {
 	relayOnce.Do(func() {
 		// Stays set if a check below stops the test that builds.
 		relayErr = errors.New("the test that built it failed first")
-		cmd := goBuildCommand(t, map[string]string{"VERSION": testVersion, "COMMIT": testCommit,
-			"TARGETOS": runtime.GOOS, "TARGETARCH": runtime.GOARCH})
+		cmd := goBuildCommand(t, map[string]string{
+			"VERSION": testVersion, "COMMIT": testCommit,
+			"TARGETOS": runtime.GOOS, "TARGETARCH": runtime.GOARCH,
+		})
 		src := filepath.Join(scratch, "context", "src")
 		for _, f := range dockerContext(t) {
 			if err := copyFile(repoPath(f), filepath.Join(src, f), 0o644); err != nil {
@@ -478,7 +489,7 @@ func relayBinary(t *testing.T) string {
 		build.Env = append(os.Environ(), "GOFLAGS=", "GOTOOLCHAIN=local", "GOWORK=off")
 		build.Env = append(build.Env, cmd.env...)
 		if output, err := build.CombinedOutput(); err != nil {
-			relayErr = fmt.Errorf("%s (in the build context copy %s): %v\n%s", strings.Join(args, " "), src, err, output)
+			relayErr = fmt.Errorf("%s (in the build context copy %s): %w\n%s", strings.Join(args, " "), src, err, output)
 			return
 		}
 		relayBin, relayErr = out, nil

@@ -116,7 +116,7 @@ func (c *consumer) waitReceived(n int, timeout time.Duration) error {
 		}
 		select {
 		case <-c.done:
-			return fmt.Errorf("consumer stopped after %d of %d committed events: %v", got, n, c.err)
+			return fmt.Errorf("consumer stopped after %d of %d committed events: %w", got, n, c.err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -147,7 +147,7 @@ func (c *consumer) catchUp(timeout time.Duration) error {
 		case <-ctx.Done():
 			return fmt.Errorf("consumer: read up to stream seq %d of %d within %s", seq, last, timeout)
 		case <-c.done:
-			return fmt.Errorf("consumer stopped at stream seq %d of %d: %v", seq, last, c.err)
+			return fmt.Errorf("consumer stopped at stream seq %d of %d: %w", seq, last, c.err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

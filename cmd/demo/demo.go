@@ -234,7 +234,7 @@ func runUntilDone(ctx context.Context, duration time.Duration, out *console, pro
 	case <-relay.done:
 		failure = relay.unexpectedExit()
 	case <-cons.done:
-		failure = fmt.Errorf("consumer stopped unexpectedly: %v", cons.err)
+		failure = fmt.Errorf("consumer stopped unexpectedly: %w", cons.err)
 	}
 	stopProducing()
 	if err := <-prodDone; err != nil {

@@ -489,9 +489,11 @@ func TestMonitoringFilesAreConsistent(t *testing.T) {
 
 	rules := parseAlertRules(t, readRepoFile(t, alertsFile))
 	doc := readRepoFile(t, monitoringDoc)
-	want := []string{"OutboxRelayDown", "OutboxRelayNoLeader", "OutboxRelayStalled", "OutboxRelayLagHigh",
+	want := []string{
+		"OutboxRelayDown", "OutboxRelayNoLeader", "OutboxRelayStalled", "OutboxRelayLagHigh",
 		"OutboxRelayRetainedWALHigh", "OutboxRelaySlotWALStatus", "OutboxRelaySlotMissing",
-		"OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected"}
+		"OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected",
+	}
 	var names []string
 	for _, r := range rules {
 		if !slices.Contains(names, r.name) {

@@ -16,14 +16,22 @@ func TestNextWithinEqualJitterBounds(t *testing.T) {
 		min, max time.Duration
 		ceilings []time.Duration // expected ceiling of each attempt
 	}{
-		{"doubling to the cap", time.Second, 10 * time.Second,
-			[]time.Duration{1 * time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second, 10 * time.Second}},
-		{"exact power of two cap", 100 * time.Millisecond, 800 * time.Millisecond,
-			[]time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 800 * time.Millisecond}},
-		{"min equals max", time.Second, time.Second,
-			[]time.Duration{time.Second, time.Second, time.Second}},
-		{"max below min", time.Second, 300 * time.Millisecond,
-			[]time.Duration{300 * time.Millisecond, 300 * time.Millisecond}},
+		{
+			"doubling to the cap", time.Second, 10 * time.Second,
+			[]time.Duration{1 * time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second, 10 * time.Second},
+		},
+		{
+			"exact power of two cap", 100 * time.Millisecond, 800 * time.Millisecond,
+			[]time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 800 * time.Millisecond},
+		},
+		{
+			"min equals max", time.Second, time.Second,
+			[]time.Duration{time.Second, time.Second, time.Second},
+		},
+		{
+			"max below min", time.Second, 300 * time.Millisecond,
+			[]time.Duration{300 * time.Millisecond, 300 * time.Millisecond},
+		},
 		{"tiny", 1, 3, []time.Duration{1, 2, 3, 3}},
 	}
 	for _, tt := range tests {

@@ -137,9 +137,14 @@ func TestDecoderCustomColumnNames(t *testing.T) {
 	cols := Columns{ID: "event_id", AggregateType: "agg_t", AggregateID: "agg_id", EventType: "kind", Payload: "body"}
 	d := newDecoder("app", "events", cols)
 	_, err := d.decode(encRelation(5, "app", "events", 'd', []relCol{
-		{name: "body"}, {name: "kind"}, {name: "agg_id"}, {name: "agg_t"}, {name: "event_id"},
+		{name: "body"},
+		{name: "kind"},
+		{name: "agg_id"},
+		{name: "agg_t"},
+		{name: "event_id"},
 		// Columns with the default names are not ours under this configuration.
-		{name: "headers"}, {name: "created_at"},
+		{name: "headers"},
+		{name: "created_at"},
 	}))
 	require.NoError(t, err)
 	ch, err := d.decode(encInsert(5, txt("payload"), txt("et"), txt("aid"), txt("at"), txt("id-1"), txt(`{"x":"y"}`), txt("2026-01-01 00:00:00+00")))
@@ -294,27 +299,39 @@ func TestDecoderRowDefects(t *testing.T) {
 		{name: "NULL aggregate_type", row: with(colAggregateType, null), defect: `"aggregate_type" is NULL`},
 		{name: "NULL aggregate_id", row: with(colAggregateID, null), defect: `"aggregate_id" is NULL`},
 		{name: "NULL event_type", row: with(colEventType, null), defect: `"event_type" is NULL`},
-		{name: "NULL payload", row: with(colPayload, null), defect: `"payload" is NULL`,
-			check: func(t *testing.T, ev Event) { require.Nil(t, ev.Payload) }},
+		{
+			name: "NULL payload", row: with(colPayload, null), defect: `"payload" is NULL`,
+			check: func(t *testing.T, ev Event) { require.Nil(t, ev.Payload) },
+		},
 		{name: "binary payload", row: with(colPayload, bin("\x01")), defect: `"payload" has no text value`},
 		{name: "unchanged TOAST payload", row: with(colPayload, unchanged), defect: `"payload" has no text value`},
 		{name: "binary headers", row: with(colHeaders, bin("{}")), defect: `"headers" has no text value`},
-		{name: "NULL headers", row: with(colHeaders, null),
-			check: func(t *testing.T, ev Event) { require.Nil(t, ev.Headers) }},
-		{name: "empty headers", row: with(colHeaders, txt("")),
+		{
+			name: "NULL headers", row: with(colHeaders, null),
+			check: func(t *testing.T, ev Event) { require.Nil(t, ev.Headers) },
+		},
+		{
+			name: "empty headers", row: with(colHeaders, txt("")),
 			check: func(t *testing.T, ev Event) {
 				require.NotNil(t, ev.Headers, "an empty value must stay distinguishable from NULL")
 				require.Empty(t, ev.Headers)
-			}},
-		{name: "empty payload", row: with(colPayload, txt("")),
+			},
+		},
+		{
+			name: "empty payload", row: with(colPayload, txt("")),
 			check: func(t *testing.T, ev Event) {
 				require.NotNil(t, ev.Payload)
 				require.Empty(t, ev.Payload)
-			}},
-		{name: "NULL created_at", row: with(colCreatedAt, null),
-			check: func(t *testing.T, ev Event) { require.Empty(t, ev.CreatedAt) }},
-		{name: "first defect reported", row: with2(colAggregateID, colPayload), defect: `"aggregate_id" is NULL`,
-			check: func(t *testing.T, ev Event) { require.NotContains(t, ev.Defect, "payload") }},
+			},
+		},
+		{
+			name: "NULL created_at", row: with(colCreatedAt, null),
+			check: func(t *testing.T, ev Event) { require.Empty(t, ev.CreatedAt) },
+		},
+		{
+			name: "first defect reported", row: with2(colAggregateID, colPayload), defect: `"aggregate_id" is NULL`,
+			check: func(t *testing.T, ev Event) { require.NotContains(t, ev.Defect, "payload") },
+		},
 	}
 
 	for _, tt := range tests {

@@ -42,7 +42,7 @@ func BuildRelay(t testing.TB) string {
 		cmd := exec.Command("go", "build", "-o", build.path, "./cmd/relay")
 		cmd.Dir = RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			build.err = fmt.Errorf("go build ./cmd/relay: %v\n%s", err, out)
+			build.err = fmt.Errorf("go build ./cmd/relay: %w\n%s", err, out)
 		}
 	})
 	if build.err != nil {

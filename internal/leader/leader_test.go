@@ -12,8 +12,10 @@ import (
 )
 
 func testConfig(url string) Config {
-	return Config{PostgresURL: url, Key: "db/slot", LeaseTimeout: 3 * time.Second, PollInterval: 100 * time.Millisecond,
-		ConnectTimeout: 5 * time.Second, ReconnectMax: time.Second}
+	return Config{
+		PostgresURL: url, Key: "db/slot", LeaseTimeout: 3 * time.Second, PollInterval: 100 * time.Millisecond,
+		ConnectTimeout: 5 * time.Second, ReconnectMax: time.Second,
+	}
 }
 
 // TestOneLeaderAtATime: a second elector stands by while the first holds

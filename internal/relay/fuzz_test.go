@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/textproto"
 	"strings"
 	"testing"
@@ -150,7 +151,8 @@ func FuzzRowHeaders(f *testing.F) {
 		checkFuzzHeaders(t, dl.Header, stamped, HeaderPoisonReason, HeaderOriginalSubject, HeaderPayloadOmitted)
 
 		if err != nil {
-			if _, ok := err.(*PoisonError); !ok {
+			var poison *PoisonError
+			if !errors.As(err, &poison) {
 				t.Fatalf("error %T, want *PoisonError: %v", err, err)
 			}
 			return

@@ -214,51 +214,77 @@ func TestMapperMessageFields(t *testing.T) {
 		modify func(ev *cdc.Event)
 		check  func(t *testing.T, m sink.Message)
 	}{
-		{"created_at with offset", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53.5-03" },
+		{
+			"created_at with offset", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53.5-03" },
 			func(t *testing.T, m sink.Message) {
 				require.Equal(t, "2026-11-26T07:13:53.5Z", m.Header.Get(HeaderCreatedAt))
-			}},
-		{"created_at with minutes offset", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53+05:30" },
+			},
+		},
+		{
+			"created_at with minutes offset", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53+05:30" },
 			func(t *testing.T, m sink.Message) {
 				require.Equal(t, "2026-11-25T22:43:53Z", m.Header.Get(HeaderCreatedAt))
-			}},
-		{"created_at with seconds offset", func(ev *cdc.Event) { ev.CreatedAt = "1900-01-01 00:00:00+00:19:32" },
+			},
+		},
+		{
+			"created_at with seconds offset", func(ev *cdc.Event) { ev.CreatedAt = "1900-01-01 00:00:00+00:19:32" },
 			func(t *testing.T, m sink.Message) {
 				require.Equal(t, "1899-12-31T23:40:28Z", m.Header.Get(HeaderCreatedAt))
-			}},
-		{"created_at without fraction", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53+00" },
+			},
+		},
+		{
+			"created_at without fraction", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53+00" },
 			func(t *testing.T, m sink.Message) {
 				require.Equal(t, "2026-11-26T04:13:53Z", m.Header.Get(HeaderCreatedAt))
-			}},
-		{"created_at infinity kept", func(ev *cdc.Event) { ev.CreatedAt = "infinity" },
-			func(t *testing.T, m sink.Message) { require.Equal(t, "infinity", m.Header.Get(HeaderCreatedAt)) }},
-		{"created_at without zone kept", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53.123456" },
+			},
+		},
+		{
+			"created_at infinity kept", func(ev *cdc.Event) { ev.CreatedAt = "infinity" },
+			func(t *testing.T, m sink.Message) { require.Equal(t, "infinity", m.Header.Get(HeaderCreatedAt)) },
+		},
+		{
+			"created_at without zone kept", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53.123456" },
 			func(t *testing.T, m sink.Message) {
 				require.Equal(t, "2026-11-26 04:13:53.123456", m.Header.Get(HeaderCreatedAt))
-			}},
-		{"created_at with line break sanitized", func(ev *cdc.Event) { ev.CreatedAt = "x\r\ny" },
-			func(t *testing.T, m sink.Message) { require.Equal(t, "x  y", m.Header.Get(HeaderCreatedAt)) }},
-		{"no created_at, no header", func(ev *cdc.Event) { ev.CreatedAt = "" },
+			},
+		},
+		{
+			"created_at with line break sanitized", func(ev *cdc.Event) { ev.CreatedAt = "x\r\ny" },
+			func(t *testing.T, m sink.Message) { require.Equal(t, "x  y", m.Header.Get(HeaderCreatedAt)) },
+		},
+		{
+			"no created_at, no header", func(ev *cdc.Event) { ev.CreatedAt = "" },
 			func(t *testing.T, m sink.Message) {
 				_, ok := m.Header[HeaderCreatedAt]
 				require.False(t, ok)
-			}},
-		{"empty aggregate id, no header", func(ev *cdc.Event) { ev.AggregateID = "" },
+			},
+		},
+		{
+			"empty aggregate id, no header", func(ev *cdc.Event) { ev.AggregateID = "" },
 			func(t *testing.T, m sink.Message) {
 				_, ok := m.Header[HeaderAggregateID]
 				require.False(t, ok)
-			}},
-		{"aggregate id with line break sanitized", func(ev *cdc.Event) { ev.AggregateID = "a\nb" },
-			func(t *testing.T, m sink.Message) { require.Equal(t, "a b", m.Header.Get(HeaderAggregateID)) }},
-		{"zero position", func(ev *cdc.Event) { ev.Position = cdc.Position{} },
+			},
+		},
+		{
+			"aggregate id with line break sanitized", func(ev *cdc.Event) { ev.AggregateID = "a\nb" },
+			func(t *testing.T, m sink.Message) { require.Equal(t, "a b", m.Header.Get(HeaderAggregateID)) },
+		},
+		{
+			"zero position", func(ev *cdc.Event) { ev.Position = cdc.Position{} },
 			func(t *testing.T, m sink.Message) {
 				require.Equal(t, "0/0", m.Header.Get(HeaderCommitLSN))
 				require.Equal(t, "0", m.Header.Get(HeaderCommitIndex))
-			}},
-		{"max index", func(ev *cdc.Event) { ev.Position.Index = 1<<32 - 1 },
-			func(t *testing.T, m sink.Message) { require.Equal(t, "4294967295", m.Header.Get(HeaderCommitIndex)) }},
-		{"empty payload", func(ev *cdc.Event) { ev.Payload = []byte{} },
-			func(t *testing.T, m sink.Message) { require.Empty(t, m.Data) }},
+			},
+		},
+		{
+			"max index", func(ev *cdc.Event) { ev.Position.Index = 1<<32 - 1 },
+			func(t *testing.T, m sink.Message) { require.Equal(t, "4294967295", m.Header.Get(HeaderCommitIndex)) },
+		},
+		{
+			"empty payload", func(ev *cdc.Event) { ev.Payload = []byte{} },
+			func(t *testing.T, m sink.Message) { require.Empty(t, m.Data) },
+		},
 		{"row headers", func(ev *cdc.Event) {
 			ev.Headers = []byte(`{"trace-id": "abc", "n": 1, "b": true, "o": {"x": "y"}, "a": ["s"], "nil": null, "empty": "", "unicode": "ü\u00e9\t"}`)
 		}, func(t *testing.T, m sink.Message) {
@@ -274,19 +300,29 @@ func TestMapperMessageFields(t *testing.T) {
 			require.Equal(t, "order", m.Header.Get(HeaderAggregateType))
 			require.Len(t, m.Header, 10)
 		}},
-		{"row headers with whitespace around", func(ev *cdc.Event) { ev.Headers = []byte(" \n\t{\"k\" :\t \"v\" }\n ") },
-			func(t *testing.T, m sink.Message) { require.Equal(t, []string{"v"}, m.Header["k"]) }},
-		{"row header names keep their case", func(ev *cdc.Event) { ev.Headers = []byte(`{"X-Trace": "1", "x-trace": "2"}`) },
+		{
+			"row headers with whitespace around", func(ev *cdc.Event) { ev.Headers = []byte(" \n\t{\"k\" :\t \"v\" }\n ") },
+			func(t *testing.T, m sink.Message) { require.Equal(t, []string{"v"}, m.Header["k"]) },
+		},
+		{
+			"row header names keep their case", func(ev *cdc.Event) { ev.Headers = []byte(`{"X-Trace": "1", "x-trace": "2"}`) },
 			func(t *testing.T, m sink.Message) {
 				require.Equal(t, []string{"1"}, m.Header["X-Trace"])
 				require.Equal(t, []string{"2"}, m.Header["x-trace"])
-			}},
-		{"empty headers object", func(ev *cdc.Event) { ev.Headers = []byte(`{}`) },
-			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) }},
-		{"empty headers value", func(ev *cdc.Event) { ev.Headers = []byte{} },
-			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) }},
-		{"reserved name with a non-string value is ignored", func(ev *cdc.Event) { ev.Headers = []byte(`{"Nats-Msg-Id": 5}`) },
-			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) }},
+			},
+		},
+		{
+			"empty headers object", func(ev *cdc.Event) { ev.Headers = []byte(`{}`) },
+			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) },
+		},
+		{
+			"empty headers value", func(ev *cdc.Event) { ev.Headers = []byte{} },
+			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) },
+		},
+		{
+			"reserved name with a non-string value is ignored", func(ev *cdc.Event) { ev.Headers = []byte(`{"Nats-Msg-Id": 5}`) },
+			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) },
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -446,81 +482,111 @@ func TestMapperDeadLetter(t *testing.T) {
 		maxPayload int64
 		check      func(t *testing.T, ev cdc.Event, m sink.Message)
 	}{
-		{"bad row keeps payload and original subject",
+		{
+			"bad row keeps payload and original subject",
 			func(ev *cdc.Event) { ev.Defect = `column "headers" is NULL` },
-			PoisonError{Reason: "bad_row", Detail: `column "headers" is NULL`}, 1 << 20,
+			PoisonError{Reason: "bad_row", Detail: `column "headers" is NULL`},
+			1 << 20,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Equal(t, `bad_row: column "headers" is NULL`, m.Header.Get(HeaderPoisonReason))
 				require.Equal(t, "outbox.order.created", m.Header.Get(HeaderOriginalSubject))
 				require.Equal(t, ev.Payload, m.Data)
 				_, omitted := m.Header[HeaderPayloadOmitted]
 				require.False(t, omitted)
-			}},
-		{"invalid subject has no original subject",
+			},
+		},
+		{
+			"invalid subject has no original subject",
 			func(ev *cdc.Event) { ev.EventType = "a b" },
-			PoisonError{Reason: "invalid_subject", Detail: `{event_type} = "a b" is not a valid subject token`}, 1 << 20,
+			PoisonError{Reason: "invalid_subject", Detail: `{event_type} = "a b" is not a valid subject token`},
+			1 << 20,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.True(t, strings.HasPrefix(m.Header.Get(HeaderPoisonReason), "invalid_subject: "))
 				_, ok := m.Header[HeaderOriginalSubject]
 				require.False(t, ok)
 				require.Equal(t, "a b", m.Header.Get(HeaderEventType))
-			}},
-		{"detail with line breaks sanitized",
+			},
+		},
+		{
+			"detail with line breaks sanitized",
 			func(*cdc.Event) {},
-			PoisonError{Reason: "rejected", Detail: "line one\r\nline two\nthree"}, 0,
+			PoisonError{Reason: "rejected", Detail: "line one\r\nline two\nthree"},
+			0,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Equal(t, "rejected: line one  line two three", m.Header.Get(HeaderPoisonReason))
-			}},
-		{"oversized payload omitted",
+			},
+		},
+		{
+			"oversized payload omitted",
 			func(ev *cdc.Event) { ev.Payload = []byte(strings.Repeat("x", 5000)) },
-			PoisonError{Reason: "too_large", Detail: "message size exceeds maximum allowed"}, 4096,
+			PoisonError{Reason: "too_large", Detail: "message size exceeds maximum allowed"},
+			4096,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Nil(t, m.Data)
 				require.Equal(t, "5000", m.Header.Get(HeaderPayloadOmitted))
 				require.Equal(t, "outbox.order.created", m.Header.Get(HeaderOriginalSubject))
 				require.True(t, strings.HasPrefix(m.Header.Get(HeaderPoisonReason), "too_large: "))
-			}},
-		{"payload near the limit omitted for header room",
+			},
+		},
+		{
+			"payload near the limit omitted for header room",
 			func(ev *cdc.Event) { ev.Payload = []byte(strings.Repeat("x", 4000)) },
-			PoisonError{Reason: "too_large", Detail: "d"}, 4096,
+			PoisonError{Reason: "too_large", Detail: "d"},
+			4096,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Nil(t, m.Data)
 				require.Equal(t, "4000", m.Header.Get(HeaderPayloadOmitted))
-			}},
-		{"small payload kept under a limit",
+			},
+		},
+		{
+			"small payload kept under a limit",
 			func(*cdc.Event) {},
-			PoisonError{Reason: "no_stream", Detail: "d"}, 4096,
+			PoisonError{Reason: "no_stream", Detail: "d"},
+			4096,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Equal(t, ev.Payload, m.Data)
 				_, omitted := m.Header[HeaderPayloadOmitted]
 				require.False(t, omitted)
-			}},
-		{"no limit keeps any payload",
+			},
+		},
+		{
+			"no limit keeps any payload",
 			func(ev *cdc.Event) { ev.Payload = []byte(strings.Repeat("x", 100_000)) },
-			PoisonError{Reason: "too_large", Detail: "d"}, 0,
-			func(t *testing.T, ev cdc.Event, m sink.Message) { require.Len(t, m.Data, 100_000) }},
-		{"usable row headers kept",
+			PoisonError{Reason: "too_large", Detail: "d"},
+			0,
+			func(t *testing.T, ev cdc.Event, m sink.Message) { require.Len(t, m.Data, 100_000) },
+		},
+		{
+			"usable row headers kept",
 			func(ev *cdc.Event) { ev.Headers = []byte(`{"trace": "abc", "n": 1}`) },
-			PoisonError{Reason: "too_large", Detail: "d"}, 0,
+			PoisonError{Reason: "too_large", Detail: "d"},
+			0,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Equal(t, "abc", m.Header.Get("trace"))
-			}},
-		{"malformed row headers dropped",
+			},
+		},
+		{
+			"malformed row headers dropped",
 			func(ev *cdc.Event) { ev.Headers = []byte(`not json`) },
-			PoisonError{Reason: "bad_row", Detail: "column headers is not a JSON object"}, 0,
+			PoisonError{Reason: "bad_row", Detail: "column headers is not a JSON object"},
+			0,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Equal(t, "bad_row: column headers is not a JSON object", m.Header.Get(HeaderPoisonReason))
 				require.Equal(t, ev.Payload, m.Data)
-			}},
-		{"reserved row header does not override the relay's",
+			},
+		},
+		{
+			"reserved row header does not override the relay's",
 			func(ev *cdc.Event) {
 				ev.Headers = []byte(`{"Outbox-Origin": "forged", "Outbox-Poison-Reason": "forged"}`)
 			},
-			PoisonError{Reason: "bad_row", Detail: "reserved"}, 0,
+			PoisonError{Reason: "bad_row", Detail: "reserved"},
+			0,
 			func(t *testing.T, ev cdc.Event, m sink.Message) {
 				require.Equal(t, []string{mappingOrigin}, m.Header[HeaderOrigin])
 				require.Equal(t, []string{"bad_row: reserved"}, m.Header[HeaderPoisonReason])
-			}},
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -548,10 +548,14 @@ func TestPumpPoisonStop(t *testing.T) {
 		{name: "invalid subject, inside a transaction", n: 100, at: 41, perTxn: 3, reason: "invalid_subject"},
 		{name: "bad row", n: 100, at: 40, perTxn: 1, reason: "bad_row"},
 		{name: "first event", n: 100, at: 1, perTxn: 1, reason: "invalid_subject"},
-		{name: "after a failed publish in the window", n: 100, at: 40, perTxn: 1, reason: "invalid_subject",
-			script: atPublish(30, fault{kind: faultTransient})},
-		{name: "after a lost ack in the window", n: 100, at: 40, perTxn: 1, reason: "invalid_subject",
-			script: atPublish(30, fault{kind: faultAckLost})},
+		{
+			name: "after a failed publish in the window", n: 100, at: 40, perTxn: 1, reason: "invalid_subject",
+			script: atPublish(30, fault{kind: faultTransient}),
+		},
+		{
+			name: "after a lost ack in the window", n: 100, at: 40, perTxn: 1, reason: "invalid_subject",
+			script: atPublish(30, fault{kind: faultAckLost}),
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -609,16 +613,26 @@ func TestPumpPoisonDeadLetter(t *testing.T) {
 		{name: "dead-letter subject in another stream", subject: elsewhere, at: []int{40}, perTxn: 1, reason: "invalid_subject"},
 		{name: "bad row, in the stream, 3 per transaction", subject: inStream, at: []int{41}, perTxn: 3, reason: "bad_row"},
 		{name: "two poison events in one window", subject: inStream, at: []int{40, 45}, perTxn: 1, reason: "invalid_subject"},
-		{name: "in the stream, dead letter times out once", subject: inStream, at: []int{40}, perTxn: 1, reason: "invalid_subject",
-			script: once(onEvent(pumpID(40), dlq(inStream), fault{kind: faultTransient}))},
-		{name: "in the stream, ack of the dead letter lost, duplicate window expired", subject: inStream, at: []int{40}, perTxn: 1, reason: "invalid_subject",
-			script: once(onEvent(pumpID(40), dlq(inStream), fault{kind: faultAckLost}))},
-		{name: "in another stream, dead letter times out once", subject: elsewhere, at: []int{40}, perTxn: 1, reason: "invalid_subject",
-			script: once(onEvent(pumpID(40), dlq(elsewhere), fault{kind: faultTransient}))},
-		{name: "in another stream, ack of the dead letter lost", subject: elsewhere, at: []int{40}, perTxn: 1, reason: "invalid_subject", dedup: true,
-			script: once(onEvent(pumpID(40), dlq(elsewhere), fault{kind: faultAckLost}))},
-		{name: "in the stream, after a failed publish in the window", subject: inStream, at: []int{40}, perTxn: 1, reason: "invalid_subject",
-			script: atPublish(30, fault{kind: faultTransient})},
+		{
+			name: "in the stream, dead letter times out once", subject: inStream, at: []int{40}, perTxn: 1, reason: "invalid_subject",
+			script: once(onEvent(pumpID(40), dlq(inStream), fault{kind: faultTransient})),
+		},
+		{
+			name: "in the stream, ack of the dead letter lost, duplicate window expired", subject: inStream, at: []int{40}, perTxn: 1, reason: "invalid_subject",
+			script: once(onEvent(pumpID(40), dlq(inStream), fault{kind: faultAckLost})),
+		},
+		{
+			name: "in another stream, dead letter times out once", subject: elsewhere, at: []int{40}, perTxn: 1, reason: "invalid_subject",
+			script: once(onEvent(pumpID(40), dlq(elsewhere), fault{kind: faultTransient})),
+		},
+		{
+			name: "in another stream, ack of the dead letter lost", subject: elsewhere, at: []int{40}, perTxn: 1, reason: "invalid_subject", dedup: true,
+			script: once(onEvent(pumpID(40), dlq(elsewhere), fault{kind: faultAckLost})),
+		},
+		{
+			name: "in the stream, after a failed publish in the window", subject: inStream, at: []int{40}, perTxn: 1, reason: "invalid_subject",
+			script: atPublish(30, fault{kind: faultTransient}),
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

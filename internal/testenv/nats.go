@@ -99,7 +99,7 @@ func NewNATS(opts ...NATSOption) (*NATS, error) {
 	if err := n.start(); err != nil {
 		err = fmt.Errorf("start nats: %w", err)
 		if cerr := n.Close(); cerr != nil {
-			err = fmt.Errorf("%w (cleanup: %v)", err, cerr)
+			err = fmt.Errorf("%w (cleanup: %w)", err, cerr)
 		}
 		return nil, err
 	}

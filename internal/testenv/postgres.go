@@ -191,7 +191,7 @@ func NewPostgres(opts ...PostgresOption) (p *Postgres, err error) {
 		if err != nil {
 			err = fmt.Errorf("start postgres: %w", err)
 			if cerr := p.Close(); cerr != nil {
-				err = fmt.Errorf("%w (cleanup: %v)", err, cerr)
+				err = fmt.Errorf("%w (cleanup: %w)", err, cerr)
 			}
 			p = nil
 		}
@@ -666,7 +666,7 @@ func (p *Postgres) waitReady(proc *pgProcess) error {
 		}
 		select {
 		case <-proc.done:
-			return fmt.Errorf("postgres exited during startup: %v", proc.err)
+			return fmt.Errorf("postgres exited during startup: %w", proc.err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
