@@ -32,6 +32,7 @@ type config struct {
 
 	leaderElection bool
 	httpAddr       string
+	pprof          bool
 	logLevel       string
 	logFormat      string
 	stallTimeout   time.Duration
@@ -113,6 +114,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	d(&c.pump.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for publishes in flight")
 	d(&c.stallTimeout, "stall-timeout", 2*time.Minute, "liveness fails when events are pending and none was acknowledged for this long while PostgreSQL and NATS are up")
 	s(&c.httpAddr, "http-addr", ":8081", "address of the /metrics, /healthz and /readyz endpoints")
+	b(&c.pprof, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the HTTP address")
 	s(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	s(&c.logFormat, "log-format", "json", "log format: json or console")
 	return fs

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"go.uber.org/zap"
@@ -43,7 +44,7 @@ func runRelay(ctx context.Context, cfg *config, logOut io.Writer) (err error) {
 	m := metrics.New(version, commit)
 	health := relay.NewHealth(cfg.stallTimeout, beatTimeout(cfg))
 
-	srv, err := serveHTTP(cfg.httpAddr, m, health)
+	srv, err := serveHTTP(cfg.httpAddr, cfg.pprof, m, health)
 	if err != nil {
 		return err
 	}
@@ -237,8 +238,13 @@ func beatTimeout(cfg *config) time.Duration {
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz on addr.
-func serveHTTP(addr string, m *metrics.Metrics, health *relay.Health) (*http.Server, error) {
+func serveHTTP(addr string, profile bool, m *metrics.Metrics, health *relay.Health) (*http.Server, error) {
 	mux := http.NewServeMux()
+	if profile {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", m.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeProbe(w, health.Role(), health.Live(time.Now()))
