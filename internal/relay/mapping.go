@@ -156,7 +156,9 @@ func (t Template) Subject(ev *cdc.Event) (string, error) {
 	return b.String(), nil
 }
 
-// Mapper turns events into messages.
+// Mapper turns events into messages. It is used by one goroutine: it keeps
+// what consecutive events share (a transaction's commit LSN, its created_at)
+// to build each message with fewer allocations.
 type Mapper struct {
 	template Template
 	origin   string
@@ -166,6 +168,12 @@ type Mapper struct {
 	// checkEach is set when the stream captures only some of the subjects
 	// the template can build, so each must be checked.
 	checkEach bool
+
+	originValue    []string // shared by every message; never modified
+	lastCommitLSN  pglogrepl.LSN
+	commitLSNValue []string
+	lastCreatedRaw string
+	createdValue   []string
 }
 
 // NewMapper builds a Mapper. origin identifies the slot the events come
@@ -173,7 +181,8 @@ type Mapper struct {
 func NewMapper(template Template, origin string, streamSubjects []string) *Mapper {
 	return &Mapper{
 		template: template, origin: origin, captures: streamSubjects,
-		checkEach: len(streamSubjects) > 0 && !sink.Captures(streamSubjects, template.Wildcard()),
+		checkEach:   len(streamSubjects) > 0 && !sink.Captures(streamSubjects, template.Wildcard()),
+		originValue: []string{origin},
 	}
 }
 
@@ -204,7 +213,7 @@ func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 	if mp.checkEach && !sink.Captures(mp.captures, subject) {
 		return sink.Message{}, &PoisonError{Reason: "no_stream", Detail: fmt.Sprintf("no subject of the stream captures %q", subject)}
 	}
-	header := nats.Header{}
+	header := make(nats.Header, stampedHeaders+3)
 	if len(ev.Headers) > 0 {
 		if err := addRowHeaders(header, ev.Headers, false); err != nil {
 			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
@@ -238,6 +247,12 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 	return sink.Message{Subject: subject, ID: ev.ID, Data: data, Header: header}
 }
 
+// stampedHeaders is how many headers stamp sets at most.
+const stampedHeaders = 7
+
+// stamp sets the relay's headers. Header value slices may be shared between
+// messages (nothing writes to them after this): rows of one transaction share
+// the commit LSN and usually created_at (now() is the transaction's start).
 func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event) {
 	set := func(k, v string) {
 		if v != "" {
@@ -247,10 +262,20 @@ func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event) {
 	set(HeaderAggregateType, ev.AggregateType)
 	set(HeaderAggregateID, ev.AggregateID)
 	set(HeaderEventType, ev.EventType)
-	set(HeaderCreatedAt, normalizeTimestamp(ev.CreatedAt))
-	header[HeaderCommitLSN] = []string{formatLSN(ev.Position.CommitLSN)}
+	if ev.CreatedAt != "" {
+		if mp.createdValue == nil || ev.CreatedAt != mp.lastCreatedRaw {
+			mp.lastCreatedRaw = ev.CreatedAt
+			mp.createdValue = []string{sanitizeHeaderValue(normalizeTimestamp(ev.CreatedAt))}
+		}
+		header[HeaderCreatedAt] = mp.createdValue
+	}
+	if mp.commitLSNValue == nil || ev.Position.CommitLSN != mp.lastCommitLSN {
+		mp.lastCommitLSN = ev.Position.CommitLSN
+		mp.commitLSNValue = []string{formatLSN(ev.Position.CommitLSN)}
+	}
+	header[HeaderCommitLSN] = mp.commitLSNValue
 	header[HeaderCommitIndex] = []string{strconv.FormatUint(uint64(ev.Position.Index), 10)}
-	header[HeaderOrigin] = []string{mp.origin}
+	header[HeaderOrigin] = mp.originValue
 }
 
 // PositionFromHeader reads an event position stamped by the relay, and

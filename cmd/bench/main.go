@@ -1,0 +1,455 @@
+// Command bench measures the relay against the physical limits of its input
+// and its output, measured the same way in the same run on the same machine:
+//
+//   - backlog drain: N events committed while the relay is stopped, in
+//     transactions of 1, 10 and 1000 rows and payloads of about 256 B and
+//     1 KiB, drained by the relay binary; the input limit (a bare pgoutput
+//     consumer on its own slot) and the output limit (a bare asynchronous
+//     JetStream publisher with the same window) drain the same shape;
+//   - live latency at 1,000/s, 10,000/s and as fast as the producers go;
+//   - CPU per 100k events, peak RSS, RSS for a 1,000,000-event backlog and a
+//     single 1,000,000-row transaction, and CPU while idle;
+//   - a CPU and allocation profile of the relay's packages draining in
+//     process.
+//
+// It starts its own throwaway PostgreSQL (internal/testenv, as the tests do)
+// and NATS server, prints a table, writes bench-results.json and rewrites
+// docs/benchmarks.md. Run it with `make bench`; -quick is a smoke run.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	events      int
+	sizes       []int
+	shapes      []int
+	window      int
+	runs        int
+	largeRuns   int
+	writers     int
+	large       bool
+	largeEvents int
+	live        bool
+	rates       []int
+	liveFor     time.Duration
+	idleFor     time.Duration
+	producers   int
+	profile     bool
+	profileDir  string
+	profShape   int
+	relayEnv    []string
+	jsonPath    string
+	docPath     string
+	quick       bool
+	render      string
+	command     string
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var sizes, shapes, rates string
+	fs.IntVar(&o.events, "events", 200000, "events in each backlog drain")
+	fs.StringVar(&sizes, "sizes", "256,1024", "payload sizes in bytes, comma-separated")
+	fs.StringVar(&shapes, "shapes", "1,10,1000", "rows per transaction of the backlogs, comma-separated")
+	fs.IntVar(&o.window, "publish-window", 1024, "the relay's --publish-window, and the output limit's window")
+	fs.IntVar(&o.writers, "writers", 4, "connections writing each backlog")
+	fs.IntVar(&o.runs, "runs", 2, "runs of each contender per backlog; the best counts")
+	fs.IntVar(&o.largeRuns, "large-runs", 1, "runs of each contender per -large backlog")
+	fs.BoolVar(&o.large, "large", true, "also drain a 1,000,000-event backlog and a single 1,000,000-row transaction (memory bound)")
+	fs.IntVar(&o.largeEvents, "large-events", 1000000, "events in each -large case")
+	fs.BoolVar(&o.live, "live", true, "measure live latency and idle CPU")
+	fs.StringVar(&rates, "rates", "1000,10000,max", "live producer rates per second; max: as fast as the producers go")
+	fs.DurationVar(&o.liveFor, "live-duration", 10*time.Second, "how long each live rate runs")
+	fs.DurationVar(&o.idleFor, "idle", 10*time.Second, "how long the idle relay is watched")
+	fs.IntVar(&o.producers, "producers", 8, "connections of the live producers")
+	fs.BoolVar(&o.profile, "profile", true, "profile the relay's packages draining in process (CPU and allocations)")
+	fs.StringVar(&o.profileDir, "profile-dir", ".", "where bench-cpu.prof and bench-allocs.prof are written")
+	fs.IntVar(&o.profShape, "profile-shape", 10, "rows per transaction of the profiled backlog")
+	var relayEnv string
+	fs.StringVar(&relayEnv, "relay-env", "", "extra environment of the relay binary, comma-separated KEY=VALUE (e.g. GOMAXPROCS=1,RELAY_EVENT_BUFFER=8192)")
+	fs.StringVar(&o.jsonPath, "json", "bench-results.json", "where the results are written as JSON (empty: nowhere)")
+	fs.StringVar(&o.docPath, "doc", "docs/benchmarks.md", "the report rewritten with the results, relative to the module root (empty: none; -quick writes none unless given)")
+	fs.StringVar(&o.render, "render", "", "measure nothing: print the report of this results JSON and rewrite -doc from it")
+	fs.BoolVar(&o.quick, "quick", false, "smoke run: 20,000 events, -large with as many, 3 s live phases")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.quick {
+		if !set["events"] {
+			o.events = 20000
+		}
+		if !set["large-events"] {
+			o.largeEvents = o.events
+		}
+		if !set["live-duration"] {
+			o.liveFor = 3 * time.Second
+		}
+		if !set["idle"] {
+			o.idleFor = 3 * time.Second
+		}
+		if !set["doc"] {
+			o.docPath = ""
+		}
+		if !set["runs"] {
+			o.runs = 1
+		}
+	}
+	for _, kv := range strings.Split(relayEnv, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if !strings.Contains(kv, "=") {
+			return o, fmt.Errorf("relay-env: %q is not KEY=VALUE", kv)
+		}
+		o.relayEnv = append(o.relayEnv, kv)
+	}
+	var err error
+	if o.sizes, err = intList(sizes, "sizes"); err != nil {
+		return o, err
+	}
+	if o.shapes, err = intList(shapes, "shapes"); err != nil {
+		return o, err
+	}
+	if o.rates, err = intList(strings.ReplaceAll(rates, "max", "0"), "rates"); err != nil {
+		return o, err
+	}
+	var errs []error
+	if o.events < 1 || o.largeEvents < 1 {
+		errs = append(errs, errors.New("events, large-events: must be positive"))
+	}
+	if o.profShape < 1 {
+		errs = append(errs, errors.New("profile-shape: must be positive"))
+	}
+	if o.window < 1 || o.writers < 1 || o.producers < 1 || o.runs < 1 || o.largeRuns < 1 {
+		errs = append(errs, errors.New("publish-window, writers, producers, runs, large-runs: must be positive"))
+	}
+	if o.liveFor <= 0 || o.idleFor <= 0 {
+		errs = append(errs, errors.New("live-duration, idle: must be positive"))
+	}
+	o.command = strings.TrimSpace("go run ./cmd/bench " + strings.Join(args, " "))
+	return o, errors.Join(errs...)
+}
+
+func intList(s, name string) ([]int, error) {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		v, err := strconv.Atoi(part)
+		if err != nil || v < 0 {
+			return nil, fmt.Errorf("%s: %q is not a non-negative number", name, part)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == serveNATSArg {
+		os.Exit(serveNATS())
+	}
+	opts, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(2)
+	}
+	if opts.profile {
+		// Finer allocation sampling for the allocation profile; the
+		// harness's own allocations do not matter.
+		runtime.MemProfileRate = 16 * 1024
+	}
+	if opts.render != "" {
+		if err := render(opts); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, opts); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// render prints and writes the report of a results file from an earlier run.
+func render(opts options) error {
+	data, err := os.ReadFile(opts.render)
+	if err != nil {
+		return err
+	}
+	var res results
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("%s: %w", opts.render, err)
+	}
+	res.Targets = evaluate(&res)
+	printReport(os.Stdout, &res)
+	if opts.docPath == "" {
+		return nil
+	}
+	path := opts.docPath
+	if !filepath.IsAbs(path) {
+		root, err := repoRoot()
+		if err != nil {
+			return err
+		}
+		path = filepath.Join(root, path)
+	}
+	if err := os.WriteFile(path, []byte(markdownReport(&res)), 0o644); err != nil {
+		return err
+	}
+	logf("wrote %s", path)
+	return nil
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+func run(ctx context.Context, opts options) error {
+	started := time.Now()
+	e, err := setupEnv(ctx, logf)
+	if err != nil {
+		return err
+	}
+	e.relayEnv = opts.relayEnv
+	defer e.close()
+	res := &results{
+		Date:     started.UTC().Format(time.RFC3339),
+		Command:  opts.command,
+		Machine:  readMachine(e),
+		Settings: settingsOf(opts),
+	}
+	fail := func(phase string, err error) {
+		logf("%s failed: %v", phase, err)
+		res.Errors = append(res.Errors, fmt.Sprintf("%s: %v", phase, err))
+	}
+
+	for _, size := range opts.sizes {
+		for _, shape := range opts.shapes {
+			if ctx.Err() != nil {
+				break
+			}
+			name := fmt.Sprintf("%s txns, %s", rowsLabel(shape), sizeLabel(size))
+			c, err := e.drainCase(ctx, name, opts.events, shape, size, opts.runs, opts)
+			if err != nil {
+				fail(name, err)
+				continue
+			}
+			res.Drains = append(res.Drains, c)
+		}
+	}
+	if opts.large && ctx.Err() == nil {
+		for _, lc := range []struct {
+			name  string
+			shape int
+		}{
+			{fmt.Sprintf("%s-event backlog, 1000-row txns, 256 B", count(opts.largeEvents)), 1000},
+			{fmt.Sprintf("single %s-row txn, 256 B", count(opts.largeEvents)), opts.largeEvents},
+		} {
+			if ctx.Err() != nil {
+				break
+			}
+			c, err := e.drainCase(ctx, lc.name, opts.largeEvents, lc.shape, 256, opts.largeRuns, opts)
+			if err != nil {
+				fail(lc.name, err)
+				continue
+			}
+			c.Large = true
+			res.Drains = append(res.Drains, c)
+		}
+	}
+	if opts.live && ctx.Err() == nil {
+		live, err := e.live(ctx, opts.rates, opts.liveFor, opts.idleFor, opts.window, opts.producers, 256, logf)
+		if err != nil {
+			fail("live", err)
+		} else {
+			res.Live = &live
+		}
+	}
+	if opts.profile && ctx.Err() == nil {
+		dir := opts.profileDir
+		if !filepath.IsAbs(dir) {
+			if wd, err := os.Getwd(); err == nil {
+				dir = filepath.Join(wd, dir)
+			}
+		}
+		p, err := e.profileDrain(ctx, opts.events, opts.profShape, 256, opts.window, dir, logf)
+		if err != nil {
+			fail("profile", err)
+		} else {
+			res.Profile = &p
+		}
+		if ctx.Err() == nil {
+			lp, err := e.profileLive(ctx, 1000, opts.liveFor, opts.window, opts.producers, dir, logf)
+			if err != nil {
+				fail("live profile", err)
+			} else {
+				res.LiveProfile = &lp
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		res.Errors = append(res.Errors, "interrupted: "+err.Error())
+	}
+	res.Seconds = time.Since(started).Seconds()
+	res.Targets = evaluate(res)
+
+	printReport(os.Stdout, res)
+	if opts.jsonPath != "" {
+		data, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(opts.jsonPath, append(data, '\n'), 0o644); err != nil {
+			return err
+		}
+		logf("wrote %s", opts.jsonPath)
+	}
+	if opts.docPath != "" && ctx.Err() == nil {
+		path := opts.docPath
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(e.root, path)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, []byte(markdownReport(res)), 0o644); err != nil {
+			return err
+		}
+		logf("wrote %s", path)
+	}
+	if len(res.Errors) > 0 {
+		return fmt.Errorf("%d phase(s) failed: %s", len(res.Errors), strings.Join(res.Errors, "; "))
+	}
+	return nil
+}
+
+// drainCase writes one backlog and drains it runs times with each
+// contender, interleaved (input limit, output limit, relay, then again),
+// each run of the input limit and of the relay from a slot of its own made
+// before the backlog was written. The best run of each is kept: the limits
+// are best cases by nature, and the relay gets as many tries.
+func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs int, opts options) (drainCase, error) {
+	c := drainCase{Name: name, Shape: shape, Payload: size, Events: n, Runs: runs}
+	relaySlotOf := func(i int) string { return fmt.Sprintf("bench_relay_%d", i) }
+	inputSlotOf := func(i int) string { return fmt.Sprintf("bench_input_%d", i) }
+	var slots []string
+	for i := range runs {
+		slots = append(slots, relaySlotOf(i), inputSlotOf(i))
+	}
+	logf("drain %s: writing %d events", name, n)
+	if err := e.resetOutbox(ctx, slots...); err != nil {
+		return c, err
+	}
+	w, err := writeBacklog(ctx, e.dbURL, n, shape, size, opts.writers, "b")
+	if err != nil {
+		return c, err
+	}
+	c.Write = w
+	if err := e.exec(ctx, `CHECKPOINT`); err != nil {
+		return c, err
+	}
+	for i := range runs {
+		logf("drain %s: input limit (run %d of %d)", name, i+1, runs)
+		in, err := e.inputLimit(ctx, inputSlotOf(i), n, w.PayloadBytes)
+		if err != nil {
+			return c, err
+		}
+		if err := e.dropSlot(ctx, inputSlotOf(i)); err != nil {
+			return c, err
+		}
+		c.InputRuns = append(c.InputRuns, in.EventsPerSec)
+		if i == 0 || in.EventsPerSec > c.Input.EventsPerSec {
+			c.Input = in
+		}
+		logf("drain %s: output limit (run %d of %d)", name, i+1, runs)
+		out, err := e.outputLimit(ctx, n, opts.window, w.PayloadBytes)
+		if err != nil {
+			return c, err
+		}
+		c.OutputRuns = append(c.OutputRuns, out.EventsPerSec)
+		if i == 0 || out.EventsPerSec > c.Output.EventsPerSec {
+			c.Output = out
+		}
+		logf("drain %s: relay (run %d of %d)", name, i+1, runs)
+		r, err := e.relayDrain(ctx, relaySlotOf(i), n, opts.window, w.PayloadBytes)
+		if err != nil {
+			return c, err
+		}
+		if err := e.dropSlot(ctx, relaySlotOf(i)); err != nil {
+			return c, err
+		}
+		c.RelayRuns = append(c.RelayRuns, r.EventsPerSec)
+		if runs > 1 {
+			c.RelayAll = append(c.RelayAll, r)
+		}
+		if i == 0 || r.EventsPerSec > c.Relay.EventsPerSec {
+			c.Relay = r
+		}
+		logf("drain %s: run %d: relay %.0f/s, input limit %.0f/s, output limit %.0f/s",
+			name, i+1, r.EventsPerSec, in.EventsPerSec, out.EventsPerSec)
+	}
+	c.Limit, c.LimitName = c.Input.EventsPerSec, "input"
+	if c.Output.EventsPerSec < c.Limit {
+		c.Limit, c.LimitName = c.Output.EventsPerSec, "output"
+	}
+	c.Ratio = c.Relay.EventsPerSec / c.Limit
+	c.SteadyRatio = c.Relay.SteadyEventsPerSec / c.Limit
+	logf("drain %s: best relay %.0f/s over lower limit %.0f/s (%s): ratio %.2f", name, c.Relay.EventsPerSec, c.Limit, c.LimitName, c.Ratio)
+	return c, nil
+}
+
+func rowsLabel(shape int) string {
+	if shape == 1 {
+		return "1-row"
+	}
+	return fmt.Sprintf("%d-row", shape)
+}
+
+func sizeLabel(size int) string {
+	if size >= 1024 && size%1024 == 0 {
+		return fmt.Sprintf("%d KiB", size/1024)
+	}
+	return fmt.Sprintf("%d B", size)
+}
+
+// count renders n with thousands separators.
+func count(n int) string {
+	s := strconv.Itoa(n)
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
