@@ -126,10 +126,14 @@ type chaosPlan struct {
 }
 
 var (
-	shortPlan = chaosPlan{repeat: 1, clusterRepeat: 1, writers: 4, rate: 150,
-		gapMin: 300 * time.Millisecond, gapMax: 1500 * time.Millisecond, recoverTimeout: 2 * time.Minute}
-	fullPlan = chaosPlan{repeat: 10, clusterRepeat: 8, writers: 6, rate: 200,
-		gapMin: 500 * time.Millisecond, gapMax: 4 * time.Second, recoverTimeout: 3 * time.Minute}
+	shortPlan = chaosPlan{
+		repeat: 1, clusterRepeat: 1, writers: 4, rate: 150,
+		gapMin: 300 * time.Millisecond, gapMax: 1500 * time.Millisecond, recoverTimeout: 2 * time.Minute,
+	}
+	fullPlan = chaosPlan{
+		repeat: 10, clusterRepeat: 8, writers: 6, rate: 200,
+		gapMin: 500 * time.Millisecond, gapMax: 4 * time.Second, recoverTimeout: 3 * time.Minute,
+	}
 )
 
 const chaosStream = "OUTBOX"

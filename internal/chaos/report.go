@@ -222,13 +222,6 @@ func maxOf(ds []time.Duration) time.Duration {
 	return m
 }
 
-func minOf(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	return slices.Min(ds)
-}
-
 func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
 
 func secsOrDash(ds []time.Duration, f func([]time.Duration) time.Duration) string {
