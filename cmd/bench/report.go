@@ -328,13 +328,14 @@ func costTable(res *results) *table {
 func liveTable(l *liveResult) *table {
 	t := &table{head: []string{
 		"rate", "achieved ev/s", "events", "e2e p50 ms", "e2e p99 ms", "e2e p99.9 ms", "e2e max ms",
-		"hist p50 ms", "hist p99 ms", "hist p99.9 ms", "catch-up s", "relay CPU s/100k", "others' CPU",
+		"hist p50 ms", "hist p99 ms", "hist p99.9 ms", "catch-up s", "relay µs/ev", "NATS µs/ev", "PostgreSQL µs/ev", "producers µs/ev", "busy", "others' CPU",
 	}}
 	for _, r := range l.Rates {
 		t.add(r.Label, rate(r.AchievedRate), count(r.Events), r.EndToEnd.P50.String(), r.EndToEnd.P99.String(),
 			r.EndToEnd.P999.String(), r.EndToEnd.Max.String(), r.Histogram.P50.String(), r.Histogram.P99.String(),
-			r.Histogram.P999.String(), fmt.Sprintf("%.2f", r.CatchUp), fmt.Sprintf("%.2f", r.CPUPer100k),
-			pct(r.CPU.otherShare()))
+			r.Histogram.P999.String(), fmt.Sprintf("%.2f", r.CatchUp), perEvent(r.CPU.RelaySeconds, r.Events),
+			perEvent(r.CPU.NATSSeconds, r.Events), perEvent(r.CPU.PGSeconds, r.Events), perEvent(r.CPU.SelfSeconds, r.Events),
+			pct(r.CPU.MachineBusy), pct(r.CPU.otherShare()))
 	}
 	return t
 }
