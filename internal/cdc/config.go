@@ -30,6 +30,10 @@ type Config struct {
 	// StatusInterval is how often the confirmed position is reported to
 	// PostgreSQL; it must stay well below the server's wal_sender_timeout.
 	StatusInterval time.Duration
+	// ReplicationTimeout ends a replication session from which nothing
+	// arrived for this long (a server or network that went silent without
+	// closing the connection); halfway, a reply is requested.
+	ReplicationTimeout time.Duration
 	// ConnectTimeout bounds establishing a connection; QueryTimeout bounds
 	// each query on a normal connection.
 	ConnectTimeout time.Duration
@@ -83,6 +87,7 @@ func (c Config) Validate() error {
 	errs = append(errs,
 		positive("status-interval", c.StatusInterval),
 		positive("connect-timeout", c.ConnectTimeout),
+		positive("replication-timeout", c.ReplicationTimeout),
 		positive("query-timeout", c.QueryTimeout),
 		positive("slot-poll-interval", c.SlotPollInterval),
 		positive("reconnect-min", c.ReconnectMin),

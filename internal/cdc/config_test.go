@@ -10,19 +10,20 @@ import (
 
 func validConfig() Config {
 	return Config{
-		PostgresURL:      "postgres://relay@localhost/app",
-		Schema:           "public",
-		Table:            "outbox",
-		Columns:          testColumns,
-		Publication:      "outbox_pub",
-		Slot:             "outbox_slot",
-		StatusInterval:   10 * time.Second,
-		ConnectTimeout:   10 * time.Second,
-		QueryTimeout:     30 * time.Second,
-		SlotPollInterval: 30 * time.Second,
-		ReconnectMin:     time.Second,
-		ReconnectMax:     30 * time.Second,
-		EventBuffer:      1024,
+		PostgresURL:        "postgres://relay@localhost/app",
+		Schema:             "public",
+		Table:              "outbox",
+		Columns:            testColumns,
+		Publication:        "outbox_pub",
+		Slot:               "outbox_slot",
+		StatusInterval:     10 * time.Second,
+		ConnectTimeout:     10 * time.Second,
+		ReplicationTimeout: time.Minute,
+		QueryTimeout:       30 * time.Second,
+		SlotPollInterval:   30 * time.Second,
+		ReconnectMin:       time.Second,
+		ReconnectMax:       30 * time.Second,
+		EventBuffer:        1024,
 	}
 }
 
@@ -83,6 +84,7 @@ func TestConfigValidateOneProblem(t *testing.T) {
 		{"status interval", func(c *Config) { c.StatusInterval = 0 }, "status-interval:"},
 		{"negative status interval", func(c *Config) { c.StatusInterval = -time.Second }, "status-interval:"},
 		{"connect timeout", func(c *Config) { c.ConnectTimeout = 0 }, "connect-timeout:"},
+		{"replication timeout", func(c *Config) { c.ReplicationTimeout = 0 }, "replication-timeout:"},
 		{"query timeout", func(c *Config) { c.QueryTimeout = -1 }, "query-timeout:"},
 		{"slot poll interval", func(c *Config) { c.SlotPollInterval = 0 }, "slot-poll-interval:"},
 		{"reconnect max below min", func(c *Config) { c.ReconnectMax = c.ReconnectMin / 2 }, "reconnect-max:"},
@@ -117,7 +119,7 @@ func TestConfigValidateReportsAllProblems(t *testing.T) {
 		"slot",
 		"publication",
 		"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload",
-		"status-interval", "connect-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
+		"status-interval", "connect-timeout", "replication-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
 		"event-buffer",
 	}, got)
 	// The joined message lists them one per line.

@@ -202,6 +202,8 @@ func (s *session) stream(ctx context.Context) error {
 	// status interval.
 	netConn := s.conn.Conn()
 	var deadline time.Time
+	lastReceived := time.Now()
+	pinged := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -224,10 +226,23 @@ func (s *session) stream(ctx context.Context) error {
 			}
 			if pgconn.Timeout(err) {
 				s.r.beat()
+				silent := time.Since(lastReceived)
+				if silent > s.r.cfg.ReplicationTimeout {
+					return fmt.Errorf("replication stream: nothing received for %s", silent.Round(time.Second))
+				}
+				if silent > s.r.cfg.ReplicationTimeout/2 && !pinged {
+					// Ask the server to answer, as PostgreSQL's own
+					// walreceiver does, before giving the session up.
+					pinged = true
+					if err := s.requestReply(); err != nil {
+						return err
+					}
+				}
 				continue
 			}
 			return fmt.Errorf("receive replication message: %w", err)
 		}
+		lastReceived, pinged = time.Now(), false
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := s.handleCopyData(ctx, msg.Data); err != nil {
@@ -394,6 +409,18 @@ func (s *session) sendStatus() error {
 	s.r.m.CDCConfirmedLSN.Set(float64(confirmed))
 	s.r.m.CDCLastSlotAdvance.Set(float64(s.r.tracker.LastAdvance().UnixNano()) / 1e9)
 	s.updateLag(confirmed)
+	return nil
+}
+
+// requestReply sends the confirmed position and asks the server to answer.
+func (s *session) requestReply() error {
+	c := s.r.tracker.Confirmed()
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: c, WALFlushPosition: c, WALApplyPosition: c, ClientTime: time.Now(), ReplyRequested: true,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
 	return nil
 }
 

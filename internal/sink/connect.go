@@ -40,6 +40,10 @@ func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*Connection, erro
 		nats.Timeout(cfg.ConnectTimeout),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
+		// The client's default pings every 2 minutes would leave a server
+		// gone silent undetected for several minutes.
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
 		nats.ReconnectWait(cfg.ReconnectWait),
 		// By default the client gives up for good after the same server
 		// rejects its credentials twice, and the connection is closed
