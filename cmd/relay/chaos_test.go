@@ -88,6 +88,15 @@ func TestChaos(t *testing.T) {
 		t.Logf("chaos report written to %s", path)
 	})
 
+	// A silent NATS node and a silent replication session: caught by the
+	// client's pings and --replication-timeout. First, being the slowest
+	// in the short run (the relay needs up to a minute to notice).
+	t.Run("known-issues", func(t *testing.T) {
+		t.Parallel()
+		s := newScene(t, "known-issues", seed, plan, report)
+		s.result.KnownIssue = true
+		chaosKnownIssues(t, s)
+	})
 	t.Run("processes", func(t *testing.T) {
 		t.Parallel()
 		chaosProcesses(t, newScene(t, "processes", seed, plan, report))
@@ -99,14 +108,6 @@ func TestChaos(t *testing.T) {
 	t.Run("nats-cluster", func(t *testing.T) {
 		t.Parallel()
 		chaosCluster(t, newScene(t, "nats-cluster", seed, plan, report))
-	})
-	// A silent NATS node and a silent replication session: caught by the
-	// client's pings and --replication-timeout.
-	t.Run("known-issues", func(t *testing.T) {
-		t.Parallel()
-		s := newScene(t, "known-issues", seed, plan, report)
-		s.result.KnownIssue = true
-		chaosKnownIssues(t, s)
 	})
 }
 
@@ -568,34 +569,14 @@ func (s *scene) finish() {
 	if data, err := os.ReadFile(s.pg.LogPath()); err == nil {
 		s.result.Server = chaos.CountServerLog(string(data))
 	}
-	for i := range 10 {
-		js, _ := jetstream.New(s.nc)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := js.Stream(ctx, chaosStream)
-		if err != nil {
-			t.Logf("DEBUG %d stream: %v", i, err)
-			cancel()
-			time.Sleep(time.Second)
-			continue
-		}
-		t.Logf("DEBUG %d info: %+v cluster %+v", i, st.CachedInfo().State.Msgs, st.CachedInfo().Cluster)
-		c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-		t.Logf("DEBUG %d consumer: %v", i, err)
-		if err == nil {
-			b, err := c.Fetch(10, jetstream.FetchMaxWait(5*time.Second))
-			t.Logf("DEBUG %d fetch: %v", i, err)
-			if err == nil {
-				n := 0
-				for range b.Messages() {
-					n++
-				}
-				t.Logf("DEBUG %d fetched %d err %v", i, n, b.Error())
-			}
-		}
-		cancel()
-		time.Sleep(time.Second)
+	// Not e2e.ReadStream: in a cluster a fetch can meet "no responders"
+	// just after its consumer was created, which that one takes as fatal.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	msgs, err := chaos.ReadStream(ctx, s.nc, chaosStream)
+	if err != nil {
+		s.fatal("read the stream back: %v", err)
 	}
-	msgs := e2e.ReadStream(t, s.nc, chaosStream)
 	stored := e2e.IDs(msgs)
 	s.result.Verdict = e2e.Compare(expected, stored)
 	s.result.Duration = time.Since(s.start)
@@ -946,26 +927,26 @@ func chaosCluster(t *testing.T, s *scene) {
 	s.finish()
 }
 
-// chaosKnownIssues are faults the relay rides out without losing, doubling
-// or reordering anything, but only after a stall far longer than its other
-// recoveries, and without saying so on /readyz. Each fault asserts what a
-// fix should achieve, so the scenario fails until the relay is fixed; it
-// runs only with CHAOS_KNOWN_ISSUES=1.
+// chaosKnownIssues are faults in which a peer goes silent without closing
+// anything. The relay rode them out without losing, doubling or reordering
+// anything, but this suite found it stalling for minutes with /readyz 200
+// (the figures below), until the relay got a NATS ping interval of 10 s and
+// --replication-timeout. Each fault asserts its target.
 //
 //   - nats-node-silent: in a three-node cluster, the node the relay is
 //     connected to stops answering without closing the connection (a hung
 //     host or a partition); the other two nodes and the stream are fine. The
-//     relay keeps the dead connection until the NATS client's pings time out
-//     (nats.go's default PingInterval of 2 minutes, 2 pings outstanding), and
-//     PubAck and request timeouts do not make it reconnect. Target: publishing
-//     again through another node within 60 s.
+//     relay kept the dead connection until the NATS client's pings timed out
+//     (nats.go's default PingInterval of 2 minutes: 5m56s measured), since
+//     PubAck and request timeouts do not make it reconnect. Target:
+//     publishing again through another node within 60 s.
 //   - walsender-freeze: the walsender serving the relay's replication session
 //     is frozen (SIGSTOP), so the session goes silent while its TCP
 //     connection stays up and the lock session is fine. The relay's reader
-//     has no receive timeout (a read deadline only paces status updates), so
-//     it waits forever, with /healthz and /readyz 200, and only the growing
-//     retained WAL shows it. Target: the relay notices within 90 s (it stops
-//     reporting ready, and ends and restarts the session).
+//     had no receive timeout (a read deadline only paced status updates), so
+//     it waited as long as the session stayed silent, with /healthz and
+//     /readyz 200. Target: the relay notices within 90 s (it stops reporting
+//     ready, and ends and restarts the session).
 func chaosKnownIssues(t *testing.T, s *scene) {
 	s.result.Description = "a three-node JetStream cluster (R3 stream) behind one toxiproxy link per node, and one relay that knows only the links; faults that make a peer go silent without closing anything"
 	s.result.Setup = "PostgreSQL, 3-node NATS cluster behind toxiproxy (R3 stream), 1 relay"
@@ -996,13 +977,21 @@ func chaosKnownIssues(t *testing.T, s *scene) {
 			f.Target = links[node].Name() + " (the relay's node)"
 			at := inject()
 			require.NoError(t, links[node].Blackhole())
+			// What the node stored before the blackhole took hold does not
+			// count as publishing again.
+			time.Sleep(time.Second)
+			base := e2e.StreamCount(s.nc, chaosStream)
+			for base < 0 && time.Since(at) < time.Minute {
+				time.Sleep(100 * time.Millisecond)
+				base = e2e.StreamCount(s.nc, chaosStream)
+			}
 			// Wait for the relay to publish through another node; give up
 			// after a while, since the client's pings do time out at last.
 			deadline := at.Add(8 * time.Minute)
 			var resumed time.Duration
 			readyWhileStalled := 0
 			for time.Now().Before(deadline) {
-				if e2e.StreamCount(s.nc, chaosStream) > f.StreamSeq {
+				if e2e.StreamCount(s.nc, chaosStream) > base {
 					resumed = time.Since(at)
 					break
 				}
@@ -1023,7 +1012,7 @@ func chaosKnownIssues(t *testing.T, s *scene) {
 				resumed.Round(100*time.Millisecond), readyWhileStalled)
 			if resumed > time.Minute {
 				s.problem("%s: the relay took %s to publish again through another NATS node (target: 60s): "+
-					"it keeps a silent connection until nats.go's pings time out (PingInterval 2m by default)", f.Kind, resumed.Round(time.Second))
+					"it keeps a silent connection until the NATS client's pings time out", f.Kind, resumed.Round(time.Second))
 			}
 		}},
 		{"walsender-freeze", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {

@@ -35,9 +35,6 @@ const (
 	// EnvFaults, a regular expression, keeps only the fault kinds it
 	// matches (for example "pg-blackhole|zombie-leader"), to chase one.
 	EnvFaults = "CHAOS_FAULTS"
-	// EnvKnownIssues, set to 1, adds the known-issues scenario: faults the
-	// relay does not yet get over in time, which fail until it does.
-	EnvKnownIssues = "CHAOS_KNOWN_ISSUES"
 )
 
 // DefaultReport is where the full run writes its report, relative to the

@@ -42,8 +42,9 @@ type LoadStats struct {
 // rolling some back, and writing to a table outside the outbox, until
 // stopped.
 type Load struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
 
 	transactions, events         atomic.Int64
 	rolledBack, rolledBackEvents atomic.Int64
@@ -64,24 +65,32 @@ const (
 
 // StartLoad starts opts.Writers writers on w.
 func StartLoad(w *e2e.Writer, opts LoadOptions) *Load {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &Load{cancel: cancel}
+	l := &Load{stop: make(chan struct{})}
 	perWriter := opts.Rate / float64(max(1, opts.Writers))
 	for i := range max(1, opts.Writers) {
 		rng := RNG(opts.Seed, fmt.Sprintf("%s/writer-%d", opts.Name, i))
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			l.write(ctx, w, rng, i, perWriter)
+			l.write(w, rng, i, perWriter)
 		}()
 	}
 	return l
 }
 
-func (l *Load) write(ctx context.Context, w *e2e.Writer, rng *rand.Rand, writer int, rate float64) {
+// write commits transactions until the load is stopped. A stop is noticed
+// only between transactions: a transaction cancelled while its COMMIT is on
+// the way may still commit on the server after the client gave up on it,
+// and so after the commit log was read for the final comparison.
+func (l *Load) write(w *e2e.Writer, rng *rand.Rand, writer int, rate float64) {
 	filler := strings.Repeat("f", 200)
-	for n := 0; ctx.Err() == nil; n++ {
-		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	for n := 0; ; n++ {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		wctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		var err error
 		written := 1
 		if rng.Float64() < otherShare {
@@ -108,15 +117,12 @@ func (l *Load) write(ctx context.Context, w *e2e.Writer, rng *rand.Rand, writer 
 		cancel()
 		pause := time.Duration(float64(written) / rate * float64(time.Second) * (0.5 + rng.Float64()))
 		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
 			// A server is down or restarting: try again a little later.
 			l.failed.Add(1)
 			pause = Between(rng, 50*time.Millisecond, 300*time.Millisecond)
 		}
 		select {
-		case <-ctx.Done():
+		case <-l.stop:
 			return
 		case <-time.After(pause):
 		}
@@ -147,10 +153,11 @@ func (l *Load) Stats() LoadStats {
 	}
 }
 
-// Stop stops the writers, waits for them and returns the final counts.
-// Calling it again is harmless.
+// Stop lets every writer finish the transaction it is in, waits for them
+// and returns the final counts: once it returns, whatever committed is in
+// the commit log. Calling it again is harmless.
 func (l *Load) Stop() LoadStats {
-	l.cancel()
+	l.stopOnce.Do(func() { close(l.stop) })
 	l.wg.Wait()
 	return l.Stats()
 }

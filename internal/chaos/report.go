@@ -288,7 +288,7 @@ func (r *Report) Markdown() string {
 	}
 	switch {
 	case len(known) == 0:
-		result += " (the known issues were not part of this run)"
+		result += " (the known issues were left out of this run)"
 	case reproduced > 0:
 		result += "; the [known issues](#known-issues) were reproduced: stalls, though nothing was lost, duplicated or reordered there either"
 	default:
@@ -407,9 +407,9 @@ func (r *Report) Markdown() string {
 	p("\n")
 
 	p("## Known issues\n\n")
-	p("Faults the relay rides out without losing, duplicating or reordering anything, but only after a stall far longer ")
-	p("than its other recoveries, and without saying so on `/readyz`. They run only with `CHAOS_KNOWN_ISSUES=1`, and ")
-	p("each asserts what a fix should achieve, so they fail until the relay is fixed.\n\n")
+	p("Faults in which a peer goes silent without closing anything. The relay rode them out without losing, duplicating ")
+	p("or reordering anything, but this suite found it stalling for minutes, without saying so on `/readyz`; they were ")
+	p("kept out of the regular run until the relay was fixed, and now run in every run, each asserting its target.\n\n")
 	for _, d := range knownIssues {
 		p("- `%s`: %s\n", d[0], d[1])
 	}
@@ -489,10 +489,11 @@ var faultDescriptions = [][2]string{
 	{"nats-blackhole", "the leader's link to NATS swallows everything without closing anything for 2–12 s (longer than the 5 s request and beyond the 10 s publish timeouts at the upper end); then the connections are reset."},
 }
 
-// knownIssues explain the known-issue faults, for the report.
+// knownIssues explain the faults of the known-issues scenario, and what
+// they found, for the report.
 var knownIssues = [][2]string{
-	{"nats-node-silent", "in a three-node cluster (R3 stream) reached through one toxiproxy link per node, the link to the node the relay is connected to is blackholed: that node stops answering without closing anything, as a hung host or a partition would, while the other two nodes and the stream are fine. The relay keeps its silent connection until the NATS client's own pings time out (nats.go's default `PingInterval` of 2 minutes, 2 pings outstanding); timed-out PubAcks and stream reads do not make it reconnect, and `/readyz` stays 200 meanwhile (`/healthz` fails after `--stall-timeout`). Target: publishing again through another node within 60 s. A fix: a short ping interval (say 5–10 s) on the relay's NATS connection, or a forced reconnect after consecutive publish or request timeouts."},
-	{"walsender-freeze", "the PostgreSQL process serving the relay's replication session (the walsender) is frozen with SIGSTOP, so the session goes silent while its TCP connection stays up, as with a hung server process or a path that silently drops one long-lived connection; the lock session is not affected, so the relay stays leader. The relay's reader has no receive timeout (its read deadline only paces status updates), so it waits for as long as the session is silent, publishing nothing, with `/healthz` and `/readyz` 200 and no log line; only the slot's growing retained WAL shows it. Target: noticed within 90 s. A fix: end the session when the server has sent nothing, not even a keepalive, for about `wal_sender_timeout` (a `--replication-timeout`, like a physical standby's `wal_receiver_timeout`), and report not-ready while no session streams."},
+	{"nats-node-silent", "in a three-node cluster (R3 stream) reached through one toxiproxy link per node, the link to the node the relay is connected to is blackholed: that node stops answering without closing anything, as a hung host or a partition would, while the other two nodes and the stream are fine. Target: the relay publishes again through another node within 60 s. Found by this suite: with nats.go's default `PingInterval` of 2 minutes the relay kept the silent connection for about 6 minutes (5m56s measured), with `/readyz` 200 throughout, since timed-out PubAcks and stream reads do not make the client reconnect; the relay's NATS connection now pings every 10 s."},
+	{"walsender-freeze", "the PostgreSQL process serving the relay's replication session (the walsender) is frozen with SIGSTOP, so the session goes silent while its TCP connection stays up, as with a hung server process or a path that silently drops one long-lived connection; the lock session is not affected, so the relay stays leader. Target: the relay notices within 90 s (it stops reporting ready and ends the session). Found by this suite: the relay's reader had no receive timeout, so it waited as long as the session stayed silent (over 2 minutes measured, then the test gave up), publishing nothing, with `/healthz` and `/readyz` 200 and no log line; the relay now ends a session that has been silent for `--replication-timeout` (default 1m)."},
 }
 
 // honesty says what the suite simulates, for the report.
