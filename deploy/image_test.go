@@ -44,6 +44,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/e2e"
+
 	"github.com/moby/buildkit/client/llb"
 	"github.com/moby/buildkit/client/llb/sourceresolver"
 	"github.com/moby/buildkit/frontend/dockerfile/dockerfile2llb"
@@ -720,7 +722,7 @@ func TestImageBinaryRunsAsNonRootFromReadOnlyDir(t *testing.T) {
 		addr := closedPort(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		var logs syncBuffer
+		var logs e2e.SyncBuffer
 		cmd := relayCommand(ctx, relay, append(slices.Clone(env), "RELAY_HTTP_ADDR="+addr), "run")
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
@@ -827,23 +829,4 @@ func processUID(t *testing.T, pid int) int {
 	}
 	t.Fatalf("no Uid in /proc/%d/status", pid)
 	return -1
-}
-
-// syncBuffer is a bytes.Buffer safe for the writes of a running process and
-// the reads of the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

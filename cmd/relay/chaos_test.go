@@ -569,11 +569,11 @@ func (s *scene) finish() {
 	if data, err := os.ReadFile(s.pg.LogPath()); err == nil {
 		s.result.Server = chaos.CountServerLog(string(data))
 	}
-	// Not e2e.ReadStream: in a cluster a fetch can meet "no responders"
-	// just after its consumer was created, which that one takes as fatal.
+	// A cluster's stream can take longer to read back than a test's
+	// default budget, hence the explicit context.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	msgs, err := chaos.ReadStream(ctx, s.nc, chaosStream)
+	msgs, err := e2e.ReadStreamContext(ctx, s.nc, chaosStream)
 	if err != nil {
 		s.fatal("read the stream back: %v", err)
 	}

@@ -55,25 +55,28 @@ func BuildRelay(t testing.TB) string {
 type Relay struct {
 	t        testing.TB
 	cmd      *exec.Cmd
-	logs     *syncBuffer
+	logs     *SyncBuffer
 	HTTPAddr string
 	done     chan struct{}
 	exitCode int
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and concurrent readers.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for the writes of a running process and
+// concurrent reads by the test.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+// String returns everything written so far.
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
@@ -85,7 +88,7 @@ func (b *syncBuffer) String() string {
 // the test failed.
 func StartRelay(t testing.TB, bin string, env map[string]string, args ...string) *Relay {
 	t.Helper()
-	r := &Relay{t: t, logs: &syncBuffer{}, done: make(chan struct{})}
+	r := &Relay{t: t, logs: &SyncBuffer{}, done: make(chan struct{})}
 	full := map[string]string{
 		"RELAY_HTTP_ADDR":  fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"RELAY_LOG_FORMAT": "json",

@@ -23,55 +23,96 @@ type StoredMessage struct {
 // ReadStream returns every message of stream in sequence order.
 func ReadStream(t testing.TB, nc *nats.Conn, stream string) []StoredMessage {
 	t.Helper()
-	msgs, err := readStream(nc, stream)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	msgs, err := ReadStreamContext(ctx, nc, stream)
 	if err != nil {
 		t.Fatalf("read stream %s: %v", stream, err)
 	}
 	return msgs
 }
 
-func readStream(nc *nats.Conn, stream string) ([]StoredMessage, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+// ReadStreamContext returns every message of stream in sequence order. It
+// rides out what a restart or a cluster does to a reader: a stream
+// info or a fetch answered by "no responders" (a consumer just created on
+// one node is not yet known to the node the client talks to), or a timeout
+// while a leader moves. It resumes after the last message read, with a new
+// consumer, until ctx is done.
+func ReadStreamContext(ctx context.Context, nc *nats.Conn, stream string) ([]StoredMessage, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return nil, err
+	var lastErr error
+	retry := func(err error) error {
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("read stream %s: %w (last error: %w)", stream, ctx.Err(), lastErr)
+		case <-time.After(200 * time.Millisecond):
+			return nil
+		}
 	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []StoredMessage
-	if info.State.Msgs == 0 {
-		return out, nil
-	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return nil, err
-	}
-	for uint64(len(out)) < info.State.Msgs {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
+	var info *jetstream.StreamInfo
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s, err := js.Stream(rctx, stream)
+		if err == nil {
+			info, err = s.Info(rctx)
+		}
+		cancel()
+		if err == nil {
+			break
+		}
+		if err := retry(err); err != nil {
 			return nil, err
 		}
-		got := 0
-		for m := range batch.Messages() {
-			md, err := m.Metadata()
-			if err != nil {
+	}
+	out := make([]StoredMessage, 0, info.State.Msgs)
+	next := info.State.FirstSeq
+	for uint64(len(out)) < info.State.Msgs {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cons, err := js.OrderedConsumer(rctx, stream, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:   next,
+		})
+		cancel()
+		if err != nil {
+			if err := retry(err); err != nil {
 				return nil, err
 			}
-			out = append(out, StoredMessage{Seq: md.Sequence.Stream, Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
-			got++
+			continue
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, err
+		for uint64(len(out)) < info.State.Msgs {
+			batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+			if err != nil {
+				lastErr = err
+				break
+			}
+			got := 0
+			for m := range batch.Messages() {
+				md, err := m.Metadata()
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, StoredMessage{Seq: md.Sequence.Stream, Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+				next = md.Sequence.Stream + 1
+				got++
+			}
+			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+				lastErr = err
+				break
+			}
+			if got == 0 {
+				lastErr = fmt.Errorf("stream has %d messages, read %d, and a fetch brought none", info.State.Msgs, len(out))
+				break
+			}
 		}
-		if got == 0 {
-			return nil, fmt.Errorf("stream has %d messages, read %d", info.State.Msgs, len(out))
+		if uint64(len(out)) < info.State.Msgs {
+			// A new consumer, from where this one stopped.
+			if err := retry(lastErr); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return out, nil

@@ -1,4 +1,4 @@
-package chaos
+package e2e
 
 import (
 	"context"
@@ -26,7 +26,7 @@ func TestReadStreamReadsEveryMessageInOrder(t *testing.T) {
 		_, err := js.Publish(ctx, fmt.Sprintf("s.%d", i%3), []byte(fmt.Sprint(i)))
 		require.NoError(t, err)
 	}
-	msgs, err := ReadStream(ctx, nc, "S")
+	msgs, err := ReadStreamContext(ctx, nc, "S")
 	require.NoError(t, err)
 	require.Len(t, msgs, n)
 	for i, m := range msgs {
