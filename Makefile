@@ -35,6 +35,7 @@ fuzz: ## Each fuzz target for FUZZTIME
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/cdc/
 	$(GO) test -run='^$$' -fuzz='^FuzzSubject$$' -fuzztime=$(FUZZTIME) ./internal/relay/
 	$(GO) test -run='^$$' -fuzz='^FuzzRowHeaders$$' -fuzztime=$(FUZZTIME) ./internal/relay/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodePubAck$$' -fuzztime=$(FUZZTIME) ./internal/sink/
 
 vet:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && exit 1)

@@ -74,23 +74,7 @@ func (e *env) newInProcessRelay(ctx context.Context, stream string, window int) 
 	if err != nil {
 		return nil, err
 	}
-	cdcCfg := cdc.Config{
-		PostgresURL: e.dbURL, Schema: "public", Table: "events",
-		Columns: cdc.Columns{
-			ID: "id", AggregateType: "aggregate_type", AggregateID: "aggregate_id", EventType: "event_type",
-			Payload: "payload", Headers: "headers", CreatedAt: "created_at",
-		},
-		Publication: publication, Slot: relaySlot,
-		StatusInterval: 2 * time.Second, ConnectTimeout: 10 * time.Second, QueryTimeout: 10 * time.Second,
-		SlotPollInterval: 15 * time.Second, ReconnectMin: 250 * time.Millisecond, ReconnectMax: 15 * time.Second,
-		EventBuffer: 4096,
-	}
-	sinkCfg := sink.Config{
-		NATSURL: e.nats.url, Stream: stream, CreateStream: true, StreamSubjects: tmpl.StreamSubjects(),
-		DuplicateWindow: 2 * time.Minute, Replicas: 1, PublishTimeout: 10 * time.Second,
-		ConnectTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second, ReconnectWait: time.Second,
-		MaxPending: 2 * window,
-	}
+	cdcCfg, sinkCfg := inProcessConfigs(e.dbURL, e.nats.url, stream, tmpl)
 	if err := errors.Join(cdcCfg.Validate(), sinkCfg.Validate()); err != nil {
 		return nil, err
 	}
@@ -119,8 +103,13 @@ func (e *env) newInProcessRelay(ctx context.Context, stream string, window int) 
 		return nil, err
 	}
 	tails := sink.NewTailReader(js, stream, relay.HeaderOrigin, sinkCfg.RequestTimeout)
+	publisher, err := sink.New(nc, sinkCfg, log, m)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
 	reader := cdc.NewReader(cdcCfg, log, m)
-	pump := relay.New(reader, sink.New(js, sinkCfg, log, m), tails, mapper, pumpCfg, log, m)
+	pump := relay.New(reader, publisher, tails, mapper, pumpCfg, log, m)
 	return &inProcessRelay{reader: reader, pump: pump, close: nc.Close}, nil
 }
 
@@ -297,4 +286,27 @@ func pprofTop(ctx context.Context, nodes int, args ...string) (string, []profile
 		lines = append(lines, profileLine{Flat: f[0], FlatPct: f[1], Cum: f[3], CumPct: f[4], Func: strings.Join(f[5:], " ")})
 	}
 	return total, lines, nil
+}
+
+// inProcessConfigs are the cdc and sink settings of the in-process relay:
+// cmd/relay's defaults.
+func inProcessConfigs(dbURL, natsURL, stream string, tmpl relay.Template) (cdc.Config, sink.Config) {
+	cdcCfg := cdc.Config{
+		PostgresURL: dbURL, Schema: "public", Table: "events",
+		Columns: cdc.Columns{
+			ID: "id", AggregateType: "aggregate_type", AggregateID: "aggregate_id", EventType: "event_type",
+			Payload: "payload", Headers: "headers", CreatedAt: "created_at",
+		},
+		Publication: publication, Slot: relaySlot,
+		StatusInterval: 2 * time.Second, ConnectTimeout: 10 * time.Second, QueryTimeout: 10 * time.Second,
+		SlotPollInterval: 15 * time.Second, ReconnectMin: 250 * time.Millisecond, ReconnectMax: 15 * time.Second,
+		ReplicationTimeout: time.Minute,
+		EventBuffer:        4096,
+	}
+	sinkCfg := sink.Config{
+		NATSURL: natsURL, Stream: stream, CreateStream: true, StreamSubjects: tmpl.StreamSubjects(),
+		DuplicateWindow: 2 * time.Minute, Replicas: 1, PublishTimeout: 10 * time.Second,
+		ConnectTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second, ReconnectWait: time.Second,
+	}
+	return cdcCfg, sinkCfg
 }

@@ -213,7 +213,6 @@ func (c *config) finish() error {
 		}
 	}
 	// The client's own limit must not be what stalls the window.
-	c.sink.MaxPending = 2 * max(c.pump.Window, 1)
 	c.cdc.TakeOverActiveSlot = c.leaderElection
 	c.election.PostgresURL = c.cdc.PostgresURL
 	c.election.ConnectTimeout = c.cdc.ConnectTimeout

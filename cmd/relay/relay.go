@@ -157,8 +157,13 @@ func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	pumpCfg := cfg.pump
 	pumpCfg.MaxPayload = nc.MaxPayload()
 
+	publisher, err := sink.New(nc.Conn, cfg.sink, log.Named("sink"), m)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = publisher.Close() }()
 	reader := cdc.NewReader(cfg.cdc, log.Named("cdc"), m)
-	pump := relay.New(reader, sink.New(js, cfg.sink, log.Named("sink"), m), tails, mapper, pumpCfg, log.Named("pump"), m)
+	pump := relay.New(reader, publisher, tails, mapper, pumpCfg, log.Named("pump"), m)
 	health.Attach(relay.Probes{
 		Heartbeat:     reader.Heartbeat,
 		OldestPending: reader.Tracker().OldestPending,

@@ -132,33 +132,42 @@ func (t Template) StreamSubjects() []string { return []string{t.Wildcard()} }
 // Subject builds ev's subject. It fails when a placeholder's value is not a
 // valid subject token (empty, or containing '.', '*', '>' or whitespace).
 func (t Template) Subject(ev *cdc.Event) (string, error) {
-	var b strings.Builder
+	b, err := t.appendSubject(nil, ev)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// appendSubject appends ev's subject to b.
+func (t Template) appendSubject(b []byte, ev *cdc.Event) ([]byte, error) {
 	for i, parts := range t.tokens {
 		if i > 0 {
-			b.WriteByte('.')
+			b = append(b, '.')
 		}
-		start := b.Len()
+		start := len(b)
 		for _, p := range parts {
 			if p.field == "" {
-				b.WriteString(p.literal)
+				b = append(b, p.literal...)
 				continue
 			}
 			v := templateField(ev, p.field)
 			if !sink.ValidToken(v) {
-				return "", fmt.Errorf("{%s} = %q is not a valid subject token", p.field, v)
+				return b, fmt.Errorf("{%s} = %q is not a valid subject token", p.field, v)
 			}
-			b.WriteString(v)
+			b = append(b, v...)
 		}
-		if b.Len() == start {
-			return "", errors.New("empty subject token")
+		if len(b) == start {
+			return b, errors.New("empty subject token")
 		}
 	}
-	return b.String(), nil
+	return b, nil
 }
 
 // Mapper turns events into messages. It is used by one goroutine: it keeps
-// what consecutive events share (a transaction's commit LSN, its created_at)
-// to build each message with fewer allocations.
+// what consecutive events share (a transaction's commit LSN, its created_at,
+// the subject) and builds every message in the same header map, so that a
+// message costs few allocations.
 type Mapper struct {
 	template Template
 	origin   string
@@ -174,7 +183,19 @@ type Mapper struct {
 	commitLSNValue []string
 	lastCreatedRaw string
 	createdValue   []string
+
+	// header is the map every message is built in, and values the header
+	// values set per event: Message's result is valid until its next call.
+	header  nats.Header
+	values  headerValues
+	subject []byte // the subject being built
+	// lastSubject is the previous message's subject, reused when the next
+	// one is the same.
+	lastSubject string
 }
+
+// headerValues holds one value for each header stamp sets per event.
+type headerValues [stampedHeaders][1]string
 
 // NewMapper builds a Mapper. origin identifies the slot the events come
 // from (cluster system identifier, database and slot).
@@ -183,6 +204,7 @@ func NewMapper(template Template, origin string, streamSubjects []string) *Mappe
 		template: template, origin: origin, captures: streamSubjects,
 		checkEach:   len(streamSubjects) > 0 && !sink.Captures(streamSubjects, template.Wildcard()),
 		originValue: []string{origin},
+		header:      make(nats.Header, stampedHeaders+4),
 	}
 }
 
@@ -201,25 +223,32 @@ type PoisonError struct {
 func (e *PoisonError) Error() string { return e.Reason + ": " + e.Detail }
 
 // Message maps ev to its message. It returns a *PoisonError when the row can
-// never become a valid message.
+// never become a valid message. The message's header map is reused by the
+// next call: publish the message before mapping the next event.
 func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 	if ev.Defect != "" {
 		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: ev.Defect}
 	}
-	subject, err := mp.template.Subject(ev)
+	var err error
+	mp.subject, err = mp.template.appendSubject(mp.subject[:0], ev)
 	if err != nil {
 		return sink.Message{}, &PoisonError{Reason: "invalid_subject", Detail: err.Error()}
 	}
+	if string(mp.subject) != mp.lastSubject {
+		mp.lastSubject = string(mp.subject)
+	}
+	subject := mp.lastSubject
 	if mp.checkEach && !sink.Captures(mp.captures, subject) {
 		return sink.Message{}, &PoisonError{Reason: "no_stream", Detail: fmt.Sprintf("no subject of the stream captures %q", subject)}
 	}
-	header := make(nats.Header, stampedHeaders+3)
+	header := mp.header
+	clear(header)
 	if len(ev.Headers) > 0 {
 		if err := addRowHeaders(header, ev.Headers, false); err != nil {
 			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
 		}
 	}
-	mp.stamp(header, ev)
+	mp.stamp(header, ev, &mp.values)
 	return sink.Message{Subject: subject, ID: ev.ID, Data: ev.Payload, Header: header}, nil
 }
 
@@ -234,7 +263,7 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 		// entry that is usable.
 		_ = addRowHeaders(header, ev.Headers, true)
 	}
-	mp.stamp(header, ev)
+	mp.stamp(header, ev, new(headerValues))
 	header.Set(HeaderPoisonReason, reason.Reason+": "+sanitizeHeaderValue(reason.Detail))
 	if original, err := mp.template.Subject(ev); err == nil {
 		header.Set(HeaderOriginalSubject, original)
@@ -250,18 +279,20 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 // stampedHeaders is how many headers stamp sets at most.
 const stampedHeaders = 7
 
-// stamp sets the relay's headers. Header value slices may be shared between
-// messages (nothing writes to them after this): rows of one transaction share
-// the commit LSN and usually created_at (now() is the transaction's start).
-func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event) {
-	set := func(k, v string) {
+// stamp sets the relay's headers, the per-event values in values. Value
+// slices of what rows share may be shared between messages (nothing writes to
+// them after this): rows of one transaction share the commit LSN and usually
+// created_at (now() is the transaction's start).
+func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event, values *headerValues) {
+	set := func(i int, k, v string) {
 		if v != "" {
-			header[k] = []string{sanitizeHeaderValue(v)}
+			values[i][0] = sanitizeHeaderValue(v)
+			header[k] = values[i][:]
 		}
 	}
-	set(HeaderAggregateType, ev.AggregateType)
-	set(HeaderAggregateID, ev.AggregateID)
-	set(HeaderEventType, ev.EventType)
+	set(0, HeaderAggregateType, ev.AggregateType)
+	set(1, HeaderAggregateID, ev.AggregateID)
+	set(2, HeaderEventType, ev.EventType)
 	if ev.CreatedAt != "" {
 		if mp.createdValue == nil || ev.CreatedAt != mp.lastCreatedRaw {
 			mp.lastCreatedRaw = ev.CreatedAt
@@ -274,7 +305,7 @@ func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event) {
 		mp.commitLSNValue = []string{formatLSN(ev.Position.CommitLSN)}
 	}
 	header[HeaderCommitLSN] = mp.commitLSNValue
-	header[HeaderCommitIndex] = []string{strconv.FormatUint(uint64(ev.Position.Index), 10)}
+	set(3, HeaderCommitIndex, strconv.FormatUint(uint64(ev.Position.Index), 10))
 	header[HeaderOrigin] = mp.originValue
 }
 

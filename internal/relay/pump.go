@@ -119,7 +119,7 @@ type Pump struct {
 	log    *zap.Logger
 	m      *metrics.Metrics
 
-	window []inflight
+	window window
 	replay []cdc.Event // events to publish again, ahead of new ones
 	closed bool        // the source's channel is closed
 
@@ -139,7 +139,8 @@ type Pump struct {
 func New(src Source, pub Publisher, tail Tailer, mapper *Mapper, cfg Config, log *zap.Logger, m *metrics.Metrics) *Pump {
 	return &Pump{
 		src: src, pub: pub, tail: tail, mapper: mapper, cfg: cfg, log: log, m: m,
-		retry: backoff.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax},
+		retry:  backoff.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax},
+		window: newWindow(cfg.Window),
 	}
 }
 
@@ -159,8 +160,8 @@ func (p *Pump) Run(ctx context.Context) error {
 		return p.stop(ctx, err)
 	}
 	for {
-		for len(p.window) < p.cfg.Window {
-			ev, ok := p.next(ctx, len(p.window) == 0)
+		for p.window.Len() < p.cfg.Window {
+			ev, ok := p.next(ctx, p.window.Len() == 0)
 			if !ok {
 				break
 			}
@@ -171,13 +172,13 @@ func (p *Pump) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return p.stop(ctx, nil)
 		}
-		if len(p.window) == 0 {
+		if p.window.Len() == 0 {
 			if p.closed && len(p.replay) == 0 {
 				return nil
 			}
 			continue
 		}
-		head := &p.window[0]
+		head := p.window.At(0)
 		ack, err := head.pending.Wait(ctx)
 		if err != nil && ctx.Err() != nil {
 			// Not resolved yet: stop waits for it with the shutdown budget.
@@ -186,15 +187,15 @@ func (p *Pump) Run(ctx context.Context) error {
 		if err == nil && !ack.Duplicate && ack.Seq == head.expect {
 			p.stored, p.hasStored = head.ev.Position, true
 			p.acked(head.ev)
-			p.window = p.window[1:]
+			p.window.Drop(1)
 			continue
 		}
 		if err == nil {
 			// Stored, but not where expected: a duplicate or another
 			// writer. Later expectations are off; read the stream again.
-			p.acked(head.ev)
-			p.window = p.window[1:]
 			err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", head.ev.ID, ack.Seq, ack.Duplicate, head.expect, sink.ErrWrongSequence)
+			p.acked(head.ev)
+			p.window.Drop(1)
 			if err := p.retryAfter(ctx, p.settle(ctx), err); err != nil {
 				return p.stop(ctx, err)
 			}
@@ -263,11 +264,11 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		}
 		// Not sent: queue it behind the window and recover as for a
 		// failed PubAck.
-		p.window = append(p.window, inflight{ev: ev, err: err})
+		p.window.Push(inflight{ev: ev, err: err})
 		return p.recover(ctx)
 	}
 	p.lastSeq = expect
-	p.window = append(p.window, inflight{ev: ev, pending: pending, expect: expect})
+	p.window.Push(inflight{ev: ev, pending: pending, expect: expect})
 	// Check first: building the fields of a disabled log line costs
 	// allocations on the hottest path.
 	if ce := p.log.Check(zap.DebugLevel, "event published"); ce != nil {
@@ -302,14 +303,15 @@ func (p *Pump) LastProgress() time.Time {
 // on.
 func (p *Pump) settle(ctx context.Context) []failure {
 	var failed []failure
-	for i, f := range p.window {
+	for i := range p.window.Len() {
+		f := p.window.At(i)
 		if f.pending == nil {
 			failed = append(failed, failure{ev: f.ev, err: f.err})
 			continue
 		}
 		_, err := f.pending.Wait(ctx)
 		if err != nil && ctx.Err() != nil {
-			p.window = append(p.window[:0], p.window[i:]...)
+			p.window.Drop(i)
 			return failed
 		}
 		if err != nil {
@@ -318,7 +320,7 @@ func (p *Pump) settle(ctx context.Context) []failure {
 		}
 		p.acked(f.ev)
 	}
-	p.window = p.window[:0]
+	p.window.Clear()
 	return failed
 }
 
@@ -394,7 +396,7 @@ func (p *Pump) resync(ctx context.Context) error {
 // poison applies the poison policy to ev. Everything before ev is settled
 // first, so a stop leaves every earlier event acknowledged.
 func (p *Pump) poison(ctx context.Context, ev cdc.Event, reason *PoisonError) error {
-	if len(p.window) > 0 {
+	if p.window.Len() > 0 {
 		failed := p.settle(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -476,10 +478,11 @@ func (p *Pump) stop(ctx context.Context, err error) error {
 	if ctx.Err() != nil && err != nil && errors.Is(err, ctx.Err()) {
 		err = nil
 	}
-	if len(p.window) > 0 {
+	if p.window.Len() > 0 {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
 		defer cancel()
-		for _, f := range p.window {
+		for i := range p.window.Len() {
+			f := p.window.At(i)
 			if f.pending == nil {
 				continue
 			}
@@ -487,7 +490,7 @@ func (p *Pump) stop(ctx context.Context, err error) error {
 				p.acked(f.ev)
 			}
 		}
-		p.window = nil
+		p.window.Clear()
 	}
 	return err
 }

@@ -26,8 +26,6 @@ type Config struct {
 	RequestTimeout time.Duration
 	// ReconnectWait is the base delay between reconnect attempts (jittered).
 	ReconnectWait time.Duration
-	// MaxPending bounds the client's outstanding async publishes.
-	MaxPending int
 	// Auth and TLS; file contents are read at connect time.
 	User, Password string
 	Token          string
@@ -65,9 +63,6 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s: %s, must be positive", name, d))
 		}
-	}
-	if c.MaxPending < 1 {
-		errs = append(errs, fmt.Errorf("max pending: %d, must be at least 1", c.MaxPending))
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		errs = append(errs, errors.New("nats-tls-cert, nats-tls-key: set both or neither"))

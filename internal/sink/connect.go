@@ -93,11 +93,9 @@ func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*Connection, erro
 	if nc.IsConnected() {
 		m.SinkConnected.Set(1)
 	}
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),
-		jetstream.WithPublishAsyncMaxPending(cfg.MaxPending),
-		jetstream.WithDefaultTimeout(cfg.RequestTimeout),
-	)
+	// Publishing goes through Sink, not the JetStream context's async
+	// publish; the context serves API requests (stream info, reads).
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.RequestTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("open jetstream: %w", err)

@@ -36,7 +36,6 @@ func validConfig() Config {
 		ConnectTimeout:  time.Second,
 		RequestTimeout:  time.Second,
 		ReconnectWait:   100 * time.Millisecond,
-		MaxPending:      16,
 	}
 }
 

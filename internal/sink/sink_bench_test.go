@@ -24,7 +24,6 @@ func benchSink(b *testing.B, window int) *Sink {
 		NATSURL: ns.URL(), Stream: "OUTBOX", CreateStream: true, StreamSubjects: []string{"outbox.*.*"},
 		DuplicateWindow: 2 * time.Minute, Replicas: 1, PublishTimeout: 10 * time.Second,
 		ConnectTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second, ReconnectWait: time.Second,
-		MaxPending: 2 * window,
 	}
 	log := zap.NewNop()
 	m := metrics.New("bench", "bench")
@@ -35,11 +34,15 @@ func benchSink(b *testing.B, window int) *Sink {
 	b.Cleanup(nc.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := nc.JetStream
 	if _, err := nc.EnsureStream(ctx, cfg, []string{"outbox.*.*"}, log); err != nil {
 		b.Fatal(err)
 	}
-	return New(js, cfg, log, m)
+	s, err := New(nc.Conn, cfg, log, m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	return s
 }
 
 // benchHeader is the header set the mapper stamps on an event without row
