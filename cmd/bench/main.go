@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,29 +35,30 @@ import (
 )
 
 type options struct {
-	events      int
-	sizes       []int
-	shapes      []int
-	window      int
-	runs        int
-	largeRuns   int
-	writers     int
-	large       bool
-	largeEvents int
-	live        bool
-	rates       []int
-	liveFor     time.Duration
-	idleFor     time.Duration
-	producers   int
-	profile     bool
-	profileDir  string
-	profShape   int
-	relayEnv    []string
-	jsonPath    string
-	docPath     string
-	quick       bool
-	render      string
-	command     string
+	events       int
+	sizes        []int
+	shapes       []int
+	window       int
+	runs         int
+	largeRuns    int
+	writers      int
+	large        bool
+	largeEvents  int
+	live         bool
+	rates        []int
+	liveFor      time.Duration
+	idleFor      time.Duration
+	producers    int
+	profile      bool
+	profileDir   string
+	profShape    int
+	relayEnv     []string
+	compareProcs bool
+	jsonPath     string
+	docPath      string
+	quick        bool
+	render       string
+	command      string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -70,6 +72,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.writers, "writers", 4, "connections writing each backlog")
 	fs.IntVar(&o.runs, "runs", 2, "runs of each contender per backlog; the best counts")
 	fs.IntVar(&o.largeRuns, "large-runs", 1, "runs of each contender per -large backlog")
+	fs.BoolVar(&o.compareProcs, "compare-procs", true, "also drain the 10-row, 256 B backlog with the relay on 2 CPUs (GOMAXPROCS=2), against its default of 1")
 	fs.BoolVar(&o.large, "large", true, "also drain a 1,000,000-event backlog and a single 1,000,000-row transaction (memory bound)")
 	fs.IntVar(&o.largeEvents, "large-events", 1000000, "events in each -large case")
 	fs.BoolVar(&o.live, "live", true, "measure live latency and idle CPU")
@@ -263,6 +266,19 @@ func run(ctx context.Context, opts options) error {
 				fail(name, err)
 				continue
 			}
+			res.Drains = append(res.Drains, c)
+		}
+	}
+	if opts.compareProcs && slices.Contains(opts.shapes, 10) && slices.Contains(opts.sizes, 256) && ctx.Err() == nil {
+		const variant = "GOMAXPROCS=2"
+		name := "10-row txns, 256 B, relay on 2 CPUs (" + variant + ")"
+		e.relayEnv = append(slices.Clip(opts.relayEnv), variant)
+		c, err := e.drainCase(ctx, name, opts.events, 10, 256, opts.runs, opts)
+		e.relayEnv = opts.relayEnv
+		if err != nil {
+			fail(name, err)
+		} else {
+			c.Variant = variant
 			res.Drains = append(res.Drains, c)
 		}
 	}

@@ -35,6 +35,9 @@ type drainCase struct {
 	Payload int    `json:"payload_bytes_nominal"`
 	Events  int    `json:"events"`
 	Large   bool   `json:"large"`
+	// Variant names a relay setting other than its defaults, for
+	// comparison; such a case is no target.
+	Variant string `json:"variant,omitempty"`
 	Runs    int    `json:"runs"`
 	// The events per second of every run; the best is reported in full.
 	InputRuns  []float64 `json:"input_limit_runs"`
@@ -173,6 +176,8 @@ func evaluate(res *results) []target {
 	}
 	for _, c := range res.Drains {
 		switch {
+		case c.Variant != "":
+			continue
 		case c.Shape == 1:
 			ratio(c, 0.9)
 		case c.Shape == 10:

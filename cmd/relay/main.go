@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 )
 
@@ -19,6 +20,7 @@ var (
 )
 
 func main() {
+	limitProcs(os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
@@ -27,6 +29,18 @@ func main() {
 	}
 	if err != nil {
 		os.Exit(1)
+	}
+}
+
+// limitProcs runs the relay on one CPU unless GOMAXPROCS says otherwise. Its
+// work is a pipeline fed by a single walsender, which is itself one process
+// on one CPU: spread over several CPUs the pipeline's goroutines wake each
+// other across cores for every few events, and in `make bench` that cost
+// about a fifth more CPU per event and drained backlogs 5 to 10% slower
+// (docs/benchmarks.md). A sidecar should leave its neighbours' CPU alone.
+func limitProcs(getenv func(string) string) {
+	if getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
 	}
 }
 
