@@ -12,7 +12,7 @@ PROMTOOL_VERSION      := v0.316.0
 HELM_VERSION          := v3.22.0
 GOLANGCI_LINT_VERSION := v2.15.0
 
-.PHONY: build test test-short test-deploy fuzz lint vet demo bench chaos docker helm-lint tools clean
+.PHONY: build test test-short test-deploy fuzz lint vet demo bench bench-smoke chaos docker helm-lint tools clean
 
 build: ## Build bin/relay, as the Dockerfile does
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
@@ -50,6 +50,9 @@ demo: ## Throwaway PostgreSQL + NATS, the relay, a producer and a consumer; Ctrl
 
 bench: ## Benchmark against the measured limits of PostgreSQL and JetStream; writes docs/benchmarks.md
 	$(GO) run ./cmd/bench
+
+bench-smoke: ## A few seconds of every benchmark phase, to prove the harness runs (figures meaningless)
+	$(GO) run ./cmd/bench -quick -events 5000 -sizes 256 -shapes 10 -large=false -compare-procs=false -live-duration 2s -idle 2s -rates 1000 -json ""
 
 chaos: ## The full chaos suite; writes docs/reliability.md
 	CHAOS_FULL=1 $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./cmd/relay/
