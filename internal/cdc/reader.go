@@ -138,6 +138,8 @@ type session struct {
 	nextStatus time.Time
 	skipping   bool // inside a transaction already handed on in full
 	walEnd     pglogrepl.LSN
+	// statusTimer wakes emit to report status while it waits for the pump.
+	statusTimer *time.Timer
 }
 
 func (r *Reader) session(ctx context.Context) error {
@@ -202,13 +204,16 @@ func (s *session) stream(ctx context.Context) error {
 	// status interval.
 	netConn := s.conn.Conn()
 	var deadline time.Time
-	lastReceived := time.Now()
+	// now is read once per message: the clock is a noticeable share of
+	// the per-event cost.
+	now := time.Now()
+	lastReceived := now
 	pinged := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if !time.Now().Before(s.nextStatus) {
+		if !now.Before(s.nextStatus) {
 			if err := s.sendStatus(); err != nil {
 				return err
 			}
@@ -220,13 +225,14 @@ func (s *session) stream(ctx context.Context) error {
 			}
 		}
 		msg, err := s.conn.ReceiveMessage(context.Background())
+		now = time.Now()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if pgconn.Timeout(err) {
 				s.r.beat()
-				silent := time.Since(lastReceived)
+				silent := now.Sub(lastReceived)
 				if silent > s.r.cfg.ReplicationTimeout {
 					return fmt.Errorf("replication stream: nothing received for %s", silent.Round(time.Second))
 				}
@@ -242,7 +248,7 @@ func (s *session) stream(ctx context.Context) error {
 			}
 			return fmt.Errorf("receive replication message: %w", err)
 		}
-		lastReceived, pinged = time.Now(), false
+		lastReceived, pinged = now, false
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := s.handleCopyData(ctx, msg.Data); err != nil {
@@ -370,8 +376,15 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 		return nil
 	default:
 	}
+	// While the pump is the bottleneck the reader waits here for most
+	// events: one timer per session, not one per wait.
+	if s.statusTimer == nil {
+		s.statusTimer = time.NewTimer(time.Until(s.nextStatus))
+	} else {
+		s.statusTimer.Reset(time.Until(s.nextStatus))
+	}
+	timer := s.statusTimer
 	for {
-		timer := time.NewTimer(time.Until(s.nextStatus))
 		select {
 		case s.r.events <- ev:
 			timer.Stop()
@@ -383,6 +396,7 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 			if err := s.sendStatus(); err != nil {
 				return err
 			}
+			timer.Reset(time.Until(s.nextStatus))
 		}
 	}
 }

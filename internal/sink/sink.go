@@ -281,6 +281,7 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 	s := p.sink
 	deadline := p.started.Add(s.cfg.PublishTimeout)
 	for {
+		now := time.Now()
 		s.mu.Lock()
 		if p.state == slotResolved {
 			ack, err := p.ack, p.err
@@ -291,7 +292,7 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			if err != nil {
 				return Ack{}, s.fail(fmt.Errorf("publish to %q: %w", subject, err))
 			}
-			s.m.SinkPublishDuration.Observe(time.Since(started).Seconds())
+			s.m.SinkPublishDuration.Observe(now.Sub(started).Seconds())
 			if ack.Duplicate {
 				s.m.SinkDuplicates.Inc()
 			} else {
@@ -304,7 +305,7 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			s.mu.Unlock()
 			return Ack{}, errors.New("sink: Wait on a publish already resolved")
 		}
-		left := time.Until(deadline)
+		left := deadline.Sub(now)
 		if left <= 0 {
 			// Retire this generation: a reply still on its way must
 			// not resolve the slot's next publish.
