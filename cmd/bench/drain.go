@@ -27,6 +27,9 @@ type pass struct {
 	EventsPerSec float64 `json:"events_per_sec"`
 	MBPerSec     float64 `json:"payload_mb_per_sec"`
 	CPU          cpuUse  `json:"cpu"`
+	// FirstSeconds, for the input limit, runs from connecting to the first
+	// insert received: how long PostgreSQL decoded before sending anything.
+	FirstSeconds float64 `json:"first_seconds,omitempty"`
 }
 
 func newPass(n int, elapsed time.Duration, payload float64, cpu cpuUse) pass {
@@ -160,6 +163,7 @@ func (e *env) inputLimit(ctx context.Context, slot string, n int, payload float6
 	}
 	var (
 		inserts    int
+		first      time.Duration
 		lastEnd    pglogrepl.LSN
 		nextStatus = time.Now().Add(time.Second)
 		lastData   = time.Now()
@@ -204,6 +208,9 @@ func (e *env) inputLimit(ctx context.Context, slot string, n int, payload float6
 				lastData = time.Now()
 				switch wal := d[xlogHeader:]; wal[0] {
 				case 'I':
+					if inserts == 0 {
+						first = time.Since(started)
+					}
 					inserts++
 				case 'C':
 					if len(wal) >= 18 {
@@ -222,7 +229,9 @@ func (e *env) inputLimit(ctx context.Context, slot string, n int, payload float6
 	elapsed := time.Since(started)
 	cpu := sampleUsage(0, e.nats.pid()).since(before)
 	_ = status() // courtesy; the slot is dropped next anyway
-	return newPass(n, elapsed, payload, cpu), nil
+	p := newPass(n, elapsed, payload, cpu)
+	p.FirstSeconds = first.Seconds()
+	return p, nil
 }
 
 // outputLimit is the fastest n messages of the same payload size can be
