@@ -30,6 +30,8 @@ type pass struct {
 	// FirstSeconds, for the input limit, runs from connecting to the first
 	// insert received: how long PostgreSQL decoded before sending anything.
 	FirstSeconds float64 `json:"first_seconds,omitempty"`
+	// GOMAXPROCS is the bench process's setting while a limit ran.
+	GOMAXPROCS int `json:"gomaxprocs,omitempty"`
 }
 
 func newPass(n int, elapsed time.Duration, payload float64, cpu cpuUse) pass {
