@@ -76,6 +76,12 @@ func markdownReport(res *results) string {
 	p("- Each backlog is drained `-runs` times by each contender (interleaved, each relay and input-limit run from a slot of its own) and the best run counts; every run's rate is in the JSON (`relay_runs`, `relay_all_runs`).\n")
 	p("- **Reading the 1-row figures.** The input limit reads eagerly, so the walsender sends every pgoutput message on its own, which (judging by the walsender's CPU per event, higher for the input limit than during the relay's drain) rather than decoding appears to bound it. A consumer that lags a little lets the socket fill and the walsender batch, so the relay can drain faster than this \"limit\" (ratio above 1). The converse is a hazard: on a busy machine the relay's 1-row drain can settle into the eager, one-event-at-a-time regime, where the relay, NATS and the walsender all pay system calls and wakeups per event; the relay then costs 4 to 8 times the CPU per event and drains several times slower, and stays there. *Syscalls/ev* shows which regime a run was in (about 0.1 reads per event batched, 1 to 2 alone).\n")
 	p("- **Reading the ratios.** On a machine this small the relay shares the CPUs with PostgreSQL and NATS, which the limits, measured alone, do not; *CPU ceiling* and *relay budget* say how far CPU, not waiting, explains the gap.\n")
+	if len(res.Drains) > 0 {
+		p("- **Every run, not just the best** (events per second; input limit / output limit / relay), to judge the noise: the best of a few runs is what the tables report, and on a shared machine a limit can differ by a fifth between two runs of the same backlog.\n")
+		for _, c := range res.Drains {
+			p("  - %s: %s / %s / %s\n", c.Name, runList(c.InputRuns), runList(c.OutputRuns), runList(c.RelayRuns))
+		}
+	}
 	p("- Micro-benchmarks of the hot paths: `go test -run '^$' -bench . -benchmem ./internal/cdc/ ./internal/relay/ ./internal/sink/`.\n")
 	if len(res.Errors) > 0 {
 		p("\n## Errors\n\n")
@@ -91,4 +97,13 @@ func baseName(path string) string {
 		return path[i+1:]
 	}
 	return path
+}
+
+// runList renders the rates of every run, comma-separated.
+func runList(rates []float64) string {
+	parts := make([]string, len(rates))
+	for i, r := range rates {
+		parts[i] = count(int(r + 0.5))
+	}
+	return strings.Join(parts, ", ")
 }

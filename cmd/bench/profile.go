@@ -95,7 +95,7 @@ func (e *env) newInProcessRelay(ctx context.Context, stream string, window int) 
 	}
 	mapper := relay.NewMapper(tmpl, slot.SystemID+"/"+slot.Database+"/"+relaySlot, state.Subjects)
 	pumpCfg := relay.Config{
-		Window: window, ShutdownTimeout: 15 * time.Second, RetryMin: 100 * time.Millisecond, RetryMax: 10 * time.Second,
+		Window: window, AckEvery: 32, ShutdownTimeout: 15 * time.Second, RetryMin: 100 * time.Millisecond, RetryMax: 10 * time.Second,
 		OnPoison: relay.OnPoisonStop, DeadLetterSubject: "outbox_dead_letter", MaxPayload: nc.MaxPayload(),
 	}
 	if err := pumpCfg.Validate(); err != nil {

@@ -386,12 +386,18 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 		ok: make(chan sink.Ack, 1), errc: make(chan error, 1),
 	}
 	s.pendings = append(s.pendings, p)
-	s.outstanding++
-	s.maxOutstanding = max(s.maxOutstanding, s.outstanding)
+	if !m.NoReply {
+		s.outstanding++
+		s.maxOutstanding = max(s.maxOutstanding, s.outstanding)
+	}
 	if s.paused {
 		s.queue = append(s.queue, p)
 	} else {
 		s.processLocked(p)
+	}
+	if m.NoReply {
+		// Processed like any other message; its result goes nowhere.
+		return nil, nil
 	}
 	return p, nil
 }
@@ -552,4 +558,17 @@ func cloneHeader(h nats.Header) nats.Header {
 		c[k] = append([]string(nil), v...)
 	}
 	return c
+}
+
+// AckRequests returns how many publishes asked for a PubAck.
+func (s *fakeStream) AckRequests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, p := range s.pendings {
+		if p != nil && !p.msg.NoReply {
+			n++
+		}
+	}
+	return n
 }

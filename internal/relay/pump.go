@@ -58,6 +58,10 @@ var ErrPoison = errors.New("poison event")
 type Config struct {
 	// Window is how many publishes may be in flight at once.
 	Window int
+	// AckEvery asks JetStream to acknowledge only every AckEvery-th message
+	// of a burst, and the last one; 0 or 1 asks for every message. See
+	// Run for why an acknowledged message vouches for those before it.
+	AckEvery int
 	// ShutdownTimeout bounds the wait for in-flight publishes on shutdown.
 	ShutdownTimeout time.Duration
 	// RetryMin and RetryMax bound the jittered backoff after a failed publish.
@@ -75,6 +79,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Window < 1 {
 		errs = append(errs, fmt.Errorf("publish-window: %d, must be at least 1", c.Window))
+	}
+	if c.AckEvery < 0 {
+		errs = append(errs, fmt.Errorf("ack-every: %d, must be at least 1 (1: acknowledge every message)", c.AckEvery))
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("shutdown-timeout: %s, must be positive", c.ShutdownTimeout))
@@ -97,11 +104,20 @@ func (c Config) Validate() error {
 // inflight is one publish awaiting its PubAck.
 type inflight struct {
 	ev      cdc.Event
-	pending sink.Pending // nil once it failed, or when it was never sent
+	pending sink.Pending // nil once it failed, when it was never sent, or when covered
 	err     error        // why it failed
 	// expect is the stream sequence the message must land at.
 	expect uint64
+	// covered is set for a message sent without asking for a PubAck: the
+	// next message in the window that asked for one vouches for it.
+	covered bool
 }
+
+// errUnconfirmed marks messages sent without a PubAck of their own that no
+// acknowledged message vouches for (the pump stopped publishing before the
+// next one that asked for an acknowledgement). Whether the stream holds them
+// is read back from the stream, at once: nothing failed.
+var errUnconfirmed = fmt.Errorf("sent without an acknowledgement and none vouches for it: %w", sink.ErrWrongSequence)
 
 // failure is an event whose publish failed, and why.
 type failure struct {
@@ -122,6 +138,15 @@ type Pump struct {
 	window window
 	replay []cdc.Event // events to publish again, ahead of new ones
 	closed bool        // the source's channel is closed
+	// sinceAck counts the messages sent without a PubAck since the last
+	// one that asked for it.
+	sinceAck int
+	// careful, set after every read of the stream's end, asks for a PubAck
+	// for every message until what was replayed is confirmed, so a failure
+	// among the replayed messages is reported for the very message.
+	careful bool
+	// filling is set while the window is being refilled.
+	filling bool
 
 	// lastSeq is the stream sequence the next publish expects to follow.
 	lastSeq uint64
@@ -155,12 +180,27 @@ func New(src Source, pub Publisher, tail Tailer, mapper *Mapper, cfg Config, log
 // holds and resumes right after it. The stream thus always holds a prefix of
 // the commit order, with each event once, even when a replay comes after the
 // duplicate window.
+//
+// The same check lets a PubAck vouch for the messages before it: a message
+// stored at the sequence it expected proves that every message published
+// before it was stored, in order, at the sequence it expected, since each
+// expects its predecessor's. So in a burst only every AckEvery-th message
+// (and the last of the burst, and the last that fits the window) asks for a
+// PubAck; the others are sent without a reply subject, which saves the
+// server a reply and the relay its handling for most messages. When a
+// vouching message fails, the messages it covers are replayed with a PubAck
+// each, after the stream's end has been read back.
 func (p *Pump) Run(ctx context.Context) error {
 	if err := p.resync(ctx); err != nil {
 		return p.stop(ctx, err)
 	}
+	// With sparse acknowledgements the window is refilled only once a
+	// whole group fits: refilled one slot at a time, every message would
+	// be the last that fits, and ask for a PubAck.
+	refill := min(max(p.cfg.AckEvery, 1), p.cfg.Window)
 	for {
-		for p.window.Len() < p.cfg.Window {
+		for p.window.Len() < p.cfg.Window && (p.window.Len() == 0 || p.cfg.Window-p.window.Len() >= refill || p.filling) {
+			p.filling = true
 			ev, ok := p.next(ctx, p.window.Len() == 0)
 			if !ok {
 				break
@@ -169,6 +209,7 @@ func (p *Pump) Run(ctx context.Context) error {
 				return p.stop(ctx, err)
 			}
 		}
+		p.filling = false
 		if ctx.Err() != nil {
 			return p.stop(ctx, nil)
 		}
@@ -179,6 +220,12 @@ func (p *Pump) Run(ctx context.Context) error {
 			continue
 		}
 		head := p.window.At(0)
+		if head.covered || head.pending == nil {
+			if err := p.resolveCovered(ctx); err != nil {
+				return p.stop(ctx, err)
+			}
+			continue
+		}
 		ack, err := head.pending.Wait(ctx)
 		if err != nil && ctx.Err() != nil {
 			// Not resolved yet: stop waits for it with the shutdown budget.
@@ -188,6 +235,9 @@ func (p *Pump) Run(ctx context.Context) error {
 			p.stored, p.hasStored = head.ev.Position, true
 			p.acked(head.ev)
 			p.window.Drop(1)
+			if len(p.replay) == 0 {
+				p.careful = false
+			}
 			continue
 		}
 		if err == nil {
@@ -206,6 +256,55 @@ func (p *Pump) Run(ctx context.Context) error {
 			return p.stop(ctx, err)
 		}
 	}
+}
+
+// resolveCovered settles the head of the window when it has no PubAck of its
+// own: it waits for the first later message that asked for one, and
+// acknowledges the whole group when that message was stored where expected.
+// Anything else (a failure, a duplicate, no such message) is recovered from
+// like a failed publish.
+func (p *Pump) resolveCovered(ctx context.Context) error {
+	k := 0
+	for k < p.window.Len() && p.window.At(k).covered {
+		k++
+	}
+	if k < p.window.Len() && p.window.At(k).pending != nil {
+		vouch := p.window.At(k)
+		ack, err := vouch.pending.Wait(ctx)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil && !ack.Duplicate && ack.Seq == vouch.expect {
+			for i := 0; i <= k; i++ {
+				p.acked(p.window.At(i).ev)
+			}
+			p.stored, p.hasStored = vouch.ev.Position, true
+			p.window.Drop(k + 1)
+			if len(p.replay) == 0 {
+				p.careful = false
+			}
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", vouch.ev.ID, ack.Seq, ack.Duplicate, vouch.expect, sink.ErrWrongSequence)
+		}
+		vouch.pending, vouch.err = nil, err
+	}
+	return p.recover(ctx)
+}
+
+// needsAck reports whether the message about to be published should ask
+// for a PubAck: always while careful, else every AckEvery-th message, the
+// last that fits the window, and the last of a burst (nothing more is ready
+// to publish), so that no message waits for a later one that may not come.
+func (p *Pump) needsAck() bool {
+	if p.careful || p.cfg.AckEvery <= 1 || p.sinceAck+1 >= p.cfg.AckEvery || p.window.Len()+1 >= p.cfg.Window {
+		return true
+	}
+	if len(p.replay) > 0 {
+		return false
+	}
+	return p.closed || len(p.src.Events()) == 0
 }
 
 // next returns the next event to publish, waiting for one only if block.
@@ -257,6 +356,8 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 	}
 	expect := p.lastSeq + 1
 	msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
+	covered := !p.needsAck()
+	msg.NoReply = covered
 	pending, err := p.pub.Publish(ctx, msg)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -268,7 +369,12 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		return p.recover(ctx)
 	}
 	p.lastSeq = expect
-	p.window.Push(inflight{ev: ev, pending: pending, expect: expect})
+	p.window.Push(inflight{ev: ev, pending: pending, expect: expect, covered: covered})
+	if covered {
+		p.sinceAck++
+	} else {
+		p.sinceAck = 0
+	}
 	// Check first: building the fields of a disabled log line costs
 	// allocations on the hottest path.
 	if ce := p.log.Check(zap.DebugLevel, "event published"); ce != nil {
@@ -298,27 +404,51 @@ func (p *Pump) LastProgress() time.Time {
 }
 
 // settle waits for every publish still in the window, acknowledges the ones
-// stored and returns the others, in order, with why they failed. When ctx
-// ends first, the unresolved publishes stay in the window for stop to wait
-// on.
+// stored and returns the others, in order, with why they failed. A message
+// sent without a PubAck counts as stored only when the message vouching for
+// it was stored where expected; else it fails with errUnconfirmed, and is
+// published again (with a PubAck) unless the stream turns out to hold it. When ctx ends first, the unresolved
+// publishes stay in the window for stop to wait on.
 func (p *Pump) settle(ctx context.Context) []failure {
 	var failed []failure
+	start := 0 // the first message the next voucher vouches for
 	for i := range p.window.Len() {
 		f := p.window.At(i)
-		if f.pending == nil {
-			failed = append(failed, failure{ev: f.ev, err: f.err})
+		if f.covered {
 			continue
 		}
-		_, err := f.pending.Wait(ctx)
-		if err != nil && ctx.Err() != nil {
-			p.window.Drop(i)
-			return failed
+		err := f.err
+		stored := false
+		if f.pending != nil {
+			ack, werr := f.pending.Wait(ctx)
+			if werr != nil && ctx.Err() != nil {
+				p.window.Drop(start)
+				return failed
+			}
+			err = werr
+			// Alone, a stored message counts whatever its sequence (a
+			// duplicate is stored); vouching needs the expected one.
+			stored = werr == nil && (i == start || (!ack.Duplicate && ack.Seq == f.expect))
+			if werr == nil && !stored {
+				err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", f.ev.ID, ack.Seq, ack.Duplicate, f.expect, sink.ErrWrongSequence)
+			}
 		}
-		if err != nil {
-			failed = append(failed, failure{ev: f.ev, err: err})
-			continue
+		for j := start; j <= i; j++ {
+			switch {
+			case stored:
+				p.acked(p.window.At(j).ev)
+			case j < i:
+				// Maybe stored before its voucher failed: the stream
+				// says, once read back.
+				failed = append(failed, failure{ev: p.window.At(j).ev, err: errUnconfirmed})
+			default:
+				failed = append(failed, failure{ev: f.ev, err: err})
+			}
 		}
-		p.acked(f.ev)
+		start = i + 1
+	}
+	for j := start; j < p.window.Len(); j++ {
+		failed = append(failed, failure{ev: p.window.At(j).ev, err: errUnconfirmed})
 	}
 	p.window.Clear()
 	return failed
@@ -378,6 +508,7 @@ func (p *Pump) resync(ctx context.Context) error {
 	for {
 		tail, err := p.tail.Tail(ctx)
 		if err == nil {
+			p.careful, p.sinceAck = true, 0
 			p.lastSeq = tail.LastSeq
 			if pos, ok := PositionFromHeader(tail.Header, p.mapper.Origin()); ok {
 				p.stored, p.hasStored = pos, true
@@ -481,14 +612,21 @@ func (p *Pump) stop(ctx context.Context, err error) error {
 	if p.window.Len() > 0 {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
 		defer cancel()
+		start := 0
 		for i := range p.window.Len() {
 			f := p.window.At(i)
-			if f.pending == nil {
+			if f.covered {
 				continue
 			}
-			if _, werr := f.pending.Wait(sctx); werr == nil {
-				p.acked(f.ev)
+			if f.pending != nil {
+				ack, werr := f.pending.Wait(sctx)
+				if werr == nil && (i == start || (!ack.Duplicate && ack.Seq == f.expect)) {
+					for j := start; j <= i; j++ {
+						p.acked(p.window.At(j).ev)
+					}
+				}
 			}
+			start = i + 1
 		}
 		p.window.Clear()
 	}

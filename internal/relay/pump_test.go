@@ -954,12 +954,17 @@ func TestPumpRandomFaults(t *testing.T) {
 						faults[i] = fault{kind: faultTransient, failTails: 1 + rng.IntN(2)}
 					}
 				}
-				t.Logf("n %d, window %d, %d per transaction, %d faults", n, window, perTxn, len(faults))
+				// Acknowledging every message, or only some, each
+				// vouching for those before it.
+				ackEvery := []int{1, 4, 32}[seed%3]
+				t.Logf("n %d, window %d, ack every %d, %d per transaction, %d faults", n, window, ackEvery, perTxn, len(faults))
 				src := newFilledSource(pumpEvents(n, perTxn), true)
 				stream := newFakeStream(dedup, dedupFirst)
 				stream.SetScript(func(i int, _ sink.Message) fault { return faults[i] })
+				cfg := pumpConfig(window)
+				cfg.AckEvery = ackEvery
 
-				err, _ := runPump(t, pumpConfig(window), src, stream)
+				err, _ := runPump(t, cfg, src, stream)
 				require.NoError(t, err)
 
 				assertStream(t, stream, pumpIDs(1, n))
@@ -1026,8 +1031,9 @@ func TestPumpRandomFaultsDeadLetter(t *testing.T) {
 						faults[i] = fault{kind: faultTransient, failTails: 1 + rng.IntN(2)}
 					}
 				}
-				t.Logf("n %d, window %d, %d per transaction, %d poison, %d faults, dedup %t, dedup first %t",
-					n, window, perTxn, len(poison), len(faults), dedup, dedupFirst)
+				ackEvery := []int{1, 4, 32}[seed%3]
+				t.Logf("n %d, window %d, ack every %d, %d per transaction, %d poison, %d faults, dedup %t, dedup first %t",
+					n, window, ackEvery, perTxn, len(poison), len(faults), dedup, dedupFirst)
 				src := newFilledSource(evs, true)
 				stream := newFakeStream(dedup, dedupFirst)
 				stream.SetScript(func(i int, m sink.Message) fault {
@@ -1037,7 +1043,9 @@ func TestPumpRandomFaultsDeadLetter(t *testing.T) {
 					return faults[i]
 				})
 
-				err, m := runPump(t, deadLetterConfig(window, subject), src, stream)
+				cfg := deadLetterConfig(window, subject)
+				cfg.AckEvery = ackEvery
+				err, m := runPump(t, cfg, src, stream)
 				require.NoError(t, err)
 
 				assertAcked(t, src, pumpIDs(1, n), perTxn)

@@ -31,6 +31,10 @@ type Message struct {
 	Header        nats.Header
 	CheckLastSeq  bool
 	ExpectLastSeq uint64
+	// NoReply sends the message without asking for a PubAck: Publish
+	// returns a nil Pending, and the next message that asks for one
+	// accounts for it in the metrics when it is stored.
+	NoReply bool
 }
 
 // Ack is JetStream's acknowledgement: the message is stored in Stream at Seq,
@@ -83,6 +87,10 @@ type Sink struct {
 	idValue  [1]string
 	seqValue [1]string
 	timer    *time.Timer
+	// unacked and unackedBytes count the messages sent without a reply
+	// since the last that asked for one.
+	unacked      int
+	unackedBytes int
 }
 
 // slotState is where a slot is in its life; slots are reused.
@@ -111,6 +119,10 @@ type slot struct {
 	started time.Time
 	size    int
 	subject string
+	// covers and coversBytes are the messages sent without a reply just
+	// before this one: stored when this one is stored where expected.
+	covers      int
+	coversBytes int
 }
 
 // New builds a Sink publishing over nc. It subscribes to the sink's reply
@@ -169,8 +181,21 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 		s.seqValue[0] = strconv.FormatUint(m.ExpectLastSeq, 10)
 		header[jetstream.ExpectedLastSeqHeader] = s.seqValue[:]
 	}
+	if m.NoReply {
+		s.msg = nats.Msg{Subject: m.Subject, Header: header, Data: m.Data}
+		err := s.nc.PublishMsg(&s.msg)
+		s.msg = nats.Msg{}
+		if err != nil {
+			return nil, s.fail(fmt.Errorf("publish to %q: %w", m.Subject, err))
+		}
+		s.unacked++
+		s.unackedBytes += len(m.Data)
+		return nil, nil
+	}
 	p := s.take()
 	p.started, p.size, p.subject = time.Now(), len(m.Data), m.Subject
+	p.covers, p.coversBytes = s.unacked, s.unackedBytes
+	s.unacked, s.unackedBytes = 0, 0
 	s.mu.Lock()
 	p.state = slotInFlight // before sending: the reply may come at once
 	reply := p.reply
@@ -286,7 +311,7 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 		if p.state == slotResolved {
 			ack, err := p.ack, p.err
 			s.mu.Unlock()
-			subject, started, size := p.subject, p.started, p.size
+			subject, started, size, covers, coversBytes := p.subject, p.started, p.size, p.covers, p.coversBytes
 			s.release(p)
 			s.m.SinkInflight.Dec()
 			if err != nil {
@@ -296,8 +321,11 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			if ack.Duplicate {
 				s.m.SinkDuplicates.Inc()
 			} else {
-				s.m.SinkPublished.Inc()
-				s.m.SinkPublishedBytes.Add(float64(size))
+				// Those sent without a reply before it are counted with
+				// it; should it not be where they expected it, they are
+				// published again and counted then as well.
+				s.m.SinkPublished.Add(float64(1 + covers))
+				s.m.SinkPublishedBytes.Add(float64(size + coversBytes))
 			}
 			return ack, nil
 		}

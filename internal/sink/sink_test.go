@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
@@ -251,4 +252,26 @@ func TestParseReplySubject(t *testing.T) {
 			require.Equal(t, tc.gen, gen, tc.subject)
 		}
 	}
+}
+
+// TestPublishWithoutReply sends messages without asking for a PubAck, then
+// one that asks: its acknowledgement names its own sequence, all were stored
+// in order, and the published counter includes the ones without a reply.
+func TestPublishWithoutReply(t *testing.T) {
+	s, conn, _ := testSink(t, 5*time.Second, 0)
+	ctx := context.Background()
+	for i := range 10 {
+		p, err := s.Publish(ctx, Message{Subject: "outbox.a", ID: fmt.Sprint(i), Data: []byte("x"), CheckLastSeq: true, ExpectLastSeq: uint64(i), NoReply: true})
+		require.NoError(t, err)
+		require.Nil(t, p)
+	}
+	p, err := s.Publish(ctx, Message{Subject: "outbox.a", ID: "10", Data: []byte("x"), CheckLastSeq: true, ExpectLastSeq: 10})
+	require.NoError(t, err)
+	ack, err := waitAck(t, p)
+	require.NoError(t, err)
+	require.Equal(t, Ack{Stream: "OUTBOX", Seq: 11}, ack)
+	stream, err := conn.JetStream.Stream(ctx, "OUTBOX")
+	require.NoError(t, err)
+	require.Equal(t, uint64(11), stream.CachedInfo().State.Msgs)
+	require.Equal(t, 11.0, testutil.ToFloat64(s.m.SinkPublished))
 }
