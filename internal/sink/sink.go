@@ -150,8 +150,12 @@ func New(nc *nats.Conn, cfg Config, log *zap.Logger, m *metrics.Metrics) (*Sink,
 }
 
 // Close stops receiving replies. Publishes still in flight stay unresolved
-// until their timeout.
+// until their timeout. Call it from the publishing goroutine, or after it.
 func (s *Sink) Close() error {
+	// Sent without a reply and never followed by one that asked: nothing
+	// will settle them now.
+	s.m.SinkInflight.Sub(float64(s.unacked))
+	s.unacked, s.unackedBytes = 0, 0
 	if s.sub == nil {
 		return nil
 	}
@@ -190,10 +194,13 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 		}
 		s.unacked++
 		s.unackedBytes += len(m.Data)
+		s.m.SinkInflight.Inc()
 		return nil, nil
 	}
 	p := s.take()
 	p.started, p.size, p.subject = time.Now(), len(m.Data), m.Subject
+	// The messages sent without a reply are settled with this one, or,
+	// should it not be sent, published again by the caller.
 	p.covers, p.coversBytes = s.unacked, s.unackedBytes
 	s.unacked, s.unackedBytes = 0, 0
 	s.mu.Lock()
@@ -204,6 +211,7 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	err := s.nc.PublishMsg(&s.msg)
 	s.msg = nats.Msg{}
 	if err != nil {
+		s.m.SinkInflight.Sub(float64(p.covers))
 		s.release(p)
 		return nil, s.fail(fmt.Errorf("publish to %q: %w", m.Subject, err))
 	}
@@ -313,7 +321,7 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			s.mu.Unlock()
 			subject, started, size, covers, coversBytes := p.subject, p.started, p.size, p.covers, p.coversBytes
 			s.release(p)
-			s.m.SinkInflight.Dec()
+			s.m.SinkInflight.Sub(float64(1 + covers))
 			if err != nil {
 				return Ack{}, s.fail(fmt.Errorf("publish to %q: %w", subject, err))
 			}
@@ -340,9 +348,9 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			p.gen++
 			p.reply = s.replySubject(p)
 			s.mu.Unlock()
-			subject := p.subject
+			subject, covers := p.subject, p.covers
 			s.release(p)
-			s.m.SinkInflight.Dec()
+			s.m.SinkInflight.Sub(float64(1 + covers))
 			return Ack{}, s.fail(fmt.Errorf("publish to %q: no PubAck within %s: %w", subject, s.cfg.PublishTimeout, nats.ErrTimeout))
 		}
 		s.mu.Unlock()

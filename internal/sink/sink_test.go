@@ -265,8 +265,10 @@ func TestPublishWithoutReply(t *testing.T) {
 		require.NoError(t, err)
 		require.Nil(t, p)
 	}
+	require.Equal(t, 10.0, testutil.ToFloat64(s.m.SinkInflight), "sent and not yet confirmed")
 	p, err := s.Publish(ctx, Message{Subject: "outbox.a", ID: "10", Data: []byte("x"), CheckLastSeq: true, ExpectLastSeq: 10})
 	require.NoError(t, err)
+	require.Equal(t, 11.0, testutil.ToFloat64(s.m.SinkInflight))
 	ack, err := waitAck(t, p)
 	require.NoError(t, err)
 	require.Equal(t, Ack{Stream: "OUTBOX", Seq: 11}, ack)
@@ -274,4 +276,5 @@ func TestPublishWithoutReply(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(11), stream.CachedInfo().State.Msgs)
 	require.Equal(t, 11.0, testutil.ToFloat64(s.m.SinkPublished))
+	require.Zero(t, testutil.ToFloat64(s.m.SinkInflight))
 }
