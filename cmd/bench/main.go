@@ -368,6 +368,25 @@ func run(ctx context.Context, opts options) error {
 	return nil
 }
 
+// limits measures the input and the output limit of run i of a drain, with
+// the bench process on one CPU in odd runs and on two in even runs.
+func (e *env) limits(ctx context.Context, name string, i, runs int, slot string, n, window int, payload float64) (in, out pass, err error) {
+	procs := 1 + i%2
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+	logf("drain %s: input limit (run %d of %d, GOMAXPROCS=%d)", name, i+1, runs, procs)
+	if in, err = e.inputLimit(ctx, slot, n, payload); err != nil {
+		return in, out, err
+	}
+	in.GOMAXPROCS = procs
+	if err = e.dropSlot(ctx, slot); err != nil {
+		return in, out, err
+	}
+	logf("drain %s: output limit (run %d of %d, GOMAXPROCS=%d)", name, i+1, runs, procs)
+	out, err = e.outputLimit(ctx, n, window, payload)
+	out.GOMAXPROCS = procs
+	return in, out, err
+}
+
 // drainCase writes one backlog and drains it runs times with each
 // contender, interleaved (input limit, output limit, relay, then again),
 // each run of the input limit and of the relay from a slot of its own made
@@ -394,31 +413,15 @@ func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs i
 		return c, err
 	}
 	for i := range runs {
-		// The limits run in this process: alternately on one CPU, like
-		// the relay by default, and on two, so that with two or more runs
-		// each limit is measured at the better of both.
-		procs := 1 + i%2
-		prevProcs := runtime.GOMAXPROCS(procs)
-		logf("drain %s: input limit (run %d of %d, GOMAXPROCS=%d)", name, i+1, runs, procs)
-		in, err := e.inputLimit(ctx, inputSlotOf(i), n, w.PayloadBytes)
-		in.GOMAXPROCS = procs
+		// With two or more runs each limit is measured on one CPU, like
+		// the relay by default, and on two; the better counts.
+		in, out, err := e.limits(ctx, name, i, runs, inputSlotOf(i), n, opts.window, w.PayloadBytes)
 		if err != nil {
-			runtime.GOMAXPROCS(prevProcs)
-			return c, err
-		}
-		if err := e.dropSlot(ctx, inputSlotOf(i)); err != nil {
 			return c, err
 		}
 		c.InputRuns = append(c.InputRuns, in.EventsPerSec)
 		if i == 0 || in.EventsPerSec > c.Input.EventsPerSec {
 			c.Input = in
-		}
-		logf("drain %s: output limit (run %d of %d, GOMAXPROCS=%d)", name, i+1, runs, procs)
-		out, err := e.outputLimit(ctx, n, opts.window, w.PayloadBytes)
-		out.GOMAXPROCS = procs
-		runtime.GOMAXPROCS(prevProcs)
-		if err != nil {
-			return c, err
 		}
 		c.OutputRuns = append(c.OutputRuns, out.EventsPerSec)
 		if i == 0 || out.EventsPerSec > c.Output.EventsPerSec {

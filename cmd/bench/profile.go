@@ -103,7 +103,7 @@ func (e *env) newInProcessRelay(ctx context.Context, stream string, window int) 
 		return nil, err
 	}
 	tails := sink.NewTailReader(js, stream, relay.HeaderOrigin, sinkCfg.RequestTimeout)
-	publisher, err := sink.New(nc, sinkCfg, log, m)
+	publisher, err := sink.New(nc, sinkCfg, m)
 	if err != nil {
 		nc.Close()
 		return nil, err

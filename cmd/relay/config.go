@@ -213,7 +213,6 @@ func (c *config) finish() error {
 			c.sink.StreamSubjects = append(c.sink.StreamSubjects, c.pump.DeadLetterSubject)
 		}
 	}
-	// The client's own limit must not be what stalls the window.
 	c.cdc.TakeOverActiveSlot = c.leaderElection
 	c.election.PostgresURL = c.cdc.PostgresURL
 	c.election.ConnectTimeout = c.cdc.ConnectTimeout

@@ -157,7 +157,7 @@ func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	pumpCfg := cfg.pump
 	pumpCfg.MaxPayload = nc.MaxPayload()
 
-	publisher, err := sink.New(nc.Conn, cfg.sink, log.Named("sink"), m)
+	publisher, err := sink.New(nc.Conn, cfg.sink, m)
 	if err != nil {
 		return err
 	}

@@ -41,11 +41,12 @@ func TestPumpLastOfABurstAsksForAnAck(t *testing.T) {
 	stream := newFakeStream(true, false)
 	cfg := pumpConfig(64)
 	cfg.AckEvery = 32
-	p, _ := newTestPump(t, cfg, src, stream)
+	p, m := newTestPump(t, cfg, src, stream)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := startRun(ctx, p)
 	evs := pumpEvents(9, 3)
 	for burst := range 3 {
+		// Sent at once, so the pump may find more than one ready.
 		for _, ev := range evs[3*burst : 3*burst+3] {
 			src.ch <- ev
 		}
@@ -53,6 +54,9 @@ func TestPumpLastOfABurstAsksForAnAck(t *testing.T) {
 		require.Eventually(t, func() bool { return len(src.Acks()) == len(want) }, 5*time.Second, time.Millisecond,
 			"burst %d acknowledged while no further event comes", burst+1)
 	}
+	// Acknowledged by the last message of each burst, not recovered by
+	// reading the stream back (which would acknowledge them too).
+	assert.Equal(t, 1.0, metricValue(t, m, "outbox_relay_pump_resyncs_total"), "only the start reads the stream's end")
 	cancel()
 	require.NoError(t, waitRun(t, done, runDeadline))
 	assertStream(t, stream, pumpIDs(1, 9))

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
@@ -375,7 +374,7 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 	switch f.kind {
 	case faultSync:
 		s.pendings = append(s.pendings, nil)
-		return nil, fmt.Errorf("publish to %q: %w", m.Subject, jetstream.ErrTooManyStalledMsgs)
+		return nil, fmt.Errorf("publish to %q: %w", m.Subject, nats.ErrReconnectBufExceeded)
 	case faultPermanentSync:
 		s.pendings = append(s.pendings, nil)
 		return nil, fmt.Errorf("%w: publish to %q: %w", sink.ErrPermanent, m.Subject, nats.ErrMaxPayload)
@@ -410,7 +409,7 @@ func (s *fakeStream) processLocked(p *fakePending) {
 	}
 	ack, err := s.applyLocked(p)
 	if p.fault.kind == faultAckLost {
-		ack, err = sink.Ack{}, fmt.Errorf("publish to %q: %w", p.msg.Subject, jetstream.ErrAsyncPublishTimeout)
+		ack, err = sink.Ack{}, fmt.Errorf("publish to %q: %w", p.msg.Subject, nats.ErrTimeout)
 	}
 	if p.fault.hold == nil {
 		p.deliver(ack, err)
@@ -428,7 +427,7 @@ func (s *fakeStream) applyLocked(p *fakePending) (sink.Ack, error) {
 	m := p.msg
 	switch p.fault.kind {
 	case faultTransient:
-		return sink.Ack{}, fmt.Errorf("publish to %q: %w", m.Subject, jetstream.ErrAsyncPublishTimeout)
+		return sink.Ack{}, fmt.Errorf("publish to %q: %w", m.Subject, nats.ErrTimeout)
 	case faultPermanentAsync:
 		return sink.Ack{}, fmt.Errorf("%w: publish to %q: nats: API error: code=400 err_code=10054 description=message size exceeds maximum allowed", sink.ErrPermanent, m.Subject)
 	}

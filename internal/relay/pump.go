@@ -113,6 +113,17 @@ type inflight struct {
 	covered bool
 }
 
+// storedAsExpected reports whether ack shows the message stored at the
+// sequence it expected, which vouches for every message before it.
+func (f *inflight) storedAsExpected(ack sink.Ack) bool {
+	return !ack.Duplicate && ack.Seq == f.expect
+}
+
+// unexpected is the failure of a message stored elsewhere than expected.
+func (f *inflight) unexpected(ack sink.Ack) error {
+	return fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", f.ev.ID, ack.Seq, ack.Duplicate, f.expect, sink.ErrWrongSequence)
+}
+
 // errUnconfirmed marks messages sent without a PubAck of their own that no
 // acknowledged message vouches for (the pump stopped publishing before the
 // next one that asked for an acknowledgement). Whether the stream holds them
@@ -145,8 +156,6 @@ type Pump struct {
 	// for every message until what was replayed is confirmed, so a failure
 	// among the replayed messages is reported for the very message.
 	careful bool
-	// filling is set while the window is being refilled.
-	filling bool
 
 	// lastSeq is the stream sequence the next publish expects to follow.
 	lastSeq uint64
@@ -199,17 +208,17 @@ func (p *Pump) Run(ctx context.Context) error {
 	// be the last that fits, and ask for a PubAck.
 	refill := min(max(p.cfg.AckEvery, 1), p.cfg.Window)
 	for {
-		for p.window.Len() < p.cfg.Window && (p.window.Len() == 0 || p.cfg.Window-p.window.Len() >= refill || p.filling) {
-			p.filling = true
-			ev, ok := p.next(ctx, p.window.Len() == 0)
-			if !ok {
-				break
-			}
-			if err := p.publish(ctx, ev); err != nil {
-				return p.stop(ctx, err)
+		if free := p.cfg.Window - p.window.Len(); free == p.cfg.Window || free >= refill {
+			for p.window.Len() < p.cfg.Window {
+				ev, ok := p.next(ctx, p.window.Len() == 0)
+				if !ok {
+					break
+				}
+				if err := p.publish(ctx, ev); err != nil {
+					return p.stop(ctx, err)
+				}
 			}
 		}
-		p.filling = false
 		if ctx.Err() != nil {
 			return p.stop(ctx, nil)
 		}
@@ -219,92 +228,66 @@ func (p *Pump) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		head := p.window.At(0)
-		if head.covered || head.pending == nil {
-			if err := p.resolveCovered(ctx); err != nil {
-				return p.stop(ctx, err)
-			}
-			continue
-		}
-		ack, err := head.pending.Wait(ctx)
-		if err != nil && ctx.Err() != nil {
-			// Not resolved yet: stop waits for it with the shutdown budget.
-			return p.stop(ctx, nil)
-		}
-		if err == nil && !ack.Duplicate && ack.Seq == head.expect {
-			p.stored, p.hasStored = head.ev.Position, true
-			p.acked(head.ev)
-			p.window.Drop(1)
-			if len(p.replay) == 0 {
-				p.careful = false
-			}
-			continue
-		}
-		if err == nil {
-			// Stored, but not where expected: a duplicate or another
-			// writer. Later expectations are off; read the stream again.
-			err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", head.ev.ID, ack.Seq, ack.Duplicate, head.expect, sink.ErrWrongSequence)
-			p.acked(head.ev)
-			p.window.Drop(1)
-			if err := p.retryAfter(ctx, p.settle(ctx), err); err != nil {
-				return p.stop(ctx, err)
-			}
-			continue
-		}
-		head.pending, head.err = nil, err
-		if err := p.recover(ctx); err != nil {
+		if err := p.settleHead(ctx); err != nil {
+			// A ctx error leaves what is unresolved to stop's shutdown
+			// budget.
 			return p.stop(ctx, err)
 		}
 	}
 }
 
-// resolveCovered settles the head of the window when it has no PubAck of its
-// own: it waits for the first later message that asked for one, and
-// acknowledges the whole group when that message was stored where expected.
-// Anything else (a failure, a duplicate, no such message) is recovered from
-// like a failed publish.
-func (p *Pump) resolveCovered(ctx context.Context) error {
+// settleHead waits for what settles the head of the window: its own PubAck,
+// or, for messages sent without one, the PubAck of the first later message
+// that asked (see Run). Stored where expected, the whole group is
+// acknowledged; anything else is recovered from.
+func (p *Pump) settleHead(ctx context.Context) error {
 	k := 0
 	for k < p.window.Len() && p.window.At(k).covered {
 		k++
 	}
-	if k < p.window.Len() && p.window.At(k).pending != nil {
-		vouch := p.window.At(k)
-		ack, err := vouch.pending.Wait(ctx)
-		if err != nil && ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err == nil && !ack.Duplicate && ack.Seq == vouch.expect {
-			for i := 0; i <= k; i++ {
-				p.acked(p.window.At(i).ev)
-			}
-			p.stored, p.hasStored = vouch.ev.Position, true
-			p.window.Drop(k + 1)
-			if len(p.replay) == 0 {
-				p.careful = false
-			}
-			return nil
-		}
-		if err == nil {
-			err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", vouch.ev.ID, ack.Seq, ack.Duplicate, vouch.expect, sink.ErrWrongSequence)
-		}
-		vouch.pending, vouch.err = nil, err
+	if k == p.window.Len() || p.window.At(k).pending == nil {
+		return p.recover(ctx)
 	}
+	vouch := p.window.At(k)
+	ack, err := vouch.pending.Wait(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err == nil && vouch.storedAsExpected(ack) {
+		for i := 0; i <= k; i++ {
+			p.acked(p.window.At(i).ev)
+		}
+		p.stored, p.hasStored = vouch.ev.Position, true
+		p.window.Drop(k + 1)
+		if len(p.replay) == 0 {
+			p.careful = false
+		}
+		return nil
+	}
+	if err == nil && k == 0 {
+		// Stored, but not where expected: a duplicate or another
+		// writer. Later expectations are off; read the stream again.
+		err = vouch.unexpected(ack)
+		p.acked(vouch.ev)
+		p.window.Drop(1)
+		return p.retryAfter(ctx, p.settle(ctx), err)
+	}
+	if err == nil {
+		// The messages it covers may be anywhere: replay them all.
+		err = vouch.unexpected(ack)
+	}
+	vouch.pending, vouch.err = nil, err
 	return p.recover(ctx)
 }
 
 // needsAck reports whether the message about to be published should ask
-// for a PubAck: always while careful, else every AckEvery-th message, the
-// last that fits the window, and the last of a burst (nothing more is ready
-// to publish), so that no message waits for a later one that may not come.
+// for a PubAck: always while careful (which replayed events always are),
+// else every AckEvery-th message, the last that fits the window, and the last
+// of a burst (nothing more is ready to publish), so that no message waits for
+// a later one that may not come.
 func (p *Pump) needsAck() bool {
-	if p.careful || p.cfg.AckEvery <= 1 || p.sinceAck+1 >= p.cfg.AckEvery || p.window.Len()+1 >= p.cfg.Window {
-		return true
-	}
-	if len(p.replay) > 0 {
-		return false
-	}
-	return p.closed || len(p.src.Events()) == 0
+	return p.careful || p.sinceAck+1 >= p.cfg.AckEvery || p.window.Len()+1 >= p.cfg.Window ||
+		len(p.src.Events()) == 0
 }
 
 // next returns the next event to publish, waiting for one only if block.
@@ -428,9 +411,9 @@ func (p *Pump) settle(ctx context.Context) []failure {
 			err = werr
 			// Alone, a stored message counts whatever its sequence (a
 			// duplicate is stored); vouching needs the expected one.
-			stored = werr == nil && (i == start || (!ack.Duplicate && ack.Seq == f.expect))
+			stored = werr == nil && (i == start || f.storedAsExpected(ack))
 			if werr == nil && !stored {
-				err = fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", f.ev.ID, ack.Seq, ack.Duplicate, f.expect, sink.ErrWrongSequence)
+				err = f.unexpected(ack)
 			}
 		}
 		for j := start; j <= i; j++ {
@@ -612,22 +595,8 @@ func (p *Pump) stop(ctx context.Context, err error) error {
 	if p.window.Len() > 0 {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
 		defer cancel()
-		start := 0
-		for i := range p.window.Len() {
-			f := p.window.At(i)
-			if f.covered {
-				continue
-			}
-			if f.pending != nil {
-				ack, werr := f.pending.Wait(sctx)
-				if werr == nil && (i == start || (!ack.Duplicate && ack.Seq == f.expect)) {
-					for j := start; j <= i; j++ {
-						p.acked(p.window.At(j).ev)
-					}
-				}
-			}
-			start = i + 1
-		}
+		// What is stored is acknowledged; the rest the next run replays.
+		_ = p.settle(sctx)
 		p.window.Clear()
 	}
 	return err

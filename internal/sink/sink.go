@@ -8,12 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/metrics"
 )
@@ -71,7 +71,6 @@ type Pending interface {
 type Sink struct {
 	nc    *nats.Conn
 	cfg   Config
-	log   *zap.Logger
 	m     *metrics.Metrics
 	sub   *nats.Subscription
 	inbox string // reply subjects are <inbox>.<slot index>.<slot generation>
@@ -127,9 +126,9 @@ type slot struct {
 
 // New builds a Sink publishing over nc. It subscribes to the sink's reply
 // subjects; Close ends that.
-func New(nc *nats.Conn, cfg Config, log *zap.Logger, m *metrics.Metrics) (*Sink, error) {
+func New(nc *nats.Conn, cfg Config, m *metrics.Metrics) (*Sink, error) {
 	s := &Sink{
-		nc: nc, cfg: cfg, log: log, m: m,
+		nc: nc, cfg: cfg, m: m,
 		inbox:    nc.NewRespInbox(),
 		resolved: make(chan struct{}, 1),
 		timer:    time.NewTimer(time.Hour),
@@ -186,11 +185,8 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 		header[jetstream.ExpectedLastSeqHeader] = s.seqValue[:]
 	}
 	if m.NoReply {
-		s.msg = nats.Msg{Subject: m.Subject, Header: header, Data: m.Data}
-		err := s.nc.PublishMsg(&s.msg)
-		s.msg = nats.Msg{}
-		if err != nil {
-			return nil, s.fail(fmt.Errorf("publish to %q: %w", m.Subject, err))
+		if err := s.send(m, header, ""); err != nil {
+			return nil, err
 		}
 		s.unacked++
 		s.unackedBytes += len(m.Data)
@@ -207,16 +203,25 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	p.state = slotInFlight // before sending: the reply may come at once
 	reply := p.reply
 	s.mu.Unlock()
+	if err := s.send(m, header, reply); err != nil {
+		s.m.SinkInflight.Sub(float64(p.covers))
+		s.release(p)
+		return nil, err
+	}
+	s.m.SinkInflight.Inc()
+	return p, nil
+}
+
+// send writes m to the connection with header and reply (none when empty).
+// The message struct is reused: the client encodes it before returning.
+func (s *Sink) send(m Message, header nats.Header, reply string) error {
 	s.msg = nats.Msg{Subject: m.Subject, Reply: reply, Header: header, Data: m.Data}
 	err := s.nc.PublishMsg(&s.msg)
 	s.msg = nats.Msg{}
 	if err != nil {
-		s.m.SinkInflight.Sub(float64(p.covers))
-		s.release(p)
-		return nil, s.fail(fmt.Errorf("publish to %q: %w", m.Subject, err))
+		return s.fail(fmt.Errorf("publish to %q: %w", m.Subject, err))
 	}
-	s.m.SinkInflight.Inc()
-	return p, nil
+	return nil
 }
 
 // take returns a free slot, making one when none is free.
@@ -274,26 +279,18 @@ func parseReplySubject(subject string, inboxLen int) (index int, gen uint64, ok 
 	if len(subject) <= inboxLen+1 {
 		return 0, 0, false
 	}
-	rest := subject[inboxLen+1:]
-	var i int
-	var v uint64
-	for i < len(rest) && rest[i] != '.' {
-		c := rest[i]
-		if c < '0' || c > '9' || i >= 9 {
-			return 0, 0, false
-		}
-		v = v*10 + uint64(c-'0')
-		i++
-	}
-	if i == 0 || i == len(rest) {
+	indexText, genText, ok := strings.Cut(subject[inboxLen+1:], ".")
+	// Slots number no more than the publishes ever in flight at once; a
+	// longer index is no reply to this sink.
+	if !ok || len(indexText) > 9 {
 		return 0, 0, false
 	}
-	index = int(v)
-	g, err := strconv.ParseUint(rest[i+1:], 10, 64)
-	if err != nil {
+	index, err := strconv.Atoi(indexText)
+	if err != nil || index < 0 {
 		return 0, 0, false
 	}
-	return index, g, true
+	gen, err = strconv.ParseUint(genText, 10, 64)
+	return index, gen, err == nil
 }
 
 // decodeReply turns a reply into an Ack or the error it reports.
@@ -403,13 +400,13 @@ func Classify(err error) (kind string, class error) {
 			return "too_large", ErrPermanent
 		}
 		return "server", nil
-	case errors.Is(err, jetstream.ErrAsyncPublishTimeout), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return "timeout", nil
 	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
 		return "no_responders", nil
 	case errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrConnectionReconnecting),
-		errors.Is(err, nats.ErrReconnectBufExceeded), errors.Is(err, jetstream.ErrTooManyStalledMsgs):
+		errors.Is(err, nats.ErrReconnectBufExceeded):
 		return "connection", nil
 	}
 	return "other", nil

@@ -37,7 +37,7 @@ func benchSink(b *testing.B, window int) *Sink {
 	if _, err := nc.EnsureStream(ctx, cfg, []string{"outbox.*.*"}, log); err != nil {
 		b.Fatal(err)
 	}
-	s, err := New(nc.Conn, cfg, log, m)
+	s, err := New(nc.Conn, cfg, m)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func testSink(t *testing.T, publishTimeout time.Duration, maxMsgSize int32, opts
 		_, err = conn.JetStream.UpdateStream(ctx, sc)
 		require.NoError(t, err)
 	}
-	s, err := New(conn.Conn, cfg, log, m)
+	s, err := New(conn.Conn, cfg, m)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	return s, conn, ns
