@@ -102,14 +102,19 @@ func (e *env) newInProcessRelay(ctx context.Context, stream string, window int) 
 		nc.Close()
 		return nil, err
 	}
-	tails := sink.NewTailReader(js, stream, relay.HeaderOrigin, sinkCfg.RequestTimeout)
+	store, err := sink.OpenStateStore(ctx, conn, "outbox-relay", 1, sinkCfg.RequestTimeout)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	marks := relay.NewWatermark(sink.NewStreamReader(nc, js, stream, sinkCfg.RequestTimeout), store, stream, mapper.Origin(), log)
 	publisher, err := sink.New(nc, sinkCfg, m)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	reader := cdc.NewReader(cdcCfg, log, m)
-	pump := relay.New(reader, publisher, tails, mapper, pumpCfg, log, m)
+	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log, m)
 	return &inProcessRelay{reader: reader, pump: pump, close: nc.Close}, nil
 }
 
@@ -304,7 +309,7 @@ func inProcessConfigs(dbURL, natsURL, stream string, tmpl relay.Template) (cdc.C
 		EventBuffer:        4096,
 	}
 	sinkCfg := sink.Config{
-		NATSURL: natsURL, Stream: stream, CreateStream: true, StreamSubjects: tmpl.StreamSubjects(),
+		NATSURL: natsURL, Stream: stream, StateBucket: "outbox-relay", CreateStream: true, StreamSubjects: tmpl.StreamSubjects(),
 		DuplicateWindow: 2 * time.Minute, Replicas: 1, PublishTimeout: 10 * time.Second,
 		ConnectTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second, ReconnectWait: time.Second,
 	}

@@ -137,23 +137,38 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 // relayAsLeader runs preflight, then the reader and the pump, until ctx is
 // done or either fails for good.
 func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics, health *relay.Health, nc *sink.Connection) error {
-	js := nc.JetStream
-	tails := sink.NewTailReader(js, cfg.sink.Stream, relay.HeaderOrigin, cfg.sink.RequestTimeout)
+	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
 	stream, err := retry(ctx, log, "stream preflight", cfg, func() (sink.StreamState, error) {
 		return nc.EnsureStream(ctx, cfg.sink, []string{cfg.template.Wildcard()}, log.Named("sink"))
 	}, sink.ErrConfig)
 	if err != nil {
 		return err
 	}
+	store, err := retry(ctx, log, "open state bucket", cfg, func() (*sink.StateStore, error) {
+		return sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, stream.Replicas, cfg.sink.RequestTimeout)
+	}, sink.ErrConfig)
+	if err != nil {
+		return err
+	}
 	slot, err := retry(ctx, log, "postgres preflight", cfg, func() (cdc.SlotState, error) {
 		return cdc.Preflight(ctx, cfg.cdc, log.Named("cdc"), func(systemID, database string) error {
-			return slotNeverExisted(ctx, tails, origin(systemID, database, cfg.cdc.Slot))
+			return slotNeverExisted(ctx, relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin(systemID, database, cfg.cdc.Slot), log.Named("pump")))
 		})
 	}, cdc.ErrConfig, cdc.ErrSlot)
 	if err != nil {
 		return err
 	}
-	mapper := relay.NewMapper(cfg.template, origin(slot.SystemID, slot.Database, cfg.cdc.Slot), stream.Subjects)
+	marks := relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin(slot.SystemID, slot.Database, cfg.cdc.Slot), log.Named("pump"))
+	if slot.Created {
+		// From now on a dropped slot is detected even if the stream's
+		// retention removes every message of this relay.
+		if _, err := retry(ctx, log, "record the new slot", cfg, func() (struct{}, error) {
+			return struct{}{}, registerSlot(ctx, marks)
+		}); err != nil {
+			return err
+		}
+	}
+	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
 	pumpCfg := cfg.pump
 	pumpCfg.MaxPayload = nc.MaxPayload()
 
@@ -161,9 +176,10 @@ func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	if err != nil {
 		return err
 	}
+	publisher.FailOnDisconnect(nc.Disconnected)
 	defer func() { _ = publisher.Close() }()
 	reader := cdc.NewReader(cfg.cdc, log.Named("cdc"), m)
-	pump := relay.New(reader, publisher, tails, mapper, pumpCfg, log.Named("pump"), m)
+	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
 	health.Attach(relay.Probes{
 		Heartbeat:     reader.Heartbeat,
 		OldestPending: reader.Tracker().OldestPending,
@@ -197,18 +213,30 @@ func origin(systemID, database, slot string) string {
 	return systemID + "/" + database + "/" + slot
 }
 
-// slotNeverExisted refuses to create a slot when the stream already holds
-// events from a slot of that name: the slot was dropped, and a new one would
+// slotNeverExisted refuses to create a slot when this relay published events
+// of a slot of that name before (its high-water mark is recorded, or the
+// stream holds its messages): the slot was dropped, and a new one would
 // silently skip everything committed in between.
-func slotNeverExisted(ctx context.Context, tails *sink.TailReader, origin string) error {
-	tail, err := tails.Tail(ctx)
+func slotNeverExisted(ctx context.Context, marks *relay.Watermark) error {
+	mark, existed, err := marks.Existed(ctx)
 	if err != nil {
-		return fmt.Errorf("read the stream to check the slot's history: %w", err)
+		return fmt.Errorf("read the relay's high-water mark to check the slot's history: %w", err)
 	}
-	if pos, ok := relay.PositionFromHeader(tail.Header, origin); ok {
-		return fmt.Errorf("the stream holds events from this slot up to %s, so it existed and was dropped; events committed since may be missing. See the README's slot recovery section", pos)
+	if !existed {
+		return nil
 	}
-	return nil
+	if mark.Position.IsZero() {
+		return errors.New("the relay recorded this slot before (in its state bucket), so it existed and was dropped; events committed since may be missing. See the README's slot recovery section")
+	}
+	return fmt.Errorf("the relay published events of this slot up to %s, so it existed and was dropped; events committed since may be missing. See the README's slot recovery section", mark.Position)
+}
+
+// registerSlot records a slot created just now in the state bucket.
+func registerSlot(ctx context.Context, marks *relay.Watermark) error {
+	if _, recorded, err := marks.Load(ctx); err != nil || recorded {
+		return err
+	}
+	return marks.Save(ctx, relay.Mark{})
 }
 
 // retry calls f until it succeeds, fails with one of the fatal errors, or ctx

@@ -7,7 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
@@ -140,24 +139,30 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	fmt.Fprintf(out, "  last sequence:       %d\n", info.State.LastSeq)
 	fmt.Fprintf(out, "  duplicate window:    %s\n", info.Config.Duplicates)
 	fmt.Fprintf(out, "  replicas:            %d\n", info.Config.Replicas)
-	tail, err := sink.NewTailReader(js, cfg.sink.Stream, relay.HeaderOrigin, cfg.sink.RequestTimeout).Tail(ctx)
+	reading, err := readMark(ctx, cfg, nc, origin(systemID, database, cfg.cdc.Slot))
 	if err != nil {
 		return errors.Join(append(problems, err)...)
 	}
-	ours := origin(systemID, database, cfg.cdc.Slot)
-	if tail.Header == nil {
+	mark := reading.Mark
+	switch {
+	case mark.Position.IsZero() && !reading.Recorded:
 		fmt.Fprintln(out, "  last relayed event:  none")
-	} else {
-		fmt.Fprintf(out, "  last relayed event:  %s (commit %s #%s, created %s) from %s\n",
-			tail.Header.Get(jetstream.MsgIDHeader), tail.Header.Get(relay.HeaderCommitLSN), tail.Header.Get(relay.HeaderCommitIndex),
-			tail.Header.Get(relay.HeaderCreatedAt), tail.Header.Get(relay.HeaderOrigin))
-		_, fromUs := relay.PositionFromHeader(tail.Header, ours)
-		switch {
-		case !fromUs:
-			fmt.Fprintf(out, "  note: the last relayed event comes from another origin than this slot (%s)\n", ours)
-		case !slot.Exists:
-			problems = append(problems, fmt.Errorf("the stream holds events from slot %q, which no longer exists: it was dropped; see the README's slot recovery section", cfg.cdc.Slot))
-		}
+	case mark.Position.IsZero():
+		fmt.Fprintln(out, "  last relayed event:  none yet (the slot is recorded)")
+	default:
+		fmt.Fprintf(out, "  last relayed event:  %s at sequence %d (commit %s)\n", mark.MsgID, mark.Seq, mark.Position)
+	}
+	if reading.Uncertain > 0 {
+		fmt.Fprintf(out, "  uncertain:           %d messages after it were removed by the stream's retention\n", reading.Uncertain)
+	}
+	if reading.Foreign || mark.Shared {
+		fmt.Fprintln(out, "  shared:              other writers' messages follow the relay's own on this stream")
+	}
+	if len(mark.Holes) > 0 {
+		fmt.Fprintf(out, "  to publish again:    %d events another writer's message displaced\n", len(mark.Holes))
+	}
+	if (reading.Recorded || !mark.Position.IsZero()) && !slot.Exists {
+		problems = append(problems, fmt.Errorf("the relay published events of slot %q, which no longer exists: it was dropped; see the README's slot recovery section", cfg.cdc.Slot))
 	}
 	if err := errors.Join(problems...); err != nil {
 		fmt.Fprintln(out, "consistency:         PROBLEM")
@@ -165,6 +170,17 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "consistency:         ok")
 	return nil
+}
+
+// readMark reads what the stream holds of origin's events, as a relay
+// starting now would.
+func readMark(ctx context.Context, cfg *config, nc *sink.Connection, origin string) (relay.Reading, error) {
+	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
+	if err != nil {
+		return relay.Reading{}, err
+	}
+	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
+	return relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin, zap.NewNop()).Read(ctx, relay.Mark{}, false)
 }
 
 func bytesText(n int64) string {

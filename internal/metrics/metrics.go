@@ -21,6 +21,9 @@ var PublishErrorKinds = []string{"timeout", "no_responders", "wrong_sequence", "
 // PoisonReasons is the fixed label set of outbox_relay_pump_poison_events_total{reason}.
 var PoisonReasons = []string{"invalid_subject", "too_large", "no_stream", "bad_row"}
 
+// BlockedReasons is the fixed label set of outbox_relay_pump_blocked{reason}.
+var BlockedReasons = []string{"stream_missing"}
+
 // SlotWALStatuses is the fixed label set of outbox_relay_cdc_slot_wal_status{status}:
 // the values of pg_replication_slots.wal_status, plus "missing" when the slot
 // does not exist.
@@ -66,7 +69,13 @@ type Metrics struct {
 	PumpDeadLettered prometheus.Counter
 	PumpCommitToAck  prometheus.Histogram
 	PumpLastProgress prometheus.Gauge
-	Leader           prometheus.Gauge
+	// The stream high-water mark and other writers of the stream.
+	PumpStreamShared      prometheus.Gauge
+	PumpReordered         prometheus.Counter
+	PumpUnverifiedReplays prometheus.Counter
+	PumpMarkSaveErrors    prometheus.Counter
+	PumpBlocked           *prometheus.GaugeVec
+	Leader                prometheus.Gauge
 	// oldestPending computes outbox_relay_cdc_oldest_pending_age_seconds
 	// at scrape time; it changes with each leadership, while scrapes run.
 	oldestPending atomic.Pointer[func() float64]
@@ -110,7 +119,15 @@ func New(version, commit string) *Metrics {
 		PumpDeadLettered: f.counter("pump", "dead_lettered_total", "Poison events published to the dead-letter subject."),
 		PumpCommitToAck:  f.histogram("pump", "commit_to_ack_seconds", "Time from the transaction's commit in PostgreSQL to the event's PubAck."),
 		PumpLastProgress: f.gauge("pump", "last_progress_timestamp_seconds", "When the pump last had an event acknowledged, in Unix seconds."),
-		Leader:           f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
+		PumpStreamShared: f.gauge("pump", "stream_shared", "1 once messages of other writers were seen on the stream after the relay's own, else 0."),
+		PumpReordered: f.counter("pump", "reordered_total",
+			"Events published out of commit order because another writer's message took their place in a burst on a replicated stream."),
+		PumpUnverifiedReplays: f.counter("pump", "unverified_replays_total",
+			"Events published again although the stream may hold them: their messages were removed (retention) before the relay could read them back."),
+		PumpMarkSaveErrors: f.counter("pump", "mark_save_errors_total", "Failed writes of the high-water mark to the key-value bucket."),
+		PumpBlocked: f.gaugeVec("pump", "blocked", "1 while publishing is held up by a problem that does not clear by itself (the reason), else 0.",
+			"reason"),
+		Leader: f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
 	}
 	for _, k := range PublishErrorKinds {
 		m.SinkPublishErrors.WithLabelValues(k)
@@ -120,6 +137,9 @@ func New(version, commit string) *Metrics {
 	}
 	for _, s := range SlotWALStatuses {
 		m.CDCSlotWALStatus.WithLabelValues(s)
+	}
+	for _, r := range BlockedReasons {
+		m.PumpBlocked.WithLabelValues(r)
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: "cdc", Name: "oldest_pending_age_seconds",

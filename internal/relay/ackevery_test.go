@@ -17,7 +17,7 @@ import (
 func TestPumpAsksForFewerAcks(t *testing.T) {
 	const n, perTxn = 1000, 10
 	src := newFilledSource(pumpEvents(n, perTxn), true)
-	stream := newFakeStream(true, false)
+	stream := newFakeStream(t, true, false)
 	cfg := pumpConfig(64)
 	cfg.AckEvery = 16
 	err, m := runPump(t, cfg, src, stream)
@@ -38,7 +38,7 @@ func TestPumpAsksForFewerAcks(t *testing.T) {
 // burst to be acknowledged.
 func TestPumpLastOfABurstAsksForAnAck(t *testing.T) {
 	src := newFakeSource(16)
-	stream := newFakeStream(true, false)
+	stream := newFakeStream(t, true, false)
 	cfg := pumpConfig(64)
 	cfg.AckEvery = 32
 	p, m := newTestPump(t, cfg, src, stream)
@@ -69,7 +69,7 @@ func TestPumpLastOfABurstAsksForAnAck(t *testing.T) {
 func TestPumpCoveredMessageLost(t *testing.T) {
 	const n = 100
 	src := newFilledSource(pumpEvents(n, 1), true)
-	stream := newFakeStream(true, false)
+	stream := newFakeStream(t, true, false)
 	lost := 0
 	stream.SetScript(func(i int, m sink.Message) fault {
 		if m.NoReply && lost == 0 && i > 10 {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -128,9 +130,16 @@ type fault struct {
 	// onResult, when set, runs inside Wait after the result was taken and
 	// before Wait returns it.
 	onResult func()
-	// failTails makes the next failTails Tail calls fail once this publish
-	// is processed.
-	failTails int
+	// failReads makes the next failReads stream reads (Info, Header) fail
+	// once this publish is processed.
+	failReads int
+	// foreign, when set, is stored just before this publish is processed,
+	// as another writer's message would be.
+	foreign *sink.Message
+}
+
+func (f fault) any() bool {
+	return f.kind != faultNone || f.hold != nil || f.onResult != nil || f.failReads > 0 || f.foreign != nil
 }
 
 // script decides the fault of the nth publish (1-based, counting every call
@@ -162,7 +171,7 @@ func onEvent(id string, match func(subject string) bool, f fault) script {
 func firstOf(scripts ...script) script {
 	return func(n int, m sink.Message) fault {
 		for _, s := range scripts {
-			if f := s(n, m); f.kind != faultNone || f.hold != nil || f.onResult != nil || f.failTails > 0 {
+			if f := s(n, m); f.any() {
 				return f
 			}
 		}
@@ -172,42 +181,53 @@ func firstOf(scripts ...script) script {
 
 // storedMsg is one message of a fake stream.
 type storedMsg struct {
-	Seq           uint64
-	Subject       string
-	ID            string
-	Data          []byte
-	Header        nats.Header
-	CheckLastSeq  bool
-	ExpectLastSeq uint64
+	Seq             uint64
+	Subject         string
+	ID              string
+	Data            []byte
+	Header          nats.Header
+	CheckLastSeq    bool
+	ExpectLastSeq   uint64
+	ExpectLastMsgID string
+	removed         bool
 }
 
 // streamStore is one stream's messages and sequence space.
 type streamStore struct {
 	name    string
-	msgs    []storedMsg
+	msgs    []storedMsg // by sequence - 1
 	lastSeq uint64
+	lastID  string            // the last stored message's Nats-Msg-Id
 	ids     map[string]uint64 // Nats-Msg-Id -> seq, the duplicate window
 }
 
 // fakeStream models one JetStream stream, plus another stream that catches
-// the subjects it does not capture (a separate dead-letter stream):
+// the subjects it does not capture (a separate dead-letter stream). Each
+// rule below is checked against a real server in internal/sink's contract
+// tests (TestJetStream*):
 //
 //   - messages are processed strictly in Publish order, as over one
 //     connection;
-//   - Nats-Expected-Last-Sequence: a message with CheckLastSeq is stored only
-//     when ExpectLastSeq equals the stream's last sequence, else its Pending
-//     fails with an error wrapping sink.ErrWrongSequence;
-//   - Nats-Msg-Id: within the duplicate window (dedup) a message whose ID is
-//     already stored is acknowledged as a duplicate with the stored copy's
-//     sequence. With dedupFirst the ID is checked before the expected last
-//     sequence (as a clustered stream does); otherwise after it (as an R1
-//     stream does);
+//   - one replica: Nats-Expected-Last-Sequence is checked first, then the
+//     duplicate window, then Nats-Expected-Last-Msg-Id; a replicated stream
+//     checks the duplicate window first, then the sequence, and the
+//     message id expectation must never reach it (it would stop a real
+//     stream: the fake fails the test);
+//   - Nats-Expected-Last-Msg-Id is compared with the last stored message's
+//     id, which a duplicate does not change and a removal keeps;
+//   - a refused message gets an error, a duplicate the stored copy's
+//     sequence;
+//   - messages can be removed (a work-queue consumer, limits); reading a
+//     removed one finds nothing; its duplicate entry stays;
 //   - a Pending delivers its result once, like a PubAckFuture: a Wait after
 //     the result was taken blocks until its ctx is done.
 type fakeStream struct {
+	t          testing.TB
 	captures   []string
 	dedup      bool
-	dedupFirst bool
+	replicated bool
+	retention  string
+	created    time.Time
 
 	mu        sync.Mutex
 	main      streamStore
@@ -217,29 +237,39 @@ type fakeStream struct {
 	paused    bool
 	queue     []*fakePending
 	pendings  []*fakePending // every pending, by publish number - 1 (nil for sync failures)
+	// removeStored removes each message as soon as it is stored (a
+	// work-queue stream whose consumer keeps up).
+	removeStored bool
+	marks        *fakeMarkStore
 
 	// accounting
 	outstanding    int // results not yet taken by a Wait
 	maxOutstanding int
-	rejectedSeq    int // refusals for a wrong last sequence
+	rejectedSeq    int // refusals for a wrong last sequence or message id
 	duplicates     int
-	tailCalls      int
-	tailFailures   int // Tail calls still to fail
+	reads          int
+	readFailures   int // reads still to fail
+	probes         int
 	holds          sync.WaitGroup
 }
 
 var (
 	_ relay.Publisher = (*fakeStream)(nil)
-	_ relay.Tailer    = (*fakeStream)(nil)
+	_ relay.StreamLog = (*fakeStream)(nil)
 )
 
-func newFakeStream(dedup, dedupFirst bool) *fakeStream {
+// newFakeStream returns a stream with one replica, or a replicated one.
+func newFakeStream(t testing.TB, dedup, replicated bool) *fakeStream {
 	return &fakeStream{
+		t:          t,
 		captures:   []string{"outbox.>"},
 		dedup:      dedup,
-		dedupFirst: dedupFirst,
+		replicated: replicated,
+		retention:  "limits",
+		created:    time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		main:       streamStore{name: "OUTBOX", ids: map[string]uint64{}},
 		other:      streamStore{name: "OTHER", ids: map[string]uint64{}},
+		marks:      newFakeMarkStore(),
 	}
 }
 
@@ -249,11 +279,37 @@ func (s *fakeStream) SetScript(sc script) {
 	s.script = sc
 }
 
-// FailTails makes the next n Tail calls fail.
-func (s *fakeStream) FailTails(n int) {
+// FailReads makes the next n stream reads fail.
+func (s *fakeStream) FailReads(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.tailFailures = n
+	s.readFailures = n
+}
+
+// WorkQueue makes the stream remove every message once stored, as a
+// work-queue stream does when its consumer keeps up.
+func (s *fakeStream) WorkQueue() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retention, s.removeStored = "workqueue", true
+}
+
+// Forget models a server restart of a work-queue stream: the duplicate
+// window and the last message id are rebuilt from the messages still held.
+func (s *fakeStream) Forget() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &s.main
+	st.ids = map[string]uint64{}
+	st.lastID = ""
+	for _, m := range st.msgs {
+		if !m.removed && m.ID != "" {
+			st.ids[m.ID] = m.Seq
+		}
+	}
+	if n := len(st.msgs); n > 0 && !st.msgs[n-1].removed {
+		st.lastID = st.msgs[n-1].ID
+	}
 }
 
 // Pause queues publishes unprocessed until Resume.
@@ -285,15 +341,28 @@ func (s *fakeStream) Queued() int {
 func (s *fakeStream) Append(m sink.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.appendLocked(m)
+}
+
+func (s *fakeStream) appendLocked(m sink.Message) {
 	st := s.storeFor(m.Subject)
 	st.lastSeq++
-	st.msgs = append(st.msgs, storedMsg{Seq: st.lastSeq, Subject: m.Subject, ID: m.ID, Data: m.Data, Header: cloneHeader(m.Header)})
+	h := cloneHeader(m.Header)
+	if m.ID != "" {
+		if h == nil {
+			h = nats.Header{}
+		}
+		h.Set(nats.MsgIdHdr, m.ID)
+	}
+	st.msgs = append(st.msgs, storedMsg{Seq: st.lastSeq, Subject: m.Subject, ID: m.ID, Data: m.Data, Header: h, removed: s.removeStored && st == &s.main})
+	st.lastID = m.ID
 	if m.ID != "" {
 		st.ids[m.ID] = st.lastSeq
 	}
 }
 
-// Messages returns the messages of the stream.
+// Messages returns the messages of the stream that were ever stored, removed
+// ones included (what a consumer saw).
 func (s *fakeStream) Messages() []storedMsg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -342,10 +411,11 @@ func (s *fakeStream) Duplicates() int {
 	return s.duplicates
 }
 
-func (s *fakeStream) TailCalls() int {
+// Reads returns how many times the stream was read (Info and Header).
+func (s *fakeStream) Reads() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.tailCalls
+	return s.reads
 }
 
 // WaitHolds waits for the goroutines delivering held results.
@@ -379,6 +449,9 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 		s.pendings = append(s.pendings, nil)
 		return nil, fmt.Errorf("%w: publish to %q: %w", sink.ErrPermanent, m.Subject, nats.ErrMaxPayload)
 	}
+	if s.replicated && m.ExpectLastMsgID != "" && s.t != nil {
+		s.t.Errorf("publish of %s to a replicated stream expects a last message id: that stops a real stream on a mismatch", m.ID)
+	}
 	m.Header = cloneHeader(m.Header)
 	p := &fakePending{
 		stream: s, n: n, msg: m, fault: f,
@@ -404,8 +477,11 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 // processLocked applies p's message to its stream and delivers the result,
 // at once or when its hold is released.
 func (s *fakeStream) processLocked(p *fakePending) {
-	if p.fault.failTails > 0 {
-		s.tailFailures = p.fault.failTails
+	if p.fault.failReads > 0 {
+		s.readFailures = p.fault.failReads
+	}
+	if p.fault.foreign != nil {
+		s.appendLocked(*p.fault.foreign)
 	}
 	ack, err := s.applyLocked(p)
 	if p.fault.kind == faultAckLost {
@@ -443,7 +519,7 @@ func (s *fakeStream) applyLocked(p *fakePending) (sink.Ack, error) {
 		s.duplicates++
 		return sink.Ack{Stream: st.name, Seq: seq, Duplicate: true}, true
 	}
-	if s.dedupFirst {
+	if s.replicated {
 		if ack, ok := dup(); ok {
 			return ack, nil
 		}
@@ -453,16 +529,30 @@ func (s *fakeStream) applyLocked(p *fakePending) (sink.Ack, error) {
 		return sink.Ack{}, fmt.Errorf("%w: publish to %q: nats: API error: code=400 err_code=10071 description=wrong last sequence: %d (expected %d)",
 			sink.ErrWrongSequence, m.Subject, st.lastSeq, m.ExpectLastSeq)
 	}
-	if !s.dedupFirst {
+	if !s.replicated {
 		if ack, ok := dup(); ok {
 			return ack, nil
 		}
+		if m.ExpectLastMsgID != "" && m.ExpectLastMsgID != st.lastID {
+			s.rejectedSeq++
+			return sink.Ack{}, fmt.Errorf("%w: publish to %q: nats: API error: code=400 err_code=10070 description=wrong last msg ID: %s",
+				sink.ErrWrongSequence, m.Subject, st.lastID)
+		}
 	}
 	st.lastSeq++
+	h := m.Header
+	if h == nil {
+		h = nats.Header{}
+	}
+	if m.ID != "" {
+		h.Set(nats.MsgIdHdr, m.ID)
+	}
 	st.msgs = append(st.msgs, storedMsg{
-		Seq: st.lastSeq, Subject: m.Subject, ID: m.ID, Data: m.Data, Header: m.Header,
-		CheckLastSeq: m.CheckLastSeq, ExpectLastSeq: m.ExpectLastSeq,
+		Seq: st.lastSeq, Subject: m.Subject, ID: m.ID, Data: m.Data, Header: h,
+		CheckLastSeq: m.CheckLastSeq, ExpectLastSeq: m.ExpectLastSeq, ExpectLastMsgID: m.ExpectLastMsgID,
+		removed: s.removeStored && st == &s.main,
 	})
+	st.lastID = m.ID
 	if m.ID != "" {
 		st.ids[m.ID] = st.lastSeq
 	}
@@ -470,31 +560,113 @@ func (s *fakeStream) applyLocked(p *fakePending) (sink.Ack, error) {
 	return sink.Ack{Stream: st.name, Seq: st.lastSeq}, nil
 }
 
-// fakeTailScan mirrors sink.TailReader's bound on how far back it looks.
-const fakeTailScan = 64
-
-// Tail implements relay.Tailer like sink.TailReader with the Outbox-Origin
-// marker: the last sequence and the headers of the last message carrying
-// the marker.
-func (s *fakeStream) Tail(ctx context.Context) (sink.Tail, error) {
+// readLocked counts a read and fails it when reads are set to fail.
+func (s *fakeStream) readLocked(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
-		return sink.Tail{}, err
+		return err
 	}
+	s.reads++
+	if s.readFailures > 0 {
+		s.readFailures--
+		return fmt.Errorf("read stream %q: %w", s.main.name, context.DeadlineExceeded)
+	}
+	return nil
+}
+
+// Info implements relay.StreamLog.
+func (s *fakeStream) Info(ctx context.Context) (sink.StreamInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.tailCalls++
-	if s.tailFailures > 0 {
-		s.tailFailures--
-		return sink.Tail{}, fmt.Errorf("read stream %q: %w", s.main.name, context.DeadlineExceeded)
+	if err := s.readLocked(ctx); err != nil {
+		return sink.StreamInfo{}, err
 	}
-	tail := sink.Tail{LastSeq: s.main.lastSeq}
-	for i := len(s.main.msgs) - 1; i >= 0 && len(s.main.msgs)-1-i < fakeTailScan; i-- {
-		if s.main.msgs[i].Header.Get(relay.HeaderOrigin) != "" {
-			tail.Header = cloneHeader(s.main.msgs[i].Header)
+	first := uint64(0)
+	for _, m := range s.main.msgs {
+		if !m.removed {
+			first = m.Seq
 			break
 		}
 	}
-	return tail, nil
+	if first == 0 {
+		first = s.main.lastSeq + 1
+	}
+	replicas := 1
+	if s.replicated {
+		replicas = 3
+	}
+	return sink.StreamInfo{
+		FirstSeq: first, LastSeq: s.main.lastSeq, Created: s.created,
+		Replicas: replicas, Retention: s.retention, Subjects: s.captures,
+	}, nil
+}
+
+// Header implements relay.StreamLog.
+func (s *fakeStream) Header(ctx context.Context, seq uint64) (nats.Header, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.readLocked(ctx); err != nil {
+		return nil, false, err
+	}
+	if seq == 0 || seq > uint64(len(s.main.msgs)) || s.main.msgs[seq-1].removed {
+		return nil, false, nil
+	}
+	return cloneHeader(s.main.msgs[seq-1].Header), true, nil
+}
+
+// LastMsgID implements relay.StreamLog.
+func (s *fakeStream) LastMsgID(ctx context.Context, subject string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.readLocked(ctx); err != nil {
+		return "", err
+	}
+	if s.replicated && s.t != nil {
+		s.t.Errorf("last message id probe on a replicated stream: that stops a real stream")
+	}
+	if !sink.Captures(s.captures, subject) {
+		return "", fmt.Errorf("probe subject %q not captured", subject)
+	}
+	s.probes++
+	return s.main.lastID, nil
+}
+
+// fakeMarkStore is a MarkStore in memory.
+type fakeMarkStore struct {
+	mu      sync.Mutex
+	records map[string][]byte
+	saves   int
+}
+
+var _ relay.MarkStore = (*fakeMarkStore)(nil)
+
+func newFakeMarkStore() *fakeMarkStore { return &fakeMarkStore{records: map[string][]byte{}} }
+
+func (f *fakeMarkStore) Load(ctx context.Context, key string) ([]byte, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.records[key]
+	return v, ok, nil
+}
+
+func (f *fakeMarkStore) Save(ctx context.Context, key string, value []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.records[key] = append([]byte(nil), value...)
+	f.saves++
+	return nil
+}
+
+// Clear forgets every record (a lost bucket).
+func (f *fakeMarkStore) Clear() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.records = map[string][]byte{}
 }
 
 // fakePending is one publish in flight.

@@ -208,6 +208,13 @@ func NewMapper(template Template, origin string, streamSubjects []string) *Mappe
 	}
 }
 
+// SetCaptures replaces the stream's subjects, read again since the mapper
+// was built.
+func (mp *Mapper) SetCaptures(streamSubjects []string) {
+	mp.captures = streamSubjects
+	mp.checkEach = len(streamSubjects) > 0 && !sink.Captures(streamSubjects, mp.template.Wildcard())
+}
+
 // Captured reports whether the stream stores messages published to subject.
 func (mp *Mapper) Captured(subject string) bool { return sink.Captures(mp.captures, subject) }
 

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/backoff"
@@ -38,12 +40,6 @@ type Publisher interface {
 	Publish(ctx context.Context, m sink.Message) (sink.Pending, error)
 }
 
-// Tailer reads the end of the stream. It blocks for at most its request
-// timeout.
-type Tailer interface {
-	Tail(ctx context.Context) (sink.Tail, error)
-}
-
 // Poison policies.
 const (
 	OnPoisonStop       = "stop"
@@ -62,6 +58,10 @@ type Config struct {
 	// of a burst, and the last one; 0 or 1 asks for every message. See
 	// Run for why an acknowledged message vouches for those before it.
 	AckEvery int
+	// SharedStream publishes one message at a time from the start on a
+	// replicated stream (see orderSerial); otherwise that happens only once
+	// another writer is seen.
+	SharedStream bool
 	// ShutdownTimeout bounds the wait for in-flight publishes on shutdown.
 	ShutdownTimeout time.Duration
 	// RetryMin and RetryMax bound the jittered backoff after a failed publish.
@@ -72,6 +72,12 @@ type Config struct {
 	DeadLetterSubject string
 	// MaxPayload is the server's max payload, for dead-letter messages.
 	MaxPayload int64
+	// MarkSaveInterval is the least time between two writes of the
+	// high-water mark while events flow.
+	MarkSaveInterval time.Duration
+	// UncertainWait bounds how long the pump waits for events to arrive
+	// when it must look at the next ones to decide which are stored.
+	UncertainWait time.Duration
 }
 
 // Validate reports every problem of c at once, each naming the setting.
@@ -104,43 +110,26 @@ func (c Config) Validate() error {
 // inflight is one publish awaiting its PubAck.
 type inflight struct {
 	ev      cdc.Event
-	pending sink.Pending // nil once it failed, when it was never sent, or when covered
-	err     error        // why it failed
-	// expect is the stream sequence the message must land at.
+	pending sink.Pending // nil when covered or never sent
+	sent    bool
+	err     error // why it could not be sent
+	// expect is the stream sequence the message must land at (0: no
+	// expectation, orderSerial).
 	expect uint64
 	// covered is set for a message sent without asking for a PubAck: the
 	// next message in the window that asked for one vouches for it.
 	covered bool
-}
-
-// storedAsExpected reports whether ack shows the message stored at the
-// sequence it expected, which vouches for every message before it.
-func (f *inflight) storedAsExpected(ack sink.Ack) bool {
-	return !ack.Duplicate && ack.Seq == f.expect
-}
-
-// unexpected is the failure of a message stored elsewhere than expected.
-func (f *inflight) unexpected(ack sink.Ack) error {
-	return fmt.Errorf("event %s stored at %d (duplicate %t), expected %d: %w", f.ev.ID, ack.Seq, ack.Duplicate, f.expect, sink.ErrWrongSequence)
-}
-
-// errUnconfirmed marks messages sent without a PubAck of their own that no
-// acknowledged message vouches for (the pump stopped publishing before the
-// next one that asked for an acknowledgement). Whether the stream holds them
-// is read back from the stream, at once: nothing failed.
-var errUnconfirmed = fmt.Errorf("sent without an acknowledgement and none vouches for it: %w", sink.ErrWrongSequence)
-
-// failure is an event whose publish failed, and why.
-type failure struct {
-	ev  cdc.Event
-	err error
+	// settled holds the PubAck or failure once waited for.
+	waited bool
+	ack    sink.Ack
+	werr   error
 }
 
 // Pump moves events from a Source to a Publisher.
 type Pump struct {
 	src    Source
 	pub    Publisher
-	tail   Tailer
+	marks  *Watermark
 	mapper *Mapper
 	cfg    Config
 	log    *zap.Logger
@@ -152,29 +141,50 @@ type Pump struct {
 	// sinceAck counts the messages sent without a PubAck since the last
 	// one that asked for it.
 	sinceAck int
-	// careful, set after every read of the stream's end, asks for a PubAck
-	// for every message until what was replayed is confirmed, so a failure
+	// careful, set after every read of the stream, asks for a PubAck for
+	// every message until what was replayed is confirmed, so a failure
 	// among the replayed messages is reported for the very message.
 	careful bool
 
-	// lastSeq is the stream sequence the next publish expects to follow.
+	// order is how messages are kept in order (see ordering); window and
+	// ackEvery are the effective settings for it.
+	order      ordering
+	windowSize int
+	ackEvery   int
+	// lastSeq is the stream sequence the next publish expects to follow,
+	// lastID the message id of the relay's message there ("" right after
+	// reading the stream: the next message starts a new chain).
 	lastSeq uint64
-	// stored is the position of the last event the stream is known to
-	// hold; events at or before it are not published again.
-	stored    cdc.Position
-	hasStored bool
+	lastID  string
+	// mark is what the stream is known to hold of the relay's events.
+	mark  Mark
+	saver *markSaver
+	// uncertain counts events after mark the stream may hold although it
+	// removed their messages; lastMsgID is its last stored message's id.
+	uncertain int
+	lastMsgID string
+	info      sink.StreamInfo
 	retry     backoff.Backoff
 
 	// progress (Unix nanoseconds) is when an event was last acknowledged.
 	progress atomic.Int64
 }
 
-// New builds a Pump.
-func New(src Source, pub Publisher, tail Tailer, mapper *Mapper, cfg Config, log *zap.Logger, m *metrics.Metrics) *Pump {
+// New builds a Pump. marks reads and keeps the relay's high-water mark in
+// the stream.
+func New(src Source, pub Publisher, marks *Watermark, mapper *Mapper, cfg Config, log *zap.Logger, m *metrics.Metrics) *Pump {
+	if cfg.MarkSaveInterval <= 0 {
+		cfg.MarkSaveInterval = 250 * time.Millisecond
+	}
+	if cfg.UncertainWait <= 0 {
+		cfg.UncertainWait = 5 * time.Second
+	}
 	return &Pump{
-		src: src, pub: pub, tail: tail, mapper: mapper, cfg: cfg, log: log, m: m,
-		retry:  backoff.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax},
-		window: newWindow(cfg.Window),
+		src: src, pub: pub, marks: marks, mapper: mapper, cfg: cfg, log: log, m: m,
+		retry:      backoff.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax},
+		window:     newWindow(cfg.Window),
+		windowSize: cfg.Window,
+		ackEvery:   cfg.AckEvery,
 	}
 }
 
@@ -183,33 +193,48 @@ func New(src Source, pub Publisher, tail Tailer, mapper *Mapper, cfg Config, log
 // stored. It returns nil on shutdown and an error wrapping ErrPoison when a
 // poison event stops it.
 //
-// Order: every message carries the stream sequence it must follow
-// (Nats-Expected-Last-Sequence), so JetStream refuses any message whose
-// predecessor failed; after a failure the pump reads back what the stream
-// holds and resumes right after it. The stream thus always holds a prefix of
-// the commit order, with each event once, even when a replay comes after the
-// duplicate window.
+// Order and identity. The relay's events on the stream always form a prefix
+// of commit order, each once, whoever else writes to the stream. On a stream
+// with one replica every message expects both its predecessor's stream
+// sequence and its message id (orderChain), so JetStream stores it only right
+// after the relay's previous message: a message of another writer in between
+// makes every later message of the burst be refused, and an acknowledged
+// message proves that every message before it is stored, in order, and is
+// the relay's own. So in a burst only every AckEvery-th message (and the last
+// of the burst, and the last that fits the window) asks for a PubAck; the
+// others are sent without a reply subject. On a replicated stream JetStream
+// can check only the sequence before storing (see orderSequence and
+// orderSerial).
 //
-// The same check lets a PubAck vouch for the messages before it: a message
-// stored at the sequence it expected proves that every message published
-// before it was stored, in order, at the sequence it expected, since each
-// expects its predecessor's. So in a burst only every AckEvery-th message
-// (and the last of the burst, and the last that fits the window) asks for a
-// PubAck; the others are sent without a reply subject, which saves the
-// server a reply and the relay its handling for most messages. When a
-// vouching message fails, the messages it covers are replayed with a PubAck
-// each, after the stream's end has been read back.
+// After any failure the pump reads back what the stream holds (the
+// Watermark) and resumes right after the relay's last stored event; events at
+// or before it are skipped, so a replay after the duplicate window is not
+// stored again either.
 func (p *Pump) Run(ctx context.Context) error {
-	if err := p.resync(ctx); err != nil {
+	p.saver = newMarkSaver(p.marks, p.cfg.MarkSaveInterval, p.log, p.m)
+	saverDone := make(chan struct{})
+	saverCtx, stopSaver := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		defer close(saverDone)
+		p.saver.run(saverCtx)
+	}()
+	defer func() {
+		stopSaver()
+		<-saverDone
+	}()
+	if err := p.resync(ctx, false); err != nil {
 		return p.stop(ctx, err)
 	}
-	// With sparse acknowledgements the window is refilled only once a
-	// whole group fits: refilled one slot at a time, every message would
-	// be the last that fits, and ask for a PubAck.
-	refill := min(max(p.cfg.AckEvery, 1), p.cfg.Window)
 	for {
-		if free := p.cfg.Window - p.window.Len(); free == p.cfg.Window || free >= refill {
-			for p.window.Len() < p.cfg.Window {
+		if err := p.resolveUncertain(ctx); err != nil {
+			return p.stop(ctx, err)
+		}
+		// With sparse acknowledgements the window is refilled only once
+		// a whole group fits: refilled one slot at a time, every message
+		// would be the last that fits, and ask for a PubAck.
+		refill := min(max(p.ackEvery, 1), p.windowSize)
+		if free := p.windowSize - p.window.Len(); free == p.windowSize || free >= refill {
+			for p.window.Len() < p.windowSize && p.uncertain == 0 {
 				ev, ok := p.next(ctx, p.window.Len() == 0)
 				if !ok {
 					break
@@ -223,8 +248,8 @@ func (p *Pump) Run(ctx context.Context) error {
 			return p.stop(ctx, nil)
 		}
 		if p.window.Len() == 0 {
-			if p.closed && len(p.replay) == 0 {
-				return nil
+			if p.closed && len(p.replay) == 0 && p.uncertain == 0 {
+				return p.stop(ctx, nil)
 			}
 			continue
 		}
@@ -238,14 +263,14 @@ func (p *Pump) Run(ctx context.Context) error {
 
 // settleHead waits for what settles the head of the window: its own PubAck,
 // or, for messages sent without one, the PubAck of the first later message
-// that asked (see Run). Stored where expected, the whole group is
-// acknowledged; anything else is recovered from.
+// that asked. Stored where expected, the whole group is acknowledged; anything
+// else settles the whole window and recovers.
 func (p *Pump) settleHead(ctx context.Context) error {
 	k := 0
 	for k < p.window.Len() && p.window.At(k).covered {
 		k++
 	}
-	if k == p.window.Len() || p.window.At(k).pending == nil {
+	if k == p.window.Len() || !p.window.At(k).sent {
 		return p.recover(ctx)
 	}
 	vouch := p.window.At(k)
@@ -253,41 +278,44 @@ func (p *Pump) settleHead(ctx context.Context) error {
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if err == nil && vouch.storedAsExpected(ack) {
-		for i := 0; i <= k; i++ {
-			p.acked(p.window.At(i).ev)
+	vouch.waited, vouch.ack, vouch.werr = true, ack, err
+	if err == nil && !ack.Duplicate && (vouch.expect == 0 || ack.Seq == vouch.expect) {
+		// Proven: the voucher and, by the chain, every message before it.
+		for i := 0; i < k; i++ {
+			f := p.window.At(i)
+			p.stored(f.ev, f.expect)
 		}
-		p.stored, p.hasStored = vouch.ev.Position, true
+		p.stored(vouch.ev, ack.Seq)
 		p.window.Drop(k + 1)
 		if len(p.replay) == 0 {
 			p.careful = false
 		}
 		return nil
 	}
-	if err == nil && k == 0 {
-		// Stored, but not where expected: a duplicate or another
-		// writer. Later expectations are off; read the stream again.
-		err = vouch.unexpected(ack)
-		p.acked(vouch.ev)
-		p.window.Drop(1)
-		return p.retryAfter(ctx, p.settle(ctx), err)
-	}
-	if err == nil {
-		// The messages it covers may be anywhere: replay them all.
-		err = vouch.unexpected(ack)
-	}
-	vouch.pending, vouch.err = nil, err
 	return p.recover(ctx)
+}
+
+// stored records that ev is on the stream, at seq: acknowledged to the
+// source, and the mark moved to it.
+func (p *Pump) stored(ev cdc.Event, seq uint64) {
+	p.acked(ev)
+	if p.mark.IsHole(ev.Position) {
+		p.mark.Holes = removePosition(p.mark.Holes, ev.Position)
+	}
+	if p.mark.Position.Less(ev.Position) {
+		p.mark.Position, p.mark.Seq, p.mark.MsgID = ev.Position, seq, ev.ID
+	}
+	p.saver.set(p.mark)
 }
 
 // needsAck reports whether the message about to be published should ask
 // for a PubAck: always while careful (which replayed events always are),
-// else every AckEvery-th message, the last that fits the window, and the last
+// else every ackEvery-th message, the last that fits the window, and the last
 // of a burst (nothing more is ready to publish), so that no message waits for
 // a later one that may not come.
 func (p *Pump) needsAck() bool {
-	return p.careful || p.sinceAck+1 >= p.cfg.AckEvery || p.window.Len()+1 >= p.cfg.Window ||
-		len(p.src.Events()) == 0
+	return p.careful || p.sinceAck+1 >= p.ackEvery || p.window.Len()+1 >= p.windowSize ||
+		(len(p.replay) == 0 && len(p.src.Events()) == 0)
 }
 
 // next returns the next event to publish, waiting for one only if block.
@@ -318,15 +346,23 @@ func (p *Pump) next(ctx context.Context, block bool) (cdc.Event, bool) {
 	}
 }
 
+// skip acknowledges ev without publishing it when the stream holds it.
+func (p *Pump) skip(ev cdc.Event) bool {
+	if !p.mark.Stored(ev.Position) {
+		return false
+	}
+	p.m.PumpSkipped.Inc()
+	if ce := p.log.Check(zap.DebugLevel, "event already on the stream, skipped"); ce != nil {
+		ce.Write(zap.String("event_id", ev.ID), zap.Stringer("lsn", ev.Position.CommitLSN))
+	}
+	p.src.Ack(ev)
+	return true
+}
+
 // publish sends ev, or skips it when the stream already holds it. A poison
 // event is handled by policy right away; an error returned ends the pump.
 func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
-	if p.hasStored && !p.stored.Less(ev.Position) {
-		p.m.PumpSkipped.Inc()
-		if ce := p.log.Check(zap.DebugLevel, "event already on the stream, skipped"); ce != nil {
-			ce.Write(zap.String("event_id", ev.ID), zap.Stringer("lsn", ev.Position.CommitLSN))
-		}
-		p.src.Ack(ev)
+	if p.skip(ev) {
 		return nil
 	}
 	msg, err := p.mapper.Message(&ev)
@@ -337,8 +373,14 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		}
 		return err
 	}
-	expect := p.lastSeq + 1
-	msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
+	var expect uint64
+	if p.order != orderSerial {
+		expect = p.lastSeq + 1
+		msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
+		if p.order == orderChain {
+			msg.ExpectLastMsgID = p.lastID
+		}
+	}
 	covered := !p.needsAck()
 	msg.NoReply = covered
 	pending, err := p.pub.Publish(ctx, msg)
@@ -351,8 +393,8 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		p.window.Push(inflight{ev: ev, err: err})
 		return p.recover(ctx)
 	}
-	p.lastSeq = expect
-	p.window.Push(inflight{ev: ev, pending: pending, expect: expect, covered: covered})
+	p.lastSeq, p.lastID = expect, ev.ID
+	p.window.Push(inflight{ev: ev, pending: pending, sent: true, expect: expect, covered: covered})
 	if covered {
 		p.sinceAck++
 	} else {
@@ -386,85 +428,222 @@ func (p *Pump) LastProgress() time.Time {
 	return time.Unix(0, n)
 }
 
-// settle waits for every publish still in the window, acknowledges the ones
-// stored and returns the others, in order, with why they failed. A message
-// sent without a PubAck counts as stored only when the message vouching for
-// it was stored where expected; else it fails with errUnconfirmed, and is
-// published again (with a PubAck) unless the stream turns out to hold it. When ctx ends first, the unresolved
-// publishes stay in the window for stop to wait on.
-func (p *Pump) settle(ctx context.Context) []failure {
-	var failed []failure
-	start := 0 // the first message the next voucher vouches for
+// settle waits for every publish in the window that asked for a PubAck. It
+// returns false when ctx ended first; the unresolved publishes stay in the
+// window for stop to wait on.
+func (p *Pump) settle(ctx context.Context) bool {
 	for i := range p.window.Len() {
 		f := p.window.At(i)
-		if f.covered {
+		if f.covered || !f.sent || f.waited {
 			continue
 		}
-		err := f.err
-		stored := false
-		if f.pending != nil {
-			ack, werr := f.pending.Wait(ctx)
-			if werr != nil && ctx.Err() != nil {
-				p.window.Drop(start)
-				return failed
-			}
-			err = werr
-			// Alone, a stored message counts whatever its sequence (a
-			// duplicate is stored); vouching needs the expected one.
-			stored = werr == nil && (i == start || f.storedAsExpected(ack))
-			if werr == nil && !stored {
-				err = f.unexpected(ack)
-			}
+		ack, err := f.pending.Wait(ctx)
+		if err != nil && ctx.Err() != nil {
+			return false
 		}
-		for j := start; j <= i; j++ {
-			switch {
-			case stored:
-				p.acked(p.window.At(j).ev)
-			case j < i:
-				// Maybe stored before its voucher failed: the stream
-				// says, once read back.
-				failed = append(failed, failure{ev: p.window.At(j).ev, err: errUnconfirmed})
-			default:
-				failed = append(failed, failure{ev: f.ev, err: err})
-			}
-		}
-		start = i + 1
+		f.waited, f.ack, f.werr = true, ack, err
 	}
-	for j := start; j < p.window.Len(); j++ {
-		failed = append(failed, failure{ev: p.window.At(j).ev, err: errUnconfirmed})
+	return true
+}
+
+// failure is an event the stream does not (provably) hold, and why.
+type failure struct {
+	ev  cdc.Event
+	err error
+}
+
+// errUnconfirmed marks a message sent without a PubAck of its own that no
+// acknowledged message vouches for, or whose PubAck was lost. Whether the
+// stream holds it is read back from the stream, at once: nothing failed.
+var errUnconfirmed = fmt.Errorf("no acknowledgement proves it stored: %w", sink.ErrWrongSequence)
+
+// collect settles the window, applies resolve's verdict (acknowledging what
+// is stored) and empties the window, returning what is not known to be
+// stored, in order. On a replicated stream where another writer's message
+// took a refused one's place, it records the holes and turns to publishing
+// one message at a time.
+func (p *Pump) collect(ctx context.Context) ([]failure, error) {
+	if !p.settle(ctx) {
+		return nil, ctx.Err()
+	}
+	results := make([]result, p.window.Len())
+	for i := range results {
+		f := p.window.At(i)
+		results[i] = result{covered: f.covered, sent: f.sent, replied: f.waited, ack: f.ack, expect: f.expect, err: f.werr}
+		if !f.sent {
+			results[i].err = f.err
+		}
+	}
+	if p.order == orderSequence {
+		p.verifyUnknown(ctx, results)
+	}
+	verdict := resolve(results, p.order)
+	if verdict.violation != nil {
+		p.window.Clear()
+		return nil, verdict.violation
+	}
+	var failed []failure
+	lastStored := -1
+	for i, fate := range verdict.fates {
+		if fate == fateStored {
+			lastStored = i
+		}
+	}
+	for i, fate := range verdict.fates {
+		f := p.window.At(i)
+		switch fate {
+		case fateStored:
+			seq := f.expect
+			if f.waited && (f.ack.Duplicate || seq == 0) {
+				seq = f.ack.Seq
+			}
+			if f.waited && f.ack.Duplicate {
+				if err := p.checkDuplicate(ctx, f.ev, f.ack); err != nil {
+					p.window.Clear()
+					return nil, err
+				}
+			}
+			p.stored(f.ev, seq)
+		default:
+			err := f.werr
+			if !f.sent {
+				err = f.err
+			}
+			if fate == fateUnknown && (err == nil || f.covered) {
+				err = errUnconfirmed
+			}
+			failed = append(failed, failure{ev: f.ev, err: err})
+		}
+	}
+	if verdict.broken {
+		if err := p.recordHoles(ctx, failed, lastStored); err != nil {
+			p.window.Clear()
+			return nil, err
+		}
 	}
 	p.window.Clear()
-	return failed
+	return failed, nil
+}
+
+// verifyUnknown reads back, on a replicated stream, the place each message
+// whose PubAck was lost had to land at: there, the relay's message for the
+// event proves it stored, anything else proves it not stored. Sequence
+// arithmetic alone cannot tell, so without this a lost PubAck before a stored
+// message would look like a broken order.
+func (p *Pump) verifyUnknown(ctx context.Context, results []result) {
+	for i := range results {
+		res := &results[i]
+		if !res.sent || res.expect == 0 || (res.replied && (res.err == nil || errors.Is(res.err, sink.ErrWrongSequence) || errors.Is(res.err, sink.ErrPermanent))) {
+			continue
+		}
+		h, found, err := p.marks.log.Header(ctx, res.expect)
+		if err != nil || !found {
+			continue
+		}
+		if pos, ok := PositionFromHeader(h, p.marks.Origin()); ok && pos == p.window.At(i).ev.Position {
+			res.replied, res.ack, res.err = true, sink.Ack{Seq: res.expect}, nil
+			continue
+		}
+		res.replied, res.err = true, fmt.Errorf("another message is at sequence %d: %w", res.expect, sink.ErrWrongSequence)
+	}
+}
+
+// checkDuplicate makes sure a message JetStream reports as a duplicate was
+// stored by this relay, for this event: another writer's message with the
+// same Nats-Msg-Id would otherwise swallow the event.
+func (p *Pump) checkDuplicate(ctx context.Context, ev cdc.Event, ack sink.Ack) error {
+	h, found, err := p.marks.log.Header(ctx, ack.Seq)
+	if err != nil || !found {
+		// Removed since (retention), or unreadable now: JetStream's word
+		// that a message with this id is stored stands.
+		return nil
+	}
+	pos, ok := PositionFromHeader(h, p.marks.Origin())
+	if ok && pos == ev.Position {
+		return nil
+	}
+	return fmt.Errorf("event %s at %s: JetStream dropped it as a duplicate of the message at sequence %d, which is another event (origin %q, position %s): two events share the id; ids must be unique across everything that writes to the stream: %w",
+		ev.ID, ev.Position, ack.Seq, h.Get(HeaderOrigin), h.Get(HeaderCommitLSN)+"#"+h.Get(HeaderCommitIndex), errOrderViolation)
+}
+
+// recordHoles handles a broken order on a replicated stream: failed events
+// before the last stored one are holes (a message of another writer took the
+// place of one, and the burst after it was stored). Their order on the stream
+// is lost; they are published again, ahead of everything else, and recorded
+// first so that a crash cannot make them look stored.
+func (p *Pump) recordHoles(ctx context.Context, failed []failure, lastStored int) error {
+	holes := 0
+	for _, f := range failed {
+		if f.ev.Position.Less(p.mark.Position) {
+			p.mark.Holes = append(p.mark.Holes, f.ev.Position)
+			holes++
+		}
+	}
+	p.mark.Shared = true
+	p.m.PumpReordered.Add(float64(holes))
+	p.m.PumpStreamShared.Set(1)
+	p.log.Error("another writer's message took the place of a refused event on the replicated stream; the events after it were stored first, so the refused events are published out of commit order; from now on the relay publishes one message at a time on this stream",
+		zap.String("stream", p.marks.stream), zap.Int("events", holes), zap.Int("stored_after", lastStored+1))
+	p.setOrder(orderSerial)
+	return p.flushMark(ctx)
+}
+
+// flushMark writes the mark now, retrying until it is durable or ctx ends.
+func (p *Pump) flushMark(ctx context.Context) error {
+	for {
+		err := p.saver.flush(ctx, p.mark)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		delay := p.retry.Next()
+		p.log.Warn("write high-water mark failed, retrying", zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+		if !backoff.Sleep(ctx, delay) {
+			return ctx.Err()
+		}
+	}
 }
 
 // recover handles a failed publish in the window: it settles the window and
 // deals with what failed.
 func (p *Pump) recover(ctx context.Context) error {
-	return p.retryAfter(ctx, p.settle(ctx), nil)
+	failed, err := p.collect(ctx)
+	if err != nil {
+		return err
+	}
+	return p.retryAfter(ctx, failed)
 }
 
 // retryAfter queues failed events for publishing again in order, ahead of
 // everything else. The first failure decides what happens: a permanent one
 // makes its event poison; any other is retried after a backoff (none for an
-// ordering conflict, which has nothing to wait for), once the stream's end
-// has been read back. cause, when set, is a failure of an event already
-// handled (stored where not expected).
-func (p *Pump) retryAfter(ctx context.Context, failed []failure, cause error) error {
+// ordering conflict, which has nothing to wait for), once the stream has
+// been read back.
+func (p *Pump) retryAfter(ctx context.Context, failed []failure) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if len(failed) > 0 {
-		cause = failed[0].err
-		if errors.Is(cause, sink.ErrPermanent) {
-			p.replay = append(events(failed[1:]), p.replay...)
-			if err := p.resync(ctx); err != nil {
-				return err
-			}
-			return p.poison(ctx, failed[0].ev, &PoisonError{Reason: "too_large", Detail: cause.Error()})
-		}
-		p.replay = append(events(failed), p.replay...)
+	if len(failed) == 0 {
+		return p.resync(ctx, true)
 	}
-	if cause != nil && !errors.Is(cause, sink.ErrWrongSequence) {
+	cause := failed[0].err
+	if errors.Is(cause, sink.ErrPermanent) {
+		p.replay = append(events(failed[1:]), p.replay...)
+		if err := p.resync(ctx, true); err != nil {
+			return err
+		}
+		return p.poison(ctx, failed[0].ev, &PoisonError{Reason: "too_large", Detail: cause.Error()})
+	}
+	p.replay = append(events(failed), p.replay...)
+	if isNoStream(cause) {
+		handled, err := p.checkCapture(ctx, failed[0].ev)
+		if handled || err != nil {
+			return err
+		}
+	}
+	if !errors.Is(cause, sink.ErrWrongSequence) {
 		delay := p.retry.Next()
 		p.m.PumpRetries.Inc()
 		p.log.Warn("publish failed, retrying", zap.Int("attempt", p.retry.Attempt()),
@@ -473,7 +652,45 @@ func (p *Pump) retryAfter(ctx context.Context, failed []failure, cause error) er
 			return ctx.Err()
 		}
 	}
-	return p.resync(ctx)
+	return p.resync(ctx, true)
+}
+
+func isNoStream(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// checkCapture finds out why no stream answered a publish of ev. When the
+// stream exists but no longer captures ev's subject, the event is poison
+// (no_stream) and handled by policy; when the stream is gone, publishing is
+// blocked until it is back (counted in outbox_relay_pump_blocked), as no
+// retry can help. handled reports that the caller must not retry as usual.
+func (p *Pump) checkCapture(ctx context.Context, ev cdc.Event) (handled bool, err error) {
+	info, err := p.marks.log.Info(ctx)
+	if errors.Is(err, sink.ErrStreamMissing) {
+		p.m.PumpBlocked.WithLabelValues("stream_missing").Set(1)
+		delay := p.retry.Next()
+		p.m.PumpRetries.Inc()
+		p.log.Error("the stream does not exist; publishing waits until it is created again", zap.String("stream", p.marks.stream),
+			zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay))
+		if !backoff.Sleep(ctx, delay) {
+			return true, ctx.Err()
+		}
+		return true, p.resync(ctx, true)
+	}
+	if err != nil {
+		return false, nil // the usual retry reads the stream again
+	}
+	p.mapper.SetCaptures(info.Subjects)
+	subject, serr := p.mapper.template.Subject(&ev)
+	if serr != nil || sink.Captures(info.Subjects, subject) {
+		return false, nil
+	}
+	// The replay queue starts with ev: take it off, it is poison.
+	p.replay = p.replay[1:]
+	if err := p.resync(ctx, true); err != nil {
+		return true, err
+	}
+	return true, p.poison(ctx, ev, &PoisonError{Reason: "no_stream", Detail: fmt.Sprintf("no subject of stream %q captures %q (subjects %v)", p.marks.stream, subject, info.Subjects)})
 }
 
 func events(failed []failure) []cdc.Event {
@@ -484,26 +701,161 @@ func events(failed []failure) []cdc.Event {
 	return evs
 }
 
-// resync reads the stream's last sequence and last stored position, retrying
-// until it succeeds or ctx is done.
-func (p *Pump) resync(ctx context.Context) error {
+func removePosition(list []cdc.Position, pos cdc.Position) []cdc.Position {
+	out := list[:0]
+	for _, p := range list {
+		if p != pos {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// resync reads back what the stream holds of the relay's events, retrying
+// until it succeeds or ctx is done, and sets the pump up to continue right
+// after it. untilForeign: the pump knows its mark, so its chain of messages
+// cannot continue past another writer's message.
+func (p *Pump) resync(ctx context.Context, untilForeign bool) error {
 	p.m.PumpResyncs.Inc()
 	for {
-		tail, err := p.tail.Tail(ctx)
+		r, err := p.marks.Read(ctx, p.mark, untilForeign)
 		if err == nil {
-			p.careful, p.sinceAck = true, 0
-			p.lastSeq = tail.LastSeq
-			if pos, ok := PositionFromHeader(tail.Header, p.mapper.Origin()); ok {
-				p.stored, p.hasStored = pos, true
-			}
+			p.afterRead(r)
 			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		delay := p.retry.Next()
 		p.m.PumpRetries.Inc()
-		p.log.Warn("read stream tail failed, retrying", zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+		if errors.Is(err, sink.ErrStreamMissing) {
+			p.m.PumpBlocked.WithLabelValues("stream_missing").Set(1)
+			p.log.Error("the stream does not exist; publishing waits until it is created again", zap.String("stream", p.marks.stream),
+				zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay))
+		} else {
+			p.log.Warn("read stream failed, retrying", zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+		}
 		if !backoff.Sleep(ctx, delay) {
 			return ctx.Err()
 		}
+	}
+}
+
+// afterRead adopts what Read found.
+func (p *Pump) afterRead(r Reading) {
+	p.m.PumpBlocked.WithLabelValues("stream_missing").Set(0)
+	p.info = r.Info
+	p.mark = r.Mark
+	p.careful, p.sinceAck = true, 0
+	p.lastSeq, p.lastID = r.Info.LastSeq, ""
+	p.uncertain, p.lastMsgID = r.Uncertain, r.LastMsgID
+	if r.Foreign {
+		p.m.PumpStreamShared.Set(1)
+		if r.Info.Replicas > 1 && !p.mark.Shared {
+			p.mark.Shared = true
+			p.log.Warn("the replicated stream holds messages of other writers after the relay's own; publishing one message at a time so none can take an event's place",
+				zap.String("stream", p.marks.stream))
+		}
+	}
+	switch {
+	case r.Info.Replicas <= 1:
+		p.setOrder(orderChain)
+	case p.mark.Shared || p.cfg.SharedStream:
+		p.setOrder(orderSerial)
+	default:
+		p.setOrder(orderSequence)
+	}
+	p.saver.set(p.mark)
+}
+
+// setOrder switches to order, with the window and acknowledgement cadence
+// it allows.
+func (p *Pump) setOrder(order ordering) {
+	if order != p.order {
+		p.log.Info("publishing order", zap.String("stream", p.marks.stream), zap.Stringer("order", order))
+	}
+	p.order = order
+	p.windowSize, p.ackEvery = p.cfg.Window, p.cfg.AckEvery
+	switch {
+	case order == orderSerial:
+		p.windowSize, p.ackEvery = 1, 1
+	case order == orderSequence, p.info.Retention != "limits" && p.info.Retention != "":
+		// Every message asks for a PubAck: on a replicated stream that
+		// shows at once when another writer broke a burst; on a stream
+		// whose consumers remove messages it spares reading back messages
+		// that may be gone.
+		p.ackEvery = 1
+	}
+}
+
+// resolveUncertain decides, for events after the mark whose messages the
+// stream may have removed, which are stored. When the stream's last stored
+// message id is one of them, it and those before it are stored and none
+// after. Otherwise they are published again: JetStream drops those it still
+// remembers within its duplicate window; the others may be stored twice, and
+// are counted.
+func (p *Pump) resolveUncertain(ctx context.Context) error {
+	if p.uncertain == 0 {
+		return nil
+	}
+	want := p.uncertain
+	p.uncertain = 0
+	var next []cdc.Event
+	deadline := time.Now().Add(p.cfg.UncertainWait)
+	for len(next) < want {
+		ev, ok := p.nextWithin(ctx, deadline)
+		if !ok {
+			break
+		}
+		if p.skip(ev) {
+			continue
+		}
+		next = append(next, ev)
+	}
+	if ctx.Err() != nil {
+		p.replay = append(next, p.replay...)
+		return ctx.Err()
+	}
+	match := -1
+	if p.lastMsgID != "" {
+		for i, ev := range next {
+			if ev.ID == p.lastMsgID {
+				match = i
+				break
+			}
+		}
+	}
+	if match >= 0 {
+		for _, ev := range next[:match+1] {
+			p.stored(ev, p.info.LastSeq)
+		}
+		p.mark.Seq = p.info.LastSeq
+		p.lastSeq, p.lastID = p.info.LastSeq, p.lastMsgID
+		next = next[match+1:]
+	} else if len(next) > 0 {
+		p.m.PumpUnverifiedReplays.Add(float64(len(next)))
+		p.log.Warn("the stream removed messages where the relay's next events may be (retention) before it could read them back; publishing them again: JetStream drops those it still remembers, others may be stored twice",
+			zap.String("stream", p.marks.stream), zap.Int("events", len(next)), zap.String("event_id", next[0].ID))
+	}
+	p.replay = append(next, p.replay...)
+	return nil
+}
+
+// nextWithin returns the next event, waiting until deadline at most.
+func (p *Pump) nextWithin(ctx context.Context, deadline time.Time) (cdc.Event, bool) {
+	if len(p.replay) > 0 || p.closed {
+		return p.next(ctx, false)
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case ev, ok := <-p.src.Events():
+		p.closed = !ok
+		return ev, ok
+	case <-t.C:
+		return cdc.Event{}, false
+	case <-ctx.Done():
+		return cdc.Event{}, false
 	}
 }
 
@@ -511,15 +863,15 @@ func (p *Pump) resync(ctx context.Context) error {
 // first, so a stop leaves every earlier event acknowledged.
 func (p *Pump) poison(ctx context.Context, ev cdc.Event, reason *PoisonError) error {
 	if p.window.Len() > 0 {
-		failed := p.settle(ctx)
-		if ctx.Err() != nil {
-			return ctx.Err()
+		failed, err := p.collect(ctx)
+		if err != nil {
+			return err
 		}
 		if len(failed) > 0 {
 			// An earlier event failed: deal with it first; ev comes
 			// back in its turn.
 			p.replay = append([]cdc.Event{ev}, p.replay...)
-			return p.retryAfter(ctx, failed, nil)
+			return p.retryAfter(ctx, failed)
 		}
 	}
 	p.m.PumpPoisonEvents.WithLabelValues(reason.Reason).Inc()
@@ -534,11 +886,18 @@ func (p *Pump) poison(ctx context.Context, ev cdc.Event, reason *PoisonError) er
 func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError) error {
 	msg := p.mapper.DeadLetter(&ev, p.cfg.DeadLetterSubject, reason, p.cfg.MaxPayload)
 	// A dead-letter subject in the relay's own stream takes its place in
-	// the sequence; one in another stream has sequences of its own.
+	// the chain; one in another stream has sequences of its own.
 	sameStream := p.mapper.Captured(p.cfg.DeadLetterSubject)
 	for {
-		expect := p.lastSeq + 1
-		msg.CheckLastSeq, msg.ExpectLastSeq = sameStream, p.lastSeq
+		var expect uint64
+		msg.CheckLastSeq, msg.ExpectLastMsgID = false, ""
+		if sameStream && p.order != orderSerial {
+			expect = p.lastSeq + 1
+			msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
+			if p.order == orderChain {
+				msg.ExpectLastMsgID = p.lastID
+			}
+		}
 		pending, err := p.pub.Publish(ctx, msg)
 		var ack sink.Ack
 		if err == nil {
@@ -547,15 +906,16 @@ func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError
 		if err == nil {
 			p.m.PumpDeadLettered.Inc()
 			p.log.Warn("poison event dead-lettered", zap.String("event_id", ev.ID), zap.String("subject", p.cfg.DeadLetterSubject), zap.Error(reason))
-			p.acked(ev)
 			if !sameStream {
+				p.acked(ev)
 				return nil
 			}
-			if ack.Seq != expect || ack.Duplicate {
-				return p.resync(ctx)
+			if ack.Duplicate || (expect != 0 && ack.Seq != expect) {
+				p.acked(ev)
+				return p.resync(ctx, true)
 			}
-			p.lastSeq = expect
-			p.stored, p.hasStored = ev.Position, true
+			p.stored(ev, ack.Seq)
+			p.lastSeq, p.lastID = ack.Seq, ev.ID
 			return nil
 		}
 		if errors.Is(err, sink.ErrPermanent) {
@@ -572,10 +932,13 @@ func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError
 				return ctx.Err()
 			}
 		}
-		if err := p.resync(ctx); err != nil {
+		if !sameStream {
+			continue
+		}
+		if err := p.resync(ctx, true); err != nil {
 			return err
 		}
-		if p.hasStored && !p.stored.Less(ev.Position) {
+		if p.mark.Stored(ev.Position) {
 			// Stored although its acknowledgement was lost.
 			p.m.PumpDeadLettered.Inc()
 			p.log.Warn("poison event dead-lettered", zap.String("event_id", ev.ID), zap.String("subject", p.cfg.DeadLetterSubject), zap.Error(reason))
@@ -586,18 +949,27 @@ func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError
 }
 
 // stop lets the publishes in flight finish within ShutdownTimeout,
-// acknowledges the stored ones and returns err; an error caused by ctx
-// ending is a shutdown, not a failure, and becomes nil.
+// acknowledges the stored ones, writes the mark, and returns err; an error
+// caused by ctx ending is a shutdown, not a failure, and becomes nil.
 func (p *Pump) stop(ctx context.Context, err error) error {
 	if ctx.Err() != nil && err != nil && errors.Is(err, ctx.Err()) {
 		err = nil
 	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
+	defer cancel()
 	if p.window.Len() > 0 {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
-		defer cancel()
 		// What is stored is acknowledged; the rest the next run replays.
-		_ = p.settle(sctx)
+		if _, cerr := p.collect(sctx); cerr != nil && err == nil && sctx.Err() == nil {
+			err = cerr
+		}
 		p.window.Clear()
+	}
+	if p.saver != nil && !p.mark.Position.IsZero() {
+		// Spares the next run reading the stream back; correctness never
+		// depends on it.
+		if serr := p.saver.flush(sctx, p.mark); serr != nil {
+			p.log.Warn("write high-water mark failed", zap.Error(serr))
+		}
 	}
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
@@ -35,16 +36,28 @@ func (p *benchPublisher) Publish(_ context.Context, m sink.Message) (sink.Pendin
 	return storedAck{ack: sink.Ack{Stream: "OUTBOX", Seq: p.seq}}, nil
 }
 
-type benchTailer struct{}
+// benchLog is an empty one-replica stream; benchMarks keeps nothing.
+type benchLog struct{}
 
-func (benchTailer) Tail(context.Context) (sink.Tail, error) { return sink.Tail{}, nil }
+func (benchLog) Info(context.Context) (sink.StreamInfo, error) {
+	return sink.StreamInfo{Replicas: 1, Retention: "limits", Subjects: []string{"outbox.>"}}, nil
+}
+
+func (benchLog) Header(context.Context, uint64) (nats.Header, bool, error) { return nil, false, nil }
+func (benchLog) LastMsgID(context.Context, string) (string, error)         { return "", nil }
+
+type benchMarks struct{}
+
+func (benchMarks) Load(context.Context, string) ([]byte, bool, error) { return nil, false, nil }
+func (benchMarks) Save(context.Context, string, []byte) error         { return nil }
 
 // BenchmarkPump is the pump's own cost per event, mapping included, with a
 // publisher that acknowledges at once: everything but the network and
 // JetStream. Events come through a buffered channel as from the reader.
 func BenchmarkPump(b *testing.B) {
 	src := &benchSource{ch: make(chan cdc.Event, 4096)}
-	pump := New(src, &benchPublisher{}, benchTailer{}, benchMapper(b), Config{
+	marks := NewWatermark(benchLog{}, benchMarks{}, "OUTBOX", "bench", zap.NewNop())
+	pump := New(src, &benchPublisher{}, marks, benchMapper(b), Config{
 		Window: 1024, ShutdownTimeout: time.Second, RetryMin: time.Millisecond, RetryMax: time.Second, OnPoison: OnPoisonStop,
 	}, zap.NewNop(), metrics.New("bench", "bench"))
 	ev := benchEvent(256, "")

@@ -12,6 +12,9 @@ type Config struct {
 	NATSURL string
 	// Stream names the JetStream stream the outbox is published to.
 	Stream string
+	// StateBucket names the key-value bucket that keeps the relay's
+	// high-water mark where the stream's retention cannot reach it.
+	StateBucket string
 	// CreateStream allows creating the stream when it is missing, with
 	// StreamSubjects, DuplicateWindow and Replicas.
 	CreateStream    bool
@@ -45,6 +48,9 @@ func (c Config) Validate() error {
 	if c.Stream == "" {
 		errs = append(errs, errors.New("stream: must not be empty"))
 	}
+	if !validBucket(c.StateBucket) {
+		errs = append(errs, fmt.Errorf("state-bucket: %q is not a valid bucket name (letters, digits, - and _)", c.StateBucket))
+	}
 	for _, s := range c.StreamSubjects {
 		if !ValidSubject(s, true) {
 			errs = append(errs, fmt.Errorf("stream-subjects: %q is not a valid subject", s))
@@ -68,4 +74,17 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("nats-tls-cert, nats-tls-key: set both or neither"))
 	}
 	return errors.Join(errs...)
+}
+
+// validBucket accepts what JetStream accepts as a key-value bucket name.
+func validBucket(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

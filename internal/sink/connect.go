@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,25 @@ type Connection struct {
 	// only to its ReconnectErrHandler: the first attempt's and later dial
 	// failures. The client clears its LastError when it starts retrying.
 	connectErr atomic.Pointer[error]
+	// disconnected is closed, and replaced, at every disconnect.
+	discMu       sync.Mutex
+	disconnected chan struct{}
+}
+
+// Disconnected returns a channel closed at the next disconnect. A publish
+// sent before it will get no PubAck: the reply subject's interest is gone
+// with the connection, whether or not the server stored the message.
+func (c *Connection) Disconnected() <-chan struct{} {
+	c.discMu.Lock()
+	defer c.discMu.Unlock()
+	return c.disconnected
+}
+
+func (c *Connection) signalDisconnect() {
+	c.discMu.Lock()
+	defer c.discMu.Unlock()
+	close(c.disconnected)
+	c.disconnected = make(chan struct{})
 }
 
 // Connect dials NATS and returns the connection and its JetStream context.
@@ -34,7 +54,7 @@ type Connection struct {
 // (re)connect forever, with jitter, and publishes wait for it. It fails only
 // on a configuration the client rejects.
 func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*Connection, error) {
-	c := &Connection{cfg: cfg}
+	c := &Connection{cfg: cfg, disconnected: make(chan struct{})}
 	opts := []nats.Option{
 		nats.Name("outbox-relay"),
 		nats.Timeout(cfg.ConnectTimeout),
@@ -70,6 +90,7 @@ func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*Connection, erro
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			m.SinkConnected.Set(0)
+			c.signalDisconnect()
 			if err != nil {
 				log.Warn("nats disconnected", zap.Error(err))
 			}
@@ -280,56 +301,4 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 			zap.String("stream", cfg.Stream), zap.Int("replicas", sc.Replicas))
 	}
 	return state, nil
-}
-
-// Tail is the end of the stream: its last sequence and the headers of the
-// last message that carries position headers (nil if none was found near
-// the end).
-type Tail struct {
-	LastSeq uint64
-	Header  nats.Header
-}
-
-// tailScan bounds how far back Tail looks for a message with position
-// headers; messages from other writers or deleted ones may sit at the end.
-const tailScan = 64
-
-// TailReader reads the end of one stream.
-type TailReader struct {
-	js      jetstream.JetStream
-	stream  string
-	marker  string
-	timeout time.Duration
-}
-
-// NewTailReader reads stream's tail; marker names the header that marks
-// messages carrying a position.
-func NewTailReader(js jetstream.JetStream, stream, marker string, timeout time.Duration) *TailReader {
-	return &TailReader{js: js, stream: stream, marker: marker, timeout: timeout}
-}
-
-// Tail returns the stream's last sequence and the headers of the last
-// message carrying the marker header.
-func (t *TailReader) Tail(ctx context.Context) (Tail, error) {
-	rctx, cancel := context.WithTimeout(ctx, t.timeout)
-	defer cancel()
-	stream, err := t.js.Stream(rctx, t.stream)
-	if err != nil {
-		return Tail{}, fmt.Errorf("read stream %q: %w", t.stream, err)
-	}
-	tail := Tail{LastSeq: stream.CachedInfo().State.LastSeq}
-	for seq := tail.LastSeq; seq > 0 && tail.LastSeq-seq < tailScan; seq-- {
-		msg, err := stream.GetMsg(rctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return Tail{}, fmt.Errorf("read message %d of stream %q: %w", seq, t.stream, err)
-		}
-		if msg.Header.Get(t.marker) != "" {
-			tail.Header = msg.Header
-			break
-		}
-	}
-	return tail, nil
 }

@@ -29,6 +29,7 @@ func validConfig() Config {
 	return Config{
 		NATSURL:         "nats://127.0.0.1:4222",
 		Stream:          "OUTBOX",
+		StateBucket:     "outbox-relay",
 		StreamSubjects:  []string{"outbox.>"},
 		DuplicateWindow: 2 * time.Minute,
 		Replicas:        1,

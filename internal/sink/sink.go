@@ -26,11 +26,17 @@ type Message struct {
 	ID      string
 	Data    []byte
 	// Header is encoded before Publish returns and not kept, so a caller
-	// may reuse one map for every message. Publish adds Nats-Msg-Id and
-	// Nats-Expected-Last-Sequence to it.
+	// may reuse one map for every message. Publish sets Nats-Msg-Id,
+	// Nats-Expected-Last-Sequence and Nats-Expected-Last-Msg-Id in it.
 	Header        nats.Header
 	CheckLastSeq  bool
 	ExpectLastSeq uint64
+	// ExpectLastMsgID, when set, makes JetStream refuse the message unless
+	// the last message the stream stored carries that Nats-Msg-Id: proof
+	// of identity that sequence arithmetic cannot give when others write
+	// to the stream too. Only for streams with one replica (see
+	// StreamReader.LastMsgID).
+	ExpectLastMsgID string
 	// NoReply sends the message without asking for a PubAck: Publish
 	// returns a nil Pending, and the next message that asks for one
 	// accounts for it in the metrics when it is stored.
@@ -81,11 +87,19 @@ type Sink struct {
 	resolved chan struct{}
 
 	// Used only by the publishing goroutine.
-	free     []*slot
-	msg      nats.Msg
-	idValue  [1]string
-	seqValue [1]string
-	timer    *time.Timer
+	free        []*slot
+	msg         nats.Msg
+	idValue     [1]string
+	seqValue    [1]string
+	lastIDValue [1]string
+	timer       *time.Timer
+	// disconnects, when set, gives a channel closed at the connection's
+	// next disconnect; discGen counts the disconnects seen. A publish made
+	// before a disconnect fails at once instead of waiting out
+	// PublishTimeout for a PubAck that cannot come.
+	disconnects  func() <-chan struct{}
+	disconnected <-chan struct{}
+	discGen      uint64
 	// unacked and unackedBytes count the messages sent without a reply
 	// since the last that asked for one.
 	unacked      int
@@ -118,6 +132,7 @@ type slot struct {
 	started time.Time
 	size    int
 	subject string
+	discGen uint64
 	// covers and coversBytes are the messages sent without a reply just
 	// before this one: stored when this one is stored where expected.
 	covers      int
@@ -146,6 +161,28 @@ func New(nc *nats.Conn, cfg Config, m *metrics.Metrics) (*Sink, error) {
 	}
 	s.sub = sub
 	return s, nil
+}
+
+// FailOnDisconnect makes publishes in flight fail as soon as the connection
+// drops, rather than after PublishTimeout; disconnects returns a channel
+// closed at the next disconnect (Connection.Disconnected). Call it before the
+// first Publish.
+func (s *Sink) FailOnDisconnect(disconnects func() <-chan struct{}) {
+	s.disconnects = disconnects
+	s.disconnected = disconnects()
+}
+
+// noteDisconnects counts a disconnect that happened since the last look.
+func (s *Sink) noteDisconnects() {
+	if s.disconnected == nil {
+		return
+	}
+	select {
+	case <-s.disconnected:
+		s.discGen++
+		s.disconnected = s.disconnects()
+	default:
+	}
 }
 
 // Close stops receiving replies. Publishes still in flight stay unresolved
@@ -179,11 +216,22 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	if m.ID != "" {
 		s.idValue[0] = m.ID
 		header[jetstream.MsgIDHeader] = s.idValue[:]
+	} else {
+		delete(header, jetstream.MsgIDHeader)
 	}
 	if m.CheckLastSeq {
 		s.seqValue[0] = strconv.FormatUint(m.ExpectLastSeq, 10)
 		header[jetstream.ExpectedLastSeqHeader] = s.seqValue[:]
+	} else {
+		delete(header, jetstream.ExpectedLastSeqHeader)
 	}
+	if m.ExpectLastMsgID != "" {
+		s.lastIDValue[0] = m.ExpectLastMsgID
+		header[jetstream.ExpectedLastMsgIDHeader] = s.lastIDValue[:]
+	} else {
+		delete(header, jetstream.ExpectedLastMsgIDHeader)
+	}
+	s.noteDisconnects()
 	if m.NoReply {
 		if err := s.send(m, header, ""); err != nil {
 			return nil, err
@@ -194,7 +242,7 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 		return nil, nil
 	}
 	p := s.take()
-	p.started, p.size, p.subject = time.Now(), len(m.Data), m.Subject
+	p.started, p.size, p.subject, p.discGen = time.Now(), len(m.Data), m.Subject, s.discGen
 	// The messages sent without a reply are settled with this one, or,
 	// should it not be sent, published again by the caller.
 	p.covers, p.coversBytes = s.unacked, s.unackedBytes
@@ -339,7 +387,7 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			return Ack{}, errors.New("sink: Wait on a publish already resolved")
 		}
 		left := deadline.Sub(now)
-		if left <= 0 {
+		if left <= 0 || p.discGen < s.discGen {
 			// Retire this generation: a reply still on its way must
 			// not resolve the slot's next publish.
 			p.gen++
@@ -348,6 +396,9 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			subject, covers := p.subject, p.covers
 			s.release(p)
 			s.m.SinkInflight.Sub(float64(1 + covers))
+			if left > 0 {
+				return Ack{}, s.fail(fmt.Errorf("publish to %q: connection lost before the PubAck: %w", subject, nats.ErrDisconnected))
+			}
 			return Ack{}, s.fail(fmt.Errorf("publish to %q: no PubAck within %s: %w", subject, s.cfg.PublishTimeout, nats.ErrTimeout))
 		}
 		s.mu.Unlock()
@@ -356,6 +407,9 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 		case <-s.resolved:
 			s.timer.Stop()
 		case <-s.timer.C:
+		case <-s.disconnected: // nil (never ready) without FailOnDisconnect
+			s.timer.Stop()
+			s.noteDisconnects()
 		case <-ctx.Done():
 			s.timer.Stop()
 			// Still in flight: Wait may be called again, for example with
@@ -379,9 +433,9 @@ func (s *Sink) fail(err error) error {
 // is too large for the server or the stream.
 var ErrPermanent = errors.New("permanent publish failure")
 
-// ErrWrongSequence marks a publish refused because the stream's last
-// sequence was not the one expected: an earlier message failed, or someone
-// else wrote to the stream.
+// ErrWrongSequence marks a publish refused because the stream's last message
+// was not the one expected (by sequence or by message id): an earlier message
+// failed, or someone else wrote to the stream.
 var ErrWrongSequence = errors.New("stream last sequence not as expected")
 
 // Classify names the kind of a publish error (a label of
@@ -394,7 +448,7 @@ func Classify(err error) (kind string, class error) {
 		return "too_large", ErrPermanent
 	case errors.As(err, &apiErr):
 		switch apiErr.ErrorCode {
-		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant:
+		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, errCodeWrongLastMsgID:
 			return "wrong_sequence", ErrWrongSequence
 		case errCodeMessageSizeExceedsMaximum:
 			return "too_large", ErrPermanent
