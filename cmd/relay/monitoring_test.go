@@ -493,6 +493,7 @@ func TestMonitoringFilesAreConsistent(t *testing.T) {
 		"OutboxRelayDown", "OutboxRelayNoLeader", "OutboxRelayStalled", "OutboxRelayLagHigh",
 		"OutboxRelayRetainedWALHigh", "OutboxRelaySlotWALStatus", "OutboxRelaySlotMissing",
 		"OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected",
+		"OutboxRelayBlocked", "OutboxRelayEventsReordered", "OutboxRelayUnverifiedReplays", "OutboxRelayMarkNotSaved",
 	}
 	var names []string
 	for _, r := range rules {

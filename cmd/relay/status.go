@@ -144,6 +144,7 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		return errors.Join(append(problems, err)...)
 	}
 	mark := reading.Mark
+	fmt.Fprintf(out, "  high-water mark:     bucket %s, key %s\n", cfg.sink.StateBucket, relay.MarkKey(cfg.sink.Stream, origin(systemID, database, cfg.cdc.Slot)))
 	switch {
 	case mark.Position.IsZero() && !reading.Recorded:
 		fmt.Fprintln(out, "  last relayed event:  none")

@@ -184,8 +184,12 @@ func (m *Metrics) StepDown() {
 	m.CDCSlotSafeWALSize.Set(0)
 	m.CDCConnected.Set(0)
 	m.SinkInflight.Set(0)
+	m.PumpStreamShared.Set(0)
 	for _, s := range SlotWALStatuses {
 		m.CDCSlotWALStatus.WithLabelValues(s).Set(0)
+	}
+	for _, r := range BlockedReasons {
+		m.PumpBlocked.WithLabelValues(r).Set(0)
 	}
 }
 
