@@ -109,6 +109,14 @@ func TestChaos(t *testing.T) {
 		t.Parallel()
 		chaosCluster(t, newScene(t, "nats-cluster", seed, plan, report))
 	})
+	t.Run("shared-stream", func(t *testing.T) {
+		t.Parallel()
+		chaosShared(t, newScene(t, "shared-stream", seed, plan, report))
+	})
+	t.Run("work-queue", func(t *testing.T) {
+		t.Parallel()
+		chaosWorkQueue(t, newScene(t, "work-queue", seed, plan, report))
+	})
 }
 
 // chaosPlan sizes a run.
@@ -183,6 +191,12 @@ type scene struct {
 	relays  []*member
 	started int
 
+	// count returns how many of the scene's events the stream holds, and
+	// stored reads them back; by default every message of the stream is
+	// the scene's.
+	count  func() int
+	stored func(ctx context.Context) ([]string, error)
+
 	result   chaos.Scenario
 	broken   bool // a fault was not recovered from: inject no more
 	finished bool
@@ -220,6 +234,11 @@ func newScene(t *testing.T, name string, seed uint64, plan chaosPlan, report *ch
 	s.writer = e2e.NewWriter(t, s.pg.AdminURL(s.db), plan.writers+2)
 	s.env = chaosEnv()
 	s.env["RELAY_POSTGRES_URL"] = s.pg.URL(s.db)
+	s.count = func() int { return e2e.StreamCount(s.nc, chaosStream) }
+	s.stored = func(ctx context.Context) ([]string, error) {
+		msgs, err := e2e.ReadStreamContext(ctx, s.nc, chaosStream)
+		return e2e.IDs(msgs), err
+	}
 	if name == "processes" {
 		var version string
 		require.NoError(t, admin.QueryRow(ctx, `SHOW server_version`).Scan(&version))
@@ -273,7 +292,7 @@ func (s *scene) fault(spec faultSpec) {
 	defer func() { stopWatch() }()
 	inject := func() time.Time {
 		f.Committed = s.committedCount()
-		f.StreamSeq = max(0, e2e.StreamCount(s.nc, chaosStream))
+		f.StreamSeq = max(0, s.count())
 		injected = time.Now()
 		f.At = injected.Sub(s.start)
 		return injected
@@ -296,7 +315,7 @@ func (s *scene) fault(spec faultSpec) {
 		f.Recovery = at.Sub(injected)
 	case <-time.After(s.plan.recoverTimeout):
 		s.problem("after %s (%s) at %s the stream did not catch up with the %d events committed by its end within %s; it holds %d",
-			f.Kind, f.Target, f.At.Round(time.Millisecond), f.CommittedAtHeal, s.plan.recoverTimeout, e2e.StreamCount(s.nc, chaosStream))
+			f.Kind, f.Target, f.At.Round(time.Millisecond), f.CommittedAtHeal, s.plan.recoverTimeout, s.count())
 		s.broken = true
 	}
 	s.result.Faults = append(s.result.Faults, f)
@@ -315,7 +334,7 @@ func (s *scene) watchCatchUp(ctx context.Context, n int) <-chan time.Time {
 	ch := make(chan time.Time, 1)
 	go func() {
 		for ctx.Err() == nil {
-			if e2e.StreamCount(s.nc, chaosStream) >= n {
+			if s.count() >= n {
 				ch <- time.Now()
 				return
 			}
@@ -365,7 +384,7 @@ func (s *scene) fatal(format string, args ...any) {
 func (s *scene) startLoad() {
 	s.start = time.Now()
 	s.load = chaos.StartLoad(s.writer, chaos.LoadOptions{Writers: s.plan.writers, Rate: s.plan.rate, Seed: s.seed, Name: s.name})
-	require.Eventually(s.t, func() bool { return e2e.StreamCount(s.nc, chaosStream) >= 100 }, time.Minute, 50*time.Millisecond,
+	require.Eventually(s.t, func() bool { return s.count() >= 100 }, time.Minute, 50*time.Millisecond,
 		"events should flow before the first fault")
 	// Past the writers' first burst, before the first fault.
 	time.Sleep(2 * time.Second)
@@ -545,7 +564,7 @@ func (s *scene) finish() {
 	s.result.Committed = len(expected)
 	deadline := time.Now().Add(s.plan.recoverTimeout)
 	for time.Now().Before(deadline) {
-		if e2e.StreamCount(s.nc, chaosStream) >= len(expected) {
+		if s.count() >= len(expected) {
 			s.result.CaughtUp = true
 			break
 		}
@@ -553,7 +572,7 @@ func (s *scene) finish() {
 	}
 	if !s.result.CaughtUp {
 		s.problem("the stream did not reach the %d committed events within %s of the load stopping; it holds %d",
-			len(expected), s.plan.recoverTimeout, e2e.StreamCount(s.nc, chaosStream))
+			len(expected), s.plan.recoverTimeout, s.count())
 	}
 	s.checkRelays()
 	// Standbys first, so that no one takes over from the stopped leader.
@@ -573,11 +592,10 @@ func (s *scene) finish() {
 	// default budget, hence the explicit context.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	msgs, err := e2e.ReadStreamContext(ctx, s.nc, chaosStream)
+	stored, err := s.stored(ctx)
 	if err != nil {
 		s.fatal("read the stream back: %v", err)
 	}
-	stored := e2e.IDs(msgs)
 	s.result.Verdict = e2e.Compare(expected, stored)
 	s.result.Duration = time.Since(s.start)
 	if !s.result.Verdict.OK() {
@@ -676,28 +694,8 @@ func chaosProcesses(t *testing.T, s *scene) {
 	s.startLoad()
 
 	specs := []faultSpec{
-		{"relay-sigkill", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
-			old := s.settle()
-			f.Target = old.name
-			at := inject()
-			s.kill(old)
-			time.Sleep(chaos.Between(s.rng, 0, time.Second)) // a supervisor's restart delay
-			m := s.startRelay(nil, nil)
-			heal()
-			s.takeover(f, at, m)
-			f.Detail = fmt.Sprintf("%s replaced it", m.name)
-		}},
-		{"relay-sigterm", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
-			old := s.settle()
-			f.Target = old.name
-			at := inject()
-			s.stopRelay(old)
-			stopped := time.Since(at)
-			m := s.startRelay(nil, nil)
-			heal()
-			s.takeover(f, at, m)
-			f.Detail = fmt.Sprintf("exited after %s; %s replaced it", stopped.Round(time.Millisecond), m.name)
-		}},
+		relaySigkill(),
+		relaySigterm(),
 		{"relay-race", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
 			old := s.settle()
 			f.Target = old.name
@@ -733,18 +731,53 @@ func chaosProcesses(t *testing.T, s *scene) {
 		}},
 		{"postgres-fast-restart", pgRestart("fast")},
 		{"postgres-crash-restart", pgRestart("immediate")},
-		{"nats-restart", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
-			s.settle()
-			f.Target = "NATS server"
-			inject()
-			ns.Stop(t)
-			s.hold(500*time.Millisecond, 3*time.Second)
-			ns.Start(t)
-			heal()
-		}},
+		natsRestart(ns),
 	}
 	s.runFaults(specs, s.plan.repeat)
 	s.finish()
+}
+
+// relaySigkill kills the leading relay and starts another.
+func relaySigkill() faultSpec {
+	return faultSpec{"relay-sigkill", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
+		old := s.settle()
+		f.Target = old.name
+		at := inject()
+		s.kill(old)
+		time.Sleep(chaos.Between(s.rng, 0, time.Second)) // a supervisor's restart delay
+		m := s.startRelay(nil, nil)
+		heal()
+		s.takeover(f, at, m)
+		f.Detail = fmt.Sprintf("%s replaced it", m.name)
+	}}
+}
+
+// relaySigterm stops the leading relay and starts another.
+func relaySigterm() faultSpec {
+	return faultSpec{"relay-sigterm", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
+		old := s.settle()
+		f.Target = old.name
+		at := inject()
+		s.stopRelay(old)
+		stopped := time.Since(at)
+		m := s.startRelay(nil, nil)
+		heal()
+		s.takeover(f, at, m)
+		f.Detail = fmt.Sprintf("exited after %s; %s replaced it", stopped.Round(time.Millisecond), m.name)
+	}}
+}
+
+// natsRestart stops the NATS server for a moment.
+func natsRestart(ns *testenv.NATS) faultSpec {
+	return faultSpec{"nats-restart", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
+		s.settle()
+		f.Target = "NATS server"
+		inject()
+		ns.Stop(s.t)
+		s.hold(500*time.Millisecond, 3*time.Second)
+		ns.Start(s.t)
+		heal()
+	}}
 }
 
 func pgRestart(mode string) faultFunc {

@@ -181,7 +181,7 @@ func readMark(ctx context.Context, cfg *config, nc *sink.Connection, origin stri
 		return relay.Reading{}, err
 	}
 	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
-	return relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin, zap.NewNop()).Read(ctx, relay.Mark{}, false)
+	return relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin, zap.NewNop()).Read(ctx, relay.Mark{}, 0, false)
 }
 
 func bytesText(n int64) string {

@@ -156,8 +156,11 @@ type Pump struct {
 	// reading the stream: the next message starts a new chain).
 	lastSeq uint64
 	lastID  string
-	// mark is what the stream is known to hold of the relay's events.
-	mark  Mark
+	// mark is what the stream is known to hold of the relay's events;
+	// chainBase is the stream's last sequence when the current chain of
+	// messages started (its first message expected it).
+	mark      Mark
+	chainBase uint64
 	saver *markSaver
 	// uncertain counts events after mark the stream may hold although it
 	// removed their messages; lastMsgID is its last stored message's id.
@@ -718,7 +721,9 @@ func removePosition(list []cdc.Position, pos cdc.Position) []cdc.Position {
 func (p *Pump) resync(ctx context.Context, untilForeign bool) error {
 	p.m.PumpResyncs.Inc()
 	for {
-		r, err := p.marks.Read(ctx, p.mark, untilForeign)
+		// Only a chain of messages each expecting its predecessor's id
+		// cannot go on past another writer's message.
+		r, err := p.marks.Read(ctx, p.mark, p.chainBase, untilForeign && p.order == orderChain)
 		if err == nil {
 			p.afterRead(r)
 			return nil
@@ -748,6 +753,7 @@ func (p *Pump) afterRead(r Reading) {
 	p.mark = r.Mark
 	p.careful, p.sinceAck = true, 0
 	p.lastSeq, p.lastID = r.Info.LastSeq, ""
+	p.chainBase = r.Info.LastSeq
 	p.uncertain, p.lastMsgID = r.Uncertain, r.LastMsgID
 	if r.Foreign {
 		p.m.PumpStreamShared.Set(1)

@@ -231,13 +231,15 @@ func (w *Watermark) Save(ctx context.Context, m Mark) error {
 // Read establishes what the stream holds of this origin's events, starting
 // from known (what this process already knows; zero at start) and the stored
 // record, whichever is further. Fast path: the stream's last message is the
-// relay's own, so it is the mark. Otherwise the messages after the mark are
-// read, up to the stream's end: own ones move the mark; removed ones right
-// after the last own one may have been own, and are counted as uncertain.
-// untilForeign stops at the first message of another writer: right for a
-// process that knows its mark exactly, since its ordered chain of messages
-// cannot continue past one.
-func (w *Watermark) Read(ctx context.Context, known Mark, untilForeign bool) (Reading, error) {
+// relay's own, so it is the mark. Otherwise the messages after `after` (the
+// last sequence this process knows holds no own message of a later chain; 0:
+// after the mark's) are read, up to the stream's end: own ones move the mark;
+// removed ones right after the last own one may have been own, and are
+// counted as uncertain. Without any position in this stream the end of the
+// stream is searched backwards. untilForeign stops at the first message of
+// another writer: right for a process that started its current chain of
+// messages right after `after`, since the chain cannot continue past one.
+func (w *Watermark) Read(ctx context.Context, known Mark, after uint64, untilForeign bool) (Reading, error) {
 	info, err := w.log.Info(ctx)
 	if err != nil {
 		return Reading{}, err
@@ -256,10 +258,11 @@ func (w *Watermark) Read(ctx context.Context, known Mark, untilForeign bool) (Re
 		// but its sequences are no use in this stream.
 		w.logger.Warn("stream was recreated since the relay last wrote to it; its high-water mark keeps only the position",
 			zap.String("stream", w.stream), zap.Stringer("lsn", r.Mark.Position.CommitLSN))
-		r.Mark.Seq, r.Mark.MsgID = 0, ""
+		r.Mark.Seq, r.Mark.MsgID, after = 0, "", 0
 	}
 	r.Mark.StreamCreated = info.Created
-	if info.LastSeq == 0 || info.LastSeq <= r.Mark.Seq {
+	from := max(after, r.Mark.Seq) + 1
+	if info.LastSeq == 0 || info.LastSeq < from {
 		return r, nil
 	}
 	// Fast path: the last message is the relay's own.
@@ -274,8 +277,7 @@ func (w *Watermark) Read(ctx context.Context, known Mark, untilForeign bool) (Re
 		}
 		r.Foreign = true
 	}
-	from := r.Mark.Seq + 1
-	if r.Mark.Seq == 0 {
+	if from == 1 && after == 0 {
 		// No position in this stream to start from: look back from the
 		// end instead, as far as the scan limit allows.
 		return w.readBackwards(ctx, r, found)
@@ -401,7 +403,7 @@ func (w *Watermark) Existed(ctx context.Context) (Mark, bool, error) {
 	if err != nil || ok {
 		return m, ok, err
 	}
-	r, err := w.Read(ctx, Mark{}, false)
+	r, err := w.Read(ctx, Mark{}, 0, false)
 	if errors.Is(err, sink.ErrStreamMissing) {
 		return Mark{}, false, nil
 	}
