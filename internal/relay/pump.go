@@ -161,7 +161,7 @@ type Pump struct {
 	// messages started (its first message expected it).
 	mark      Mark
 	chainBase uint64
-	saver *markSaver
+	saver     *markSaver
 	// uncertain counts events after mark the stream may hold although it
 	// removed their messages; lastMsgID is its last stored message's id.
 	uncertain int
