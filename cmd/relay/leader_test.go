@@ -11,6 +11,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/chaos"
 	"github.com/outbox-relay/outbox-relay/internal/e2e"
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
 // TestLostLeaseLetsGoOfTheSlot: a leader whose lease is lost while it still
@@ -100,4 +101,44 @@ func (f *fixture) endLeaderLockSession(t *testing.T) int {
 	var n int
 	require.NoError(t, conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted`).Scan(&n))
 	return n
+}
+
+// TestLeaderLockNeedsADirectSession: pointed at PgBouncer for its lease,
+// the relay refuses at once, naming the fix, instead of leading on a lock
+// that is no lease. With --leader-postgres-url naming the server itself,
+// the lease is held there while everything else uses --postgres-url.
+func TestLeaderLockNeedsADirectSession(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	bouncer := testenv.StartPgBouncer(t, f.pg, testenv.WithPoolMode(testenv.PoolTransaction),
+		testenv.WithIgnoreStartupParameters("idle_session_timeout", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"))
+
+	t.Run("lease through PgBouncer", func(t *testing.T) {
+		r := e2e.StartRelay(t, f.bin, f.env("RELAY_POSTGRES_URL", bouncer.URL(f.db)))
+		code, err := r.Wait(30 * time.Second)
+		require.NoError(t, err, "the relay should refuse to lead through PgBouncer")
+		require.Equal(t, 1, code)
+		require.Contains(t, r.Logs(), "--leader-postgres-url")
+		require.NotContains(t, r.Logs(), `"msg":"leadership acquired"`)
+	})
+
+	t.Run("lease on a direct session", func(t *testing.T) {
+		// The Unix socket, so the lease's session is told apart from the
+		// relay's other connections, which come over TCP.
+		r := f.startRelay(t, "RELAY_LEADER_POSTGRES_URL", f.pg.AdminURL(f.db))
+		admin := f.pg.Connect(t, f.db)
+		var overSocket []bool
+		rows, err := admin.Query(context.Background(), `SELECT a.client_addr IS NULL FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+			WHERE l.locktype = 'advisory' AND l.granted`)
+		require.NoError(t, err)
+		overSocket, err = pgx.CollectRows(rows, pgx.RowTo[bool])
+		require.NoError(t, err)
+		require.Equal(t, []bool{true}, overSocket, "the lease is held on --leader-postgres-url, over the Unix socket")
+		f.write(t, 10, "direct-lease")
+		f.waitStream(t, 10, time.Minute)
+		f.verify(t)
+		code, err := r.Stop(30 * time.Second)
+		require.NoError(t, err)
+		require.Zero(t, code)
+	})
 }

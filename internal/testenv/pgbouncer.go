@@ -207,7 +207,7 @@ func (b *PgBouncer) start(bin string, owner *osUser) error {
 		}
 		select {
 		case <-b.done:
-			return fmt.Errorf("pgbouncer exited during startup: %v", b.err)
+			return fmt.Errorf("pgbouncer exited during startup: %w", b.err)
 		default:
 		}
 		if time.Now().After(deadline) {
