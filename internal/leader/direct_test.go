@@ -83,18 +83,9 @@ func TestLeaseRefusedThroughPgBouncer(t *testing.T) {
 func TestLeaseRidesOutASlowRenewal(t *testing.T) {
 	t.Parallel()
 	pg := testenv.StartPostgres(t)
-	network := chaos.NewNetwork()
-	t.Cleanup(network.Close)
-	link, err := network.Link("lease", fmt.Sprintf("127.0.0.1:%d", pg.Port()))
-	require.NoError(t, err)
-	cfg := testConfig(fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", link.Addr()))
+	cfg := testConfig("")
 	cfg.LeaseTimeout = 5 * time.Second
-
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	lease, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx, nil)
-	require.NoError(t, err)
-	defer lease.Release()
+	link, lease := leaseThroughLink(t, pg, cfg)
 
 	require.NoError(t, link.Latency(time.Second, 0))
 	select {
@@ -108,10 +99,7 @@ func TestLeaseRidesOutASlowRenewal(t *testing.T) {
 		t.Fatalf("a slow renewal cost the lease: %v", lease.Err())
 	case <-time.After(2 * cfg.LeaseTimeout):
 	}
-	admin := pg.Connect(t, "postgres")
-	var held bool
-	require.NoError(t, admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)`).Scan(&held))
-	require.True(t, held, "the lock is still held")
+	require.True(t, lockHeld(t, pg), "the lock is still held")
 }
 
 // TestLeaseStepsDownBeforeTheServerReleases: when renewals cannot get
@@ -120,17 +108,8 @@ func TestLeaseRidesOutASlowRenewal(t *testing.T) {
 func TestLeaseStepsDownBeforeTheServerReleases(t *testing.T) {
 	t.Parallel()
 	pg := testenv.StartPostgres(t)
-	network := chaos.NewNetwork()
-	t.Cleanup(network.Close)
-	link, err := network.Link("lease", fmt.Sprintf("127.0.0.1:%d", pg.Port()))
-	require.NoError(t, err)
-	cfg := testConfig(fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", link.Addr()))
-
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	lease, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx, nil)
-	require.NoError(t, err)
-	defer lease.Release()
+	cfg := testConfig("")
+	link, lease := leaseThroughLink(t, pg, cfg)
 
 	require.NoError(t, link.Blackhole())
 	select {
@@ -138,11 +117,35 @@ func TestLeaseStepsDownBeforeTheServerReleases(t *testing.T) {
 	case <-time.After(3 * cfg.LeaseTimeout):
 		t.Fatal("the holder did not step down when it could no longer renew")
 	}
-	admin := pg.Connect(t, "postgres")
-	var held bool
-	require.NoError(t, admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)`).Scan(&held))
-	require.True(t, held, "the server still held the lock when the holder stepped down")
+	require.True(t, lockHeld(t, pg), "the server still held the lock when the holder stepped down")
 	require.NoError(t, link.Heal())
+}
+
+// leaseThroughLink wins a lease with cfg on pg through a toxiproxy link,
+// for faults on the lease's connection; it is released in cleanup.
+func leaseThroughLink(t *testing.T, pg *testenv.Postgres, cfg Config) (*chaos.Link, *Lease) {
+	t.Helper()
+	network := chaos.NewNetwork()
+	t.Cleanup(network.Close)
+	link, err := network.Link("lease", fmt.Sprintf("127.0.0.1:%d", pg.Port()))
+	require.NoError(t, err)
+	cfg.PostgresURL = fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", link.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lease, err := New(cfg, zaptest.NewLogger(t)).Acquire(ctx, nil)
+	require.NoError(t, err)
+	t.Cleanup(lease.Release)
+	return link, lease
+}
+
+// lockHeld reports whether the server holds an advisory lock for anyone.
+func lockHeld(t *testing.T, pg *testenv.Postgres) bool {
+	t.Helper()
+	var held bool
+	err := pg.Connect(t, "postgres").QueryRow(context.Background(),
+		`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)`).Scan(&held)
+	require.NoError(t, err)
+	return held
 }
 
 // TestCheckFindsTheLockInPgLocks: check reads the advisory lock from

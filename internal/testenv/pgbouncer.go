@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -67,9 +66,7 @@ type PgBouncer struct {
 	dir     string
 	logPath string
 	port    int
-	cmd     *exec.Cmd
-	done    chan struct{}
-	err     error
+	proc    *pgProcess
 }
 
 // StartPgBouncer starts pgbouncer as a child process in front of pg (every
@@ -95,7 +92,7 @@ func StartPgBouncer(t testing.TB, pg *Postgres, opts ...PgBouncerOption) *PgBoun
 	if err != nil {
 		t.Fatalf("testenv: start pgbouncer: %v", err)
 	}
-	b := &PgBouncer{dir: dir, logPath: filepath.Join(dir, "pgbouncer.log"), done: make(chan struct{})}
+	b := &PgBouncer{dir: dir, logPath: filepath.Join(dir, "pgbouncer.log")}
 	t.Cleanup(func() {
 		b.stop()
 		if t.Failed() {
@@ -103,17 +100,28 @@ func StartPgBouncer(t testing.TB, pg *Postgres, opts ...PgBouncerOption) *PgBoun
 		}
 		_ = os.RemoveAll(dir) // a temporary directory
 	})
-	if b.port, err = PickFreePort(); err != nil {
-		t.Fatalf("testenv: start pgbouncer: %v", err)
+	// As for postgres, another process may take the free port before
+	// pgbouncer binds it; pgbouncer then exits, and another port is tried.
+	for attempt := 1; ; attempt++ {
+		if b.port, err = PickFreePort(); err != nil {
+			t.Fatalf("testenv: start pgbouncer: %v", err)
+		}
+		if err := b.writeConfig(cfg, pg.Port(), owner); err != nil {
+			t.Fatalf("testenv: start pgbouncer: %v", err)
+		}
+		err := b.start(bin, owner)
+		if err == nil {
+			return b
+		}
+		if !errors.Is(err, errExited) || attempt == pgStartAttempts {
+			t.Fatalf("testenv: start pgbouncer: %v\nlog tail (%s):\n%s", err, b.logPath, tailFile(b.logPath))
+		}
 	}
-	if err := b.writeConfig(cfg, pg.Port(), owner); err != nil {
-		t.Fatalf("testenv: start pgbouncer: %v", err)
-	}
-	if err := b.start(bin, owner); err != nil {
-		t.Fatalf("testenv: start pgbouncer: %v\nlog tail (%s):\n%s", err, b.logPath, tailFile(b.logPath))
-	}
-	return b
 }
+
+// errExited is a pgbouncer that exited while starting, as it does when its
+// port was taken.
+var errExited = errors.New("pgbouncer exited during startup")
 
 // findPgBouncer locates the pgbouncer binary: PGBOUNCER_BIN, PATH, or where
 // Debian installs it (/usr/sbin, often not on a user's PATH).
@@ -178,24 +186,11 @@ func (b *PgBouncer) start(bin string, owner *osUser) error {
 	if owner != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(owner.uid), Gid: uint32(owner.gid)}
 	}
-	b.cmd = cmd
-	launched := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking thread exits (see Postgres.start).
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			launched <- err
-			close(b.done)
-			return
-		}
-		launched <- nil
-		b.err = cmd.Wait()
-		close(b.done)
-	}()
-	if err := <-launched; err != nil {
+	proc, err := startChild(cmd)
+	if err != nil {
 		return fmt.Errorf("run pgbouncer: %w", err)
 	}
+	b.proc = proc
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -206,11 +201,12 @@ func (b *PgBouncer) start(bin string, owner *osUser) error {
 			return nil
 		}
 		select {
-		case <-b.done:
-			return fmt.Errorf("pgbouncer exited during startup: %w", b.err)
+		case <-proc.done:
+			return fmt.Errorf("%w: %w", errExited, proc.err)
 		default:
 		}
 		if time.Now().After(deadline) {
+			b.stop()
 			return fmt.Errorf("pgbouncer not accepting connections after 30s: %w", err)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -219,20 +215,8 @@ func (b *PgBouncer) start(bin string, owner *osUser) error {
 
 // stop ends pgbouncer at once (SIGTERM is its immediate shutdown) and waits.
 func (b *PgBouncer) stop() {
-	if b.cmd == nil || b.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-b.done:
-		return
-	default:
-	}
-	_ = b.cmd.Process.Signal(syscall.SIGTERM) // it may have exited already
-	select {
-	case <-b.done:
-	case <-time.After(10 * time.Second):
-		_ = b.cmd.Process.Kill()
-		<-b.done
+	if b.proc != nil {
+		_ = b.proc.stop(syscall.SIGTERM, 10*time.Second) // escalates to SIGKILL; a throwaway process
 	}
 }
 
@@ -245,10 +229,11 @@ func (b *PgBouncer) URL(db string) string {
 // Port returns the port pgbouncer listens on.
 func (b *PgBouncer) Port() int { return b.port }
 
+// tailFile returns the last lines of a log file for failure messages.
 func tailFile(path string) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Sprintf("(cannot read: %v)", err)
+		return fmt.Sprintf("(cannot read log: %v)", err)
 	}
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	if len(lines) > logTailLines {
