@@ -151,10 +151,13 @@ func lockHeld(t *testing.T, pg *testenv.Postgres) bool {
 // TestCheckFindsTheLockInPgLocks: check reads the advisory lock from
 // pg_locks as the server shows it (the key's high and low words as classid
 // and objid, unsigned), for keys of either sign and low words above and
-// below 2^31, and tells a lock held from one that is not.
+// below 2^31, and tells a lock held from one that is not; as a role with
+// no privileges, as a relay's may be.
 func TestCheckFindsTheLockInPgLocks(t *testing.T) {
 	t.Parallel()
 	pg := testenv.StartPostgres(t)
+	pg.Exec(t, "postgres", `CREATE ROLE plain LOGIN`)
+	url := fmt.Sprintf("postgres://plain@127.0.0.1:%d/postgres?sslmode=disable", pg.Port())
 	var negative, positive, highLow bool
 	for _, name := range []string{"outbox_relay", "db/slot", "slot-2", "c"} {
 		key := newLockKey(name)
@@ -162,7 +165,7 @@ func TestCheckFindsTheLockInPgLocks(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			cfg := testConfig(pg.URL("postgres"))
+			cfg := testConfig(url)
 			cfg.Key = name
 			e := New(cfg, zaptest.NewLogger(t))
 			conn, err := e.connect(ctx)
