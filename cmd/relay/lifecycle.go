@@ -181,8 +181,7 @@ func (l *lifecycle) Run(ctx context.Context) error {
 func (l *lifecycle) term(ctx context.Context, ls lease) (ending, error) {
 	p, err := l.buildUnlessLost(ctx, ls)
 	if err != nil {
-		why := l.endingNow(ctx, ls)
-		l.to(roleDraining, why)
+		why := l.drain(ctx, ls)
 		ls.Release()
 		return why, err
 	}
@@ -192,14 +191,24 @@ func (l *lifecycle) term(ctx context.Context, ls lease) (ending, error) {
 	case <-ls.Lost():
 	case <-p.Done():
 	}
-	why := l.endingNow(ctx, ls)
-	if why == endLost {
-		l.log.Warn("leadership lost, stepping down", zap.Error(ls.Err()))
-	}
-	l.to(roleDraining, why)
+	why := l.drain(ctx, ls)
 	err = p.Stop()
 	ls.Release()
 	return why, err
+}
+
+// drain decides why the term ends and enters roleDraining.
+func (l *lifecycle) drain(ctx context.Context, ls lease) ending {
+	lost := false
+	select {
+	case <-ls.Lost():
+		lost = true
+		l.log.Warn("leadership lost, stepping down", zap.Error(ls.Err()))
+	default:
+	}
+	why := endingOf(ctx.Err() != nil, lost)
+	l.to(roleDraining, why)
+	return why
 }
 
 // buildUnlessLost builds the pipeline, giving up when the lease is lost
@@ -217,16 +226,6 @@ func (l *lifecycle) buildUnlessLost(ctx context.Context, ls lease) (*pipeline, e
 		}
 	}()
 	return l.build(bctx)
-}
-
-func (l *lifecycle) endingNow(ctx context.Context, ls lease) ending {
-	lost := false
-	select {
-	case <-ls.Lost():
-		lost = true
-	default:
-	}
-	return endingOf(ctx.Err() != nil, lost)
 }
 
 // stage is a long-running part of the pipeline: it runs until ctx is done
