@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
 	"github.com/outbox-relay/outbox-relay/internal/leader"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
@@ -59,7 +61,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 
 	// PostgreSQL
 	s(&c.cdc.PostgresURL, "postgres-url", "", "PostgreSQL connection URL, e.g. postgres://relay@db:5432/app?sslmode=verify-full (required; default none)")
-	s(&c.postgresPassword, "postgres-password", "", "PostgreSQL password, overriding the URL's; use RELAY_POSTGRES_PASSWORD_FILE to read it from a file (default none)")
+	s(&c.postgresPassword, "postgres-password", "", "PostgreSQL password, overriding the URL's (and --leader-postgres-url's); use RELAY_POSTGRES_PASSWORD_FILE to read it from a file (default none)")
 	s(&c.table, "table", "events", "outbox table, optionally schema-qualified")
 	s(&c.cdc.Columns.ID, "column-id", "id", "column holding the event id (becomes Nats-Msg-Id)")
 	s(&c.cdc.Columns.AggregateType, "column-aggregate-type", "aggregate_type", "column holding the aggregate type")
@@ -115,6 +117,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.leaderElection, "leader-election", true, "let only one relay per slot run; others stand by and take over")
 	d(&c.election.LeaseTimeout, "leader-lease-timeout", 5*time.Second, "how long a leader that went silent keeps leadership before a standby takes over")
 	d(&c.election.PollInterval, "leader-poll-interval", time.Second, "how often a standby tries to take over")
+	s(&c.election.PostgresURL, "leader-postgres-url", "", "PostgreSQL connection URL for the leader lock, a direct connection to the server, never through a pooler such as PgBouncer (default: --postgres-url)")
 	d(&c.pump.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for publishes in flight")
 	d(&c.stallTimeout, "stall-timeout", 2*time.Minute, "liveness fails when events are pending and none was acknowledged for this long while PostgreSQL and NATS are up")
 	s(&c.httpAddr, "http-addr", ":8081", "address of the /metrics, /healthz and /readyz endpoints")
@@ -216,7 +219,20 @@ func (c *config) finish() error {
 		}
 	}
 	c.cdc.TakeOverActiveSlot = c.leaderElection
-	c.election.PostgresURL = c.cdc.PostgresURL
+	if c.election.PostgresURL == "" {
+		c.election.PostgresURL = c.cdc.PostgresURL
+	} else if c.leaderElection {
+		if _, err := pgx.ParseConfig(c.election.PostgresURL); err != nil {
+			errs = append(errs, errors.New("leader-postgres-url: cannot be parsed or used (check its syntax and the files it names)"))
+		}
+		if c.postgresPassword != "" {
+			withPassword, err := setPassword(c.election.PostgresURL, c.postgresPassword)
+			if err != nil {
+				errs = append(errs, errors.New("leader-postgres-url: cannot be parsed as a URL"))
+			}
+			c.election.PostgresURL = withPassword
+		}
+	}
 	c.election.ConnectTimeout = c.cdc.ConnectTimeout
 	c.election.ReconnectMax = c.cdc.ReconnectMax
 	switch c.logLevel {

@@ -77,12 +77,11 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 	election := cfg.election
 	election.Key = cfg.cdc.Slot // advisory locks are per database already
 	elector := leader.New(election, log.Named("leader"))
-	for {
-		pctx, cancel := context.WithCancel(ctx)
-		var lease *leader.Lease
-		if cfg.leaderElection {
-			health.SetRole(relay.RoleWaiting)
-			m.Leader.Set(0)
+	lc := &lifecycle{
+		elect: func(ctx context.Context) (lease, error) {
+			if !cfg.leaderElection {
+				return unelected{}, nil
+			}
 			l, err := elector.Acquire(ctx, func(ready bool) {
 				if ready {
 					health.SetRole(relay.RoleStandby)
@@ -91,64 +90,60 @@ func lead(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics,
 				}
 			})
 			if err != nil {
-				cancel()
-				return nil // ctx is done
+				return nil, err
 			}
-			lease = l
-			go func() {
-				// Step down at once when the lease may have ended.
-				select {
-				case <-lease.Lost():
-					m.Leader.Set(0) // no longer leading, even while winding down
-					cancel()
-				case <-pctx.Done():
-				}
-			}()
 			log.Info("leadership acquired", zap.String("slot", cfg.cdc.Slot))
-		}
+			return l, nil
+		},
+		build: func(ctx context.Context) (*pipeline, error) {
+			return buildPipeline(ctx, cfg, log, m, health, nc)
+		},
+		fatal:  func(err error) bool { return errors.Is(err, leader.ErrNotDirect) },
+		report: func(to leaderRole, why ending) { reportRole(m, health, to, why) },
+		log:    log.With(zap.String("slot", cfg.cdc.Slot)),
+	}
+	return lc.Run(ctx)
+}
+
+// reportRole shows a lifecycle transition in the probes and metrics.
+func reportRole(m *metrics.Metrics, health *relay.Health, to leaderRole, why ending) {
+	switch to {
+	case roleStandby:
+		m.StepDown()
+		health.SetRole(relay.RoleWaiting) // until the elector reaches PostgreSQL
+	case roleLeader:
 		health.SetRole(relay.RoleLeader)
 		m.Leader.Set(1)
-		err := relayAsLeader(pctx, cfg, log, m, health, nc)
-		m.StepDown()
-		lost := pctx.Err() != nil && ctx.Err() == nil
-		cancel()
-		if lease != nil {
-			lease.Release()
-		}
-		if ctx.Err() != nil {
+	case roleDraining:
+		m.Leader.Set(0) // no longer leading, even while winding down
+		if why == endLost {
+			// Ready and live while it winds down: a sidecar's pod must
+			// not leave service because its relay stepped down.
+			health.SetRole(relay.RoleStandby)
+		} else {
 			health.SetRole(relay.RoleStopping)
-			if errors.Is(err, context.Canceled) {
-				return nil // a signal is a clean shutdown
-			}
-			return err
 		}
-		if lost {
-			// Whatever failed was cut short by the lost lease.
-			log.Warn("leadership lost, standing by", zap.String("slot", cfg.cdc.Slot), zap.Error(err))
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		return nil
+	case roleStopped:
+		m.StepDown()
+		health.SetRole(relay.RoleStopping)
 	}
 }
 
-// relayAsLeader runs preflight, then the reader and the pump, until ctx is
-// done or either fails for good.
-func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics, health *relay.Health, nc *sink.Connection) error {
+// buildPipeline runs preflight and wires the reader, the pump and the slot
+// monitor of one leadership; lead starts and stops them.
+func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics.Metrics, health *relay.Health, nc *sink.Connection) (*pipeline, error) {
 	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
 	stream, err := retry(ctx, log, "stream preflight", cfg, func() (sink.StreamState, error) {
 		return nc.EnsureStream(ctx, cfg.sink, []string{cfg.template.Wildcard()}, log.Named("sink"))
 	}, sink.ErrConfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	store, err := retry(ctx, log, "open state bucket", cfg, func() (*sink.StateStore, error) {
 		return sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, stream.Replicas, cfg.sink.RequestTimeout)
 	}, sink.ErrConfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	slot, err := retry(ctx, log, "postgres preflight", cfg, func() (cdc.SlotState, error) {
 		return cdc.Preflight(ctx, cfg.cdc, log.Named("cdc"), func(systemID, database string) error {
@@ -156,7 +151,7 @@ func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		})
 	}, cdc.ErrConfig, cdc.ErrSlot)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	marks := relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin(slot.SystemID, slot.Database, cfg.cdc.Slot), log.Named("pump"))
 	if slot.Created {
@@ -165,7 +160,7 @@ func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		if _, err := retry(ctx, log, "record the new slot", cfg, func() (struct{}, error) {
 			return struct{}{}, registerSlot(ctx, marks)
 		}); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
@@ -174,10 +169,9 @@ func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 
 	publisher, err := sink.New(nc.Conn, cfg.sink, m)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	publisher.FailOnDisconnect(nc.Disconnected)
-	defer func() { _ = publisher.Close() }()
 	reader := cdc.NewReader(cfg.cdc, log.Named("cdc"), m)
 	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
 	health.Attach(relay.Probes{
@@ -188,23 +182,15 @@ func relayAsLeader(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		NATSUp:        nc.IsConnected,
 	})
 
-	// The reader outlives the pump: after the pump has let its last
-	// publishes finish, the reader reports their position and closes.
-	readerCtx, stopReader := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopReader()
-	readerDone := make(chan error, 1)
-	go func() { readerDone <- reader.Run(readerCtx) }()
-	monitorDone := make(chan struct{})
-	go func() {
-		defer close(monitorDone)
-		cdc.MonitorSlot(readerCtx, cfg.cdc, log.Named("cdc"), m)
-	}()
-
-	pumpErr := pump.Run(ctx)
-	stopReader()
-	readerErr := <-readerDone
-	<-monitorDone
-	return errors.Join(pumpErr, readerErr)
+	return &pipeline{
+		reader: reader,
+		pump:   pump,
+		monitor: stageFunc(func(ctx context.Context) error {
+			cdc.MonitorSlot(ctx, cfg.cdc, log.Named("cdc"), m)
+			return nil
+		}),
+		close: func() { _ = publisher.Close() }, // nothing is in flight any more
+	}, nil
 }
 
 // origin identifies where positions come from: the cluster, the database

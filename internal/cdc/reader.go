@@ -41,6 +41,7 @@ type Reader struct {
 	// reading, reporting status, or waiting to reconnect.
 	heartbeat atomic.Int64
 	streaming atomic.Bool
+	retired   atomic.Bool // see Retire
 }
 
 // openTxn is a transaction whose Begin has been read and whose Commit has not.
@@ -94,10 +95,20 @@ func (r *Reader) Streaming() bool { return r.streaming.Load() }
 
 func (r *Reader) beat() { r.heartbeat.Store(time.Now().UnixNano()) }
 
+// Retire makes Run start no further replication session and end no other
+// consumer's session on the slot (a new leader's, once this instance has
+// lost its lease); only a start already past its last check, the two
+// queries that end the previous session and start streaming, completes.
+// The session Run has goes on until ctx is done or it ends, so that it can
+// still report what gets acknowledged; then Run returns. It is safe to call
+// at any time, also concurrently with Run.
+func (r *Reader) Retire() { r.retired.Store(true) }
+
 // Run reads the slot until ctx is done, reconnecting after failures. It
-// returns nil when ctx is done and an error only for a failure that retrying
-// cannot fix: a configuration mismatch (ErrConfig) or an unusable slot
-// (ErrSlot). It is the only user of the replication connection.
+// returns nil when ctx is done (or, once retired, its session is over) and
+// an error only for a failure that retrying cannot fix: a configuration
+// mismatch (ErrConfig) or an unusable slot (ErrSlot). It is the only user of
+// the replication connection.
 func (r *Reader) Run(ctx context.Context) error {
 	defer close(r.events)
 	bo := backoff.Backoff{Min: r.cfg.ReconnectMin, Max: r.cfg.ReconnectMax}
@@ -116,6 +127,9 @@ func (r *Reader) Run(ctx context.Context) error {
 				r.m.CDCSlotProblems.Inc()
 			}
 			return err
+		}
+		if r.retired.Load() {
+			return nil
 		}
 		if time.Since(started) > stableSession {
 			bo.Reset()
@@ -166,6 +180,9 @@ func (r *Reader) session(ctx context.Context) error {
 	if err := slot.usable(r.cfg.Slot, database); err != nil {
 		r.m.SetSlotWALStatus(slot.walStatus)
 		return err
+	}
+	if r.retired.Load() {
+		return nil // Run returns
 	}
 	if slot.activePID != nil && r.cfg.TakeOverActiveSlot {
 		if err := q.exec(ctx, `SELECT pg_terminate_backend($1)`, *slot.activePID); err != nil {

@@ -615,6 +615,22 @@ func (p *Postgres) start() error {
 	// instead of lingering forever.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
 
+	proc, err := startChild(cmd)
+	if err != nil {
+		return fmt.Errorf("run postgres: %w", err)
+	}
+	p.proc = proc
+
+	if err := p.waitReady(proc); err != nil {
+		_ = proc.stop(syscall.SIGQUIT, 10*time.Second)
+		return fmt.Errorf("%w\nlog tail (%s):\n%s", err, p.logPath, p.logTail())
+	}
+	return nil
+}
+
+// startChild starts cmd, whose SysProcAttr asks for a Pdeathsig, and reaps
+// it in the background; done is closed once it has exited.
+func startChild(cmd *exec.Cmd) (*pgProcess, error) {
 	proc := &pgProcess{cmd: cmd, done: make(chan struct{})}
 	launched := make(chan error, 1)
 	go func() {
@@ -632,15 +648,9 @@ func (p *Postgres) start() error {
 		close(proc.done)
 	}()
 	if err := <-launched; err != nil {
-		return fmt.Errorf("run postgres: %w", err)
+		return nil, err
 	}
-	p.proc = proc
-
-	if err := p.waitReady(proc); err != nil {
-		_ = proc.stop(syscall.SIGQUIT, 10*time.Second)
-		return fmt.Errorf("%w\nlog tail (%s):\n%s", err, p.logPath, p.logTail())
-	}
-	return nil
+	return proc, nil
 }
 
 // waitReady polls until postgres answers on its socket. Any answer other
@@ -728,14 +738,4 @@ func (proc *pgProcess) stop(sig syscall.Signal, timeout time.Duration) error {
 }
 
 // logTail returns the last lines of the server log for failure messages.
-func (p *Postgres) logTail() string {
-	data, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return fmt.Sprintf("(cannot read log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > logTailLines {
-		lines = lines[len(lines)-logTailLines:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *Postgres) logTail() string { return tailFile(p.logPath) }

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"io"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestLeaderPostgresURL: the lease's URL defaults to --postgres-url, and
+// --postgres-password goes into either, as it does into --postgres-url.
+func TestLeaderPostgresURL(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{
+			name: "default",
+			env:  map[string]string{"RELAY_POSTGRES_URL": "postgres://relay@pooler:6432/app"},
+			want: "postgres://relay@pooler:6432/app",
+		},
+		{
+			name: "default with password",
+			env:  map[string]string{"RELAY_POSTGRES_URL": "postgres://relay@pooler:6432/app", "RELAY_POSTGRES_PASSWORD": "s3cret"},
+			want: "postgres://relay:s3cret@pooler:6432/app",
+		},
+		{
+			name: "direct",
+			env:  map[string]string{"RELAY_POSTGRES_URL": "postgres://relay@pooler:6432/app", "RELAY_LEADER_POSTGRES_URL": "postgres://relay@db:5432/app"},
+			want: "postgres://relay@db:5432/app",
+		},
+		{
+			name: "direct with password",
+			env: map[string]string{
+				"RELAY_POSTGRES_URL": "postgres://relay@pooler:6432/app", "RELAY_LEADER_POSTGRES_URL": "postgres://relay@db:5432/app",
+				"RELAY_POSTGRES_PASSWORD": "s3cret",
+			},
+			want: "postgres://relay:s3cret@db:5432/app",
+		},
+		{
+			name: "direct keyword/value with password",
+			env: map[string]string{
+				"RELAY_POSTGRES_URL": "postgres://relay@pooler:6432/app", "RELAY_LEADER_POSTGRES_URL": "host=db user=relay dbname=app",
+				"RELAY_POSTGRES_PASSWORD": "it's",
+			},
+			want: `host=db user=relay dbname=app password='it\'s'`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"RELAY_NATS_URL": "nats://127.0.0.1:4222"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			cfg, err := parseConfig("run", nil, func(k string) string { return env[k] }, io.Discard)
+			require.NoError(t, err)
+			require.Equal(t, tt.want, cfg.election.PostgresURL)
+		})
+	}
+	_, err := parseConfig("run", nil, func(k string) string {
+		return map[string]string{"RELAY_POSTGRES_URL": "postgres://relay@db/app", "RELAY_NATS_URL": "nats://x", "RELAY_LEADER_POSTGRES_URL": "postgres://relay:pw@db:notaport/app"}[k]
+	}, io.Discard)
+	require.ErrorContains(t, err, "leader-postgres-url: cannot be parsed")
+	require.NotContains(t, err.Error(), "pw@")
+}
