@@ -289,6 +289,7 @@ func (p *Pump) settleHead(ctx context.Context) error {
 			p.stored(f.ev, f.expect)
 		}
 		p.stored(vouch.ev, ack.Seq)
+		p.saver.set(&p.mark)
 		p.window.Drop(k + 1)
 		if len(p.replay) == 0 {
 			p.careful = false
@@ -308,7 +309,6 @@ func (p *Pump) stored(ev cdc.Event, seq uint64) {
 	if p.mark.Position.Less(ev.Position) {
 		p.mark.Position, p.mark.Seq, p.mark.MsgID = ev.Position, seq, ev.ID
 	}
-	p.saver.set(p.mark)
 }
 
 // needsAck reports whether the message about to be published should ask
@@ -525,6 +525,7 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 		}
 	}
 	p.window.Clear()
+	p.saver.set(&p.mark)
 	return failed, nil
 }
 
@@ -771,7 +772,7 @@ func (p *Pump) afterRead(r Reading) {
 	default:
 		p.setOrder(orderSequence)
 	}
-	p.saver.set(p.mark)
+	p.saver.set(&p.mark)
 }
 
 // setOrder switches to order, with the window and acknowledgement cadence
@@ -837,6 +838,7 @@ func (p *Pump) resolveUncertain(ctx context.Context) error {
 		}
 		p.mark.Seq = p.info.LastSeq
 		p.lastSeq, p.lastID = p.info.LastSeq, p.lastMsgID
+		p.saver.set(&p.mark)
 		next = next[match+1:]
 	} else if len(next) > 0 {
 		p.m.PumpUnverifiedReplays.Add(float64(len(next)))
@@ -921,6 +923,7 @@ func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError
 				return p.resync(ctx, true)
 			}
 			p.stored(ev, ack.Seq)
+			p.saver.set(&p.mark)
 			p.lastSeq, p.lastID = ack.Seq, ev.ID
 			return nil
 		}

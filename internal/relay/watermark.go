@@ -422,9 +422,10 @@ type markSaver struct {
 	log      *zap.Logger
 	errors   interface{ Inc() }
 
-	mu      sync.Mutex
-	pending *Mark
-	wake    chan struct{}
+	mu         sync.Mutex
+	pending    Mark
+	hasPending bool
+	wake       chan struct{}
 	// writing serialises writes: a flush waits for a background write in
 	// progress, so an older mark never overwrites a newer one.
 	writing sync.Mutex
@@ -434,11 +435,17 @@ func newMarkSaver(w *Watermark, interval time.Duration, log *zap.Logger, m *metr
 	return &markSaver{w: w, interval: interval, log: log, errors: m.PumpMarkSaveErrors, wake: make(chan struct{}, 1)}
 }
 
-// set asks for m to be written soon.
-func (s *markSaver) set(m Mark) {
-	m.Holes = slices.Clone(m.Holes)
+// set asks for m to be written soon. It copies m: the caller goes on
+// changing its own.
+func (s *markSaver) set(m *Mark) {
 	s.mu.Lock()
-	s.pending = &m
+	holes := s.pending.Holes[:0]
+	s.pending, s.hasPending = *m, true
+	if len(m.Holes) > 0 {
+		s.pending.Holes = append(holes, m.Holes...)
+	} else {
+		s.pending.Holes = nil
+	}
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -450,7 +457,7 @@ func (s *markSaver) set(m Mark) {
 // for before (m is newer).
 func (s *markSaver) flush(ctx context.Context, m Mark) error {
 	s.mu.Lock()
-	s.pending = nil
+	s.hasPending = false
 	s.mu.Unlock()
 	s.writing.Lock()
 	defer s.writing.Unlock()
@@ -470,22 +477,23 @@ func (s *markSaver) run(ctx context.Context) {
 		case <-s.wake:
 		}
 		s.mu.Lock()
-		m := s.pending
-		s.pending = nil
+		m, ok := s.pending, s.hasPending
+		m.Holes = slices.Clone(m.Holes)
+		s.hasPending = false
 		s.mu.Unlock()
-		if m == nil {
+		if !ok {
 			continue
 		}
 		s.writing.Lock()
-		err := s.w.Save(ctx, *m)
+		err := s.w.Save(ctx, m)
 		s.writing.Unlock()
 		if err != nil && ctx.Err() == nil {
 			s.errors.Inc()
 			s.log.Warn("write high-water mark failed, will write again", zap.Error(err))
 			// Keep it unless something newer came meanwhile.
 			s.mu.Lock()
-			if s.pending == nil {
-				s.pending = m
+			if !s.hasPending {
+				s.pending, s.hasPending = m, true
 			}
 			s.mu.Unlock()
 		}
