@@ -291,7 +291,13 @@ func (w *Watermark) Read(ctx context.Context, known Mark, after uint64, untilFor
 	gap := 0 // removed messages since the last own one
 	for seq, n := from, 0; seq <= info.LastSeq; seq, n = seq+1, n+1 {
 		if n >= w.ScanLimit {
-			return Reading{}, fmt.Errorf("read stream %q: more than %d messages after the relay's high-water mark at %d; raise the scan limit or check who writes to the stream", w.stream, w.ScanLimit, r.Mark.Seq)
+			// Other writers' messages, mostly: the relay's own after its
+			// mark sit near its start. Events after the mark that are
+			// stored further on are published again; JetStream drops
+			// those inside its duplicate window.
+			w.logger.Warn("stopped reading the stream back: too many messages after the relay's high-water mark; events after it may be published again",
+				zap.String("stream", w.stream), zap.Uint64("stream_seq", seq), zap.Int("scan_limit", w.ScanLimit))
+			break
 		}
 		h, found, err := w.log.Header(ctx, seq)
 		if err != nil {

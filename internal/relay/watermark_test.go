@@ -161,3 +161,20 @@ func TestMarkKey(t *testing.T) {
 	assert.Equal(t, "OUTBOX.7714059297398348463/app/outbox_relay", relay.MarkKey("OUTBOX", "7714059297398348463/app/outbox_relay"))
 	assert.Equal(t, "S.1/my=20db=2E=C3=A9/slot", relay.MarkKey("S", "1/my db.é/slot"))
 }
+
+// A long run of other writers' messages after the mark: reading back stops at
+// the scan limit instead of failing, and the mark stays where it was.
+func TestWatermarkScanLimit(t *testing.T) {
+	t.Parallel()
+	stream := newFakeStream(t, true, false)
+	own(t, stream, 1)
+	for range 20 {
+		stream.Append(sink.Message{Subject: "outbox.other.plain", Data: []byte("x")})
+	}
+	w := relay.NewWatermark(stream, stream.marks, "OUTBOX", testOrigin, zaptest.NewLogger(t))
+	w.ScanLimit = 5
+	r, err := w.Read(context.Background(), relay.Mark{Position: pumpEvent(1, 1).Position, Seq: 1}, 0, false)
+	require.NoError(t, err)
+	assert.Equal(t, pumpEvent(1, 1).Position, r.Mark.Position)
+	assert.True(t, r.Foreign)
+}
