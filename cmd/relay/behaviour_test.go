@@ -102,13 +102,13 @@ func TestPoisonEventsGoToTheDeadLetterSubject(t *testing.T) {
 	require.Equal(t, ids, e2e.IDs(msgs))
 
 	invalid := msgs[1]
-	require.Equal(t, "outbox_dead_letter", invalid.Subject)
+	require.Equal(t, "outbox_dead_letter.outbox_relay.outbox._._", invalid.Subject, "the default dead-letter subject")
 	require.Contains(t, invalid.Header.Get("Outbox-Poison-Reason"), "invalid_subject")
 	require.JSONEq(t, `{"bad": 1}`, string(invalid.Data), "the event goes unchanged")
 	require.Equal(t, "bad.type", invalid.Header.Get("Outbox-Aggregate-Type"))
 
 	big := msgs[3]
-	require.Equal(t, "outbox_dead_letter", big.Subject)
+	require.Equal(t, "outbox_dead_letter.outbox_relay.outbox._._", big.Subject)
 	require.Contains(t, big.Header.Get("Outbox-Poison-Reason"), "too_large")
 	require.Equal(t, "outbox.order.created", big.Header.Get("Outbox-Original-Subject"))
 	require.NotEmpty(t, big.Header.Get("Outbox-Payload-Omitted"))

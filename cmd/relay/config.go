@@ -107,7 +107,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	d(&c.pump.RetryMin, "retry-min", 100*time.Millisecond, "first delay before publishing again after a failure")
 	d(&c.pump.RetryMax, "retry-max", 10*time.Second, "longest delay between publish retries")
 	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter")
-	s(&c.pump.DeadLetterSubject, "dead-letter-subject", "outbox_dead_letter", "subject poison events go to with --on-poison=dead-letter")
+	s(&c.pump.DeadLetterSubject, "dead-letter-subject", "", "subject poison events go to with --on-poison=dead-letter; some stream must capture it (default outbox_dead_letter.<slot>.<the subject template's wildcard with each * written _>, so that relays of different slots or templates differ, e.g. outbox_dead_letter.outbox_relay.outbox._._)")
 
 	// Process
 	b(&c.leaderElection, "leader-election", true, "let only one relay per slot run; others stand by and take over")
@@ -203,15 +203,23 @@ func (c *config) finish() error {
 		errs = append(errs, err)
 	}
 	c.template = tmpl
+	if c.pump.DeadLetterSubject == "" && err == nil {
+		c.pump.DeadLetterSubject = defaultDeadLetterSubject(c.cdc.Slot, tmpl)
+	}
 	if c.streamSubjects != "" {
 		for _, subj := range strings.Split(c.streamSubjects, ",") {
 			c.sink.StreamSubjects = append(c.sink.StreamSubjects, strings.TrimSpace(subj))
 		}
 	} else if err == nil {
+		// The dead-letter subject too, whatever --on-poison says now: a
+		// stream is created once, the policy may change later.
 		c.sink.StreamSubjects = tmpl.StreamSubjects()
-		if c.pump.OnPoison == relay.OnPoisonDeadLetter && !sink.Captures(c.sink.StreamSubjects, c.pump.DeadLetterSubject) {
+		if !sink.Captures(c.sink.StreamSubjects, c.pump.DeadLetterSubject) {
 			c.sink.StreamSubjects = append(c.sink.StreamSubjects, c.pump.DeadLetterSubject)
 		}
+	}
+	if c.pump.OnPoison == relay.OnPoisonDeadLetter {
+		c.sink.DeadLetterSubject = c.pump.DeadLetterSubject
 	}
 	c.cdc.TakeOverActiveSlot = c.leaderElection
 	c.election.PostgresURL = c.cdc.PostgresURL
@@ -239,6 +247,15 @@ func (c *config) finish() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// defaultDeadLetterSubject derives the dead-letter subject from the slot and
+// the subject template, so that two relays sharing a NATS account do not
+// both claim one subject: outbox_dead_letter.<slot>.<template wildcard, each
+// * written _>. It has two more tokens than the template, so the template's
+// own wildcard never captures it.
+func defaultDeadLetterSubject(slot string, tmpl relay.Template) string {
+	return "outbox_dead_letter." + slot + "." + strings.ReplaceAll(tmpl.Wildcard(), "*", "_")
 }
 
 // setPassword puts password into a URL or keyword/value connection string.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -71,7 +72,7 @@ func checkStream(ctx context.Context, cfg *config) ([]string, error) {
 	state, err := nc.EnsureStream(ctx, dry, []string{cfg.template.Wildcard()}, zap.NewNop())
 	if err != nil {
 		if cfg.sink.CreateStream && errors.Is(err, sink.ErrConfig) && state.Subjects == nil {
-			return []string{fmt.Sprintf("stream %q: missing, will be created on start", cfg.sink.Stream)}, nil
+			return checkStreamToCreate(ctx, cfg, nc)
 		}
 		return nil, err
 	}
@@ -81,6 +82,34 @@ func checkStream(ctx context.Context, cfg *config) ([]string, error) {
 		notes = append(notes, "warning: fewer than 3 replicas: an acknowledgement survives a NATS host crash only with R3 or sync_interval: always")
 	}
 	return notes, nil
+}
+
+// checkStreamToCreate checks a stream the relay would create: no other
+// stream may claim its subjects, and some stream must capture the
+// dead-letter subject.
+func checkStreamToCreate(ctx context.Context, cfg *config, nc *sink.Connection) ([]string, error) {
+	overlaps, err := sink.Overlaps(ctx, nc.JetStream, cfg.sink.StreamSubjects, cfg.sink.RequestTimeout)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, o := range overlaps {
+		errs = append(errs, fmt.Errorf("stream: %q cannot be created: %s; set --stream-subjects, --dead-letter-subject or --subject-template so that no two streams claim a subject", cfg.sink.Stream, o))
+	}
+	if dl := cfg.sink.DeadLetterSubject; dl != "" && !sink.Captures(cfg.sink.StreamSubjects, dl) {
+		others, err := sink.Overlaps(ctx, nc.JetStream, []string{dl}, cfg.sink.RequestTimeout)
+		if err != nil {
+			return nil, err
+		}
+		if len(others) == 0 {
+			errs = append(errs, fmt.Errorf("dead-letter-subject: no stream captures the dead-letter subject %q, and stream %q would not (subjects %s); add it to --stream-subjects or change --dead-letter-subject",
+				dl, cfg.sink.Stream, strings.Join(cfg.sink.StreamSubjects, ", ")))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return []string{fmt.Sprintf("stream %q: missing, will be created on start with subjects %s", cfg.sink.Stream, strings.Join(cfg.sink.StreamSubjects, ", "))}, nil
 }
 
 // runStatus prints the slot, the lag and the stream, and whether they agree.

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go"
@@ -34,6 +35,7 @@ const (
 	HeaderPoisonReason    = "Outbox-Poison-Reason"
 	HeaderOriginalSubject = "Outbox-Original-Subject"
 	HeaderPayloadOmitted  = "Outbox-Payload-Omitted"
+	HeaderHeadersOmitted  = "Outbox-Headers-Omitted"
 )
 
 // Template builds subjects from events: dot-separated tokens, each a literal
@@ -254,26 +256,96 @@ func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 
 // DeadLetter maps ev to a message for the dead-letter subject: the payload
 // and headers unchanged, plus the reason and the subject it would have had.
-// When the payload alone exceeds maxPayload the body is left out and
-// Outbox-Payload-Omitted gives its size; the row stays in the table.
+// The message is built to fit what any server takes, so that dead-lettering
+// itself never fails for size: JetStream's 64 KiB limit on a header block
+// and maxPayload (the server's max_payload; 0 for none) for headers and body
+// together. What does not fit is left out, in this order, and said so in a
+// header (the row stays in the table): the row's own headers
+// (Outbox-Headers-Omitted gives the column's size), then the body
+// (Outbox-Payload-Omitted gives its size), then both; as a last resort every
+// value longer than 1 KiB is cut short and an id that long is not sent as
+// Nats-Msg-Id.
 func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError, maxPayload int64) sink.Message {
-	header := nats.Header{}
-	if len(ev.Headers) > 0 {
-		// A malformed headers column may be why it is poison; keep every
-		// entry that is usable.
-		_ = addRowHeaders(header, ev.Headers, true)
+	build := func(rowHeaders bool) nats.Header {
+		header := nats.Header{}
+		if rowHeaders && len(ev.Headers) > 0 {
+			// A malformed headers column may be why it is poison; keep
+			// every entry that is usable.
+			_ = addRowHeaders(header, ev.Headers, true)
+		}
+		mp.stamp(header, ev, new(headerValues))
+		header.Set(HeaderPoisonReason, reason.Reason+": "+sanitizeHeaderValue(reason.Detail))
+		if original, err := mp.template.Subject(ev); err == nil {
+			header.Set(HeaderOriginalSubject, original)
+		}
+		if !rowHeaders && len(ev.Headers) > 0 {
+			header.Set(HeaderHeadersOmitted, strconv.Itoa(len(ev.Headers)))
+		}
+		return header
 	}
-	mp.stamp(header, ev, new(headerValues))
-	header.Set(HeaderPoisonReason, reason.Reason+": "+sanitizeHeaderValue(reason.Detail))
-	if original, err := mp.template.Subject(ev); err == nil {
-		header.Set(HeaderOriginalSubject, original)
+	withBody := func(header nats.Header, body bool) sink.Message {
+		if !body {
+			header.Set(HeaderPayloadOmitted, strconv.Itoa(len(ev.Payload)))
+			return sink.Message{Subject: subject, ID: ev.ID, Header: header}
+		}
+		return sink.Message{Subject: subject, ID: ev.ID, Data: ev.Payload, Header: header}
 	}
-	data := ev.Payload
-	if maxPayload > 0 && int64(len(data))+headerSize(header)+1024 > maxPayload {
-		header.Set(HeaderPayloadOmitted, strconv.Itoa(len(data)))
-		data = nil
+	// The body is the event; the row's headers are extras: keep the body
+	// rather than the headers.
+	for _, keep := range []struct{ headers, body bool }{{true, true}, {false, true}, {true, false}, {false, false}} {
+		if keep.headers || len(ev.Headers) > 0 {
+			if msg := withBody(build(keep.headers), keep.body); fits(msg, maxPayload) {
+				return msg
+			}
+		}
 	}
-	return sink.Message{Subject: subject, ID: ev.ID, Data: data, Header: header}
+	msg := withBody(build(false), false)
+	for k, vs := range msg.Header {
+		for i, v := range vs {
+			vs[i] = shorten(v, maxDeadLetterValue)
+		}
+		msg.Header[k] = vs
+	}
+	if len(msg.ID) > maxDeadLetterValue {
+		msg.ID = ""
+	}
+	return msg
+}
+
+// Limits a dead-letter message is built to fit.
+const (
+	// maxHeaderBlock is JetStream's limit on a message's encoded header
+	// block (JSStreamHeaderExceedsMaximumErr), whatever max_payload allows.
+	maxHeaderBlock = 65535
+	// sinkHeadersSize is the most the headers the sink adds take, besides
+	// Nats-Msg-Id: Nats-Expected-Last-Sequence with a 20-digit value.
+	sinkHeadersSize = len("Nats-Expected-Last-Sequence") + 20 + 4
+	// maxDeadLetterValue is what each header value of a dead-letter message
+	// is cut to when nothing else makes it fit.
+	maxDeadLetterValue = 1024
+)
+
+// fits reports whether msg, once the sink adds its headers, is within
+// JetStream's header limit and maxPayload (0: no limit).
+func fits(msg sink.Message, maxPayload int64) bool {
+	size := headerSize(msg.Header) + int64(sinkHeadersSize)
+	if msg.ID != "" {
+		size += int64(len("Nats-Msg-Id") + len(msg.ID) + 4)
+	}
+	return size <= maxHeaderBlock && (maxPayload <= 0 || size+int64(len(msg.Data)) <= maxPayload)
+}
+
+// shorten cuts s to at most n bytes, on a UTF-8 boundary, saying how long
+// it was.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // stampedHeaders is how many headers stamp sets at most.

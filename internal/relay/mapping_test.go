@@ -3,8 +3,10 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go"
@@ -576,6 +578,58 @@ func TestMapperDeadLetter(t *testing.T) {
 			},
 		},
 		{
+			"row headers over the header limit omitted, body kept",
+			func(ev *cdc.Event) { ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 100<<10) + `"}`) },
+			PoisonError{Reason: "too_large", Detail: "header size exceeds maximum allowed of 64k"},
+			1 << 20,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Empty(t, m.Header.Get("big"))
+				require.Equal(t, strconv.Itoa(len(ev.Headers)), m.Header.Get(HeaderHeadersOmitted))
+				require.Equal(t, ev.Payload, m.Data)
+				require.Equal(t, "outbox.order.created", m.Header.Get(HeaderOriginalSubject))
+			},
+		},
+		{
+			"row headers over max payload omitted, body kept",
+			func(ev *cdc.Event) { ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 4000) + `", "small": "s"}`) },
+			PoisonError{Reason: "too_large", Detail: "d"},
+			4096,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Empty(t, m.Header.Get("small"), "the row's headers go as a whole")
+				require.NotEmpty(t, m.Header.Get(HeaderHeadersOmitted))
+				require.Equal(t, ev.Payload, m.Data)
+			},
+		},
+		{
+			"body over max payload omitted, small row headers kept",
+			func(ev *cdc.Event) {
+				ev.Payload = []byte(strings.Repeat("x", 5000))
+				ev.Headers = []byte(`{"trace": "abc"}`)
+			},
+			PoisonError{Reason: "too_large", Detail: "d"},
+			4096,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Equal(t, "abc", m.Header.Get("trace"))
+				require.Nil(t, m.Data)
+				require.Equal(t, "5000", m.Header.Get(HeaderPayloadOmitted))
+			},
+		},
+		{
+			"both omitted when neither fits",
+			func(ev *cdc.Event) {
+				ev.Payload = []byte(strings.Repeat("x", 5000))
+				ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 5000) + `"}`)
+			},
+			PoisonError{Reason: "too_large", Detail: "d"},
+			4096,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Nil(t, m.Data)
+				require.NotEmpty(t, m.Header.Get(HeaderPayloadOmitted))
+				require.NotEmpty(t, m.Header.Get(HeaderHeadersOmitted))
+				require.Empty(t, m.Header.Get("big"))
+			},
+		},
+		{
 			"reserved row header does not override the relay's",
 			func(ev *cdc.Event) {
 				ev.Headers = []byte(`{"Outbox-Origin": "forged", "Outbox-Poison-Reason": "forged"}`)
@@ -607,8 +661,33 @@ func TestMapperDeadLetter(t *testing.T) {
 					require.NotContains(t, v, "\n", "header %s", k)
 				}
 			}
+			require.True(t, fits(m, tt.maxPayload), "the dead-letter message fits")
 			tt.check(t, ev, m)
 		})
+	}
+}
+
+// TestDeadLetterFitsWhateverTheRow: when even the relay's own headers are too
+// large (a huge aggregate id and a reason quoting it), each value is cut
+// short, and an id too long for a header is not sent as Nats-Msg-Id.
+func TestDeadLetterFitsWhateverTheRow(t *testing.T) {
+	t.Parallel()
+	ev := mappingEvent()
+	ev.AggregateID = strings.Repeat("é", 40<<10)
+	ev.EventType = strings.Repeat("e", 40<<10)
+	ev.ID = strings.Repeat("i", 70<<10)
+	ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 100<<10) + `"}`)
+	reason := PoisonError{Reason: "too_large", Detail: "id " + ev.ID}
+	for _, maxPayload := range []int64{0, 1 << 20, 8 << 20} {
+		m := mappingMapper(t).DeadLetter(&ev, "dlq", &reason, maxPayload)
+		require.True(t, fits(m, maxPayload))
+		require.Empty(t, m.ID)
+		require.True(t, utf8.ValidString(m.Header.Get(HeaderAggregateID)), "cut on a character boundary")
+		require.True(t, strings.HasSuffix(m.Header.Get(HeaderAggregateID), fmt.Sprintf("... (%d bytes)", len(ev.AggregateID))))
+		require.True(t, strings.HasPrefix(m.Header.Get(HeaderPoisonReason), "too_large: id iii"))
+		pos, ok := PositionFromHeader(m.Header, mappingOrigin)
+		require.True(t, ok)
+		require.Equal(t, ev.Position, pos)
 	}
 }
 

@@ -1,6 +1,13 @@
 package sink
 
-import "strings"
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
 
 // ValidToken reports whether s can stand as one token of a NATS subject: not
 // empty, and free of '.', the wildcards '*' and '>', whitespace and control
@@ -67,4 +74,36 @@ func subsetMatch(subject, filter string) bool {
 		}
 	}
 	return len(st) == len(ft)
+}
+
+// Overlap is a stream whose subjects overlap Subject: some message subject
+// would be captured by both.
+type Overlap struct {
+	Subject  string
+	Stream   string
+	Subjects []string // the stream's subjects
+}
+
+func (o Overlap) String() string {
+	return fmt.Sprintf("%q overlaps stream %q (subjects %s)", o.Subject, o.Stream, strings.Join(o.Subjects, ", "))
+}
+
+// Overlaps lists, for each of subjects, the streams whose subjects overlap
+// it, as the server decides overlap. For a subject without wildcards that
+// is the streams that capture it. Each request is bounded by timeout.
+func Overlaps(ctx context.Context, js jetstream.JetStream, subjects []string, timeout time.Duration) ([]Overlap, error) {
+	var out []Overlap
+	for _, subject := range subjects {
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		list := js.ListStreams(rctx, jetstream.WithStreamListSubject(subject))
+		for info := range list.Info() {
+			out = append(out, Overlap{Subject: subject, Stream: info.Config.Name, Subjects: info.Config.Subjects})
+		}
+		err := list.Err()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("list the streams overlapping %q: %w", subject, err)
+		}
+	}
+	return out, nil
 }
