@@ -220,14 +220,33 @@ func (mp *Mapper) Origin() string { return mp.origin }
 type PoisonError struct {
 	Reason string // one of metrics.PoisonReasons
 	Detail string
+	// ID and Position identify the event when known (set by Mapper.Message),
+	// so that the error reported at exit can name them as log fields.
+	ID       string
+	Position cdc.Position
 }
 
 func (e *PoisonError) Error() string { return e.Reason + ": " + e.Detail }
+
+// EventID returns the poison event's id, or "" when unknown.
+func (e *PoisonError) EventID() string { return e.ID }
+
+// EventLSN returns the commit LSN of the poison event's transaction.
+func (e *PoisonError) EventLSN() pglogrepl.LSN { return e.Position.CommitLSN }
 
 // Message maps ev to its message. It returns a *PoisonError when the row can
 // never become a valid message. The message's header map is reused by the
 // next call: publish the message before mapping the next event.
 func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
+	msg, err := mp.message(ev)
+	var poison *PoisonError
+	if errors.As(err, &poison) {
+		poison.ID, poison.Position = ev.ID, ev.Position
+	}
+	return msg, err
+}
+
+func (mp *Mapper) message(ev *cdc.Event) (sink.Message, error) {
 	if ev.Defect != "" {
 		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: ev.Defect}
 	}

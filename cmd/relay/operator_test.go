@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/outbox-relay/outbox-relay/internal/e2e"
+	"github.com/outbox-relay/outbox-relay/internal/testenv"
+)
+
+// runSplit runs the relay binary to completion with exactly env (no
+// defaults; set-but-empty variables stay so) and returns its exit code,
+// stdout and stderr apart.
+func runSplit(t *testing.T, bin string, env map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = []string{"PATH=/usr/bin:/bin", fmt.Sprintf("RELAY_HTTP_ADDR=127.0.0.1:%d", testenv.FreePort(t))}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		code = exitErr.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run relay %v: %v", args, err)
+	}
+	return code, out.String(), errOut.String()
+}
+
+// lastLine returns the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestExitIsExplained covers how the relay says why it exits: with
+// --log-format=json (the default) as a JSON error entry on stderr, with the
+// event's id and position when an event is the cause (trial O6), and with
+// --log-format=console without colour codes when stderr is no terminal (O7).
+func TestExitIsExplained(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+
+	t.Run("configuration error in JSON", func(t *testing.T) {
+		code, _, stderr := runSplit(t, f.bin, f.env("RELAY_TABLE", "nope"), "run")
+		require.Equal(t, 1, code, stderr)
+		var entry map[string]any
+		require.NoError(t, json.Unmarshal([]byte(lastLine(stderr)), &entry), "the last line is JSON: %q", lastLine(stderr))
+		require.Equal(t, "error", entry["level"])
+		require.NotEmpty(t, entry["msg"])
+		require.Contains(t, entry["error"], `"public"."nope" does not exist`)
+	})
+
+	t.Run("console without colours", func(t *testing.T) {
+		code, _, stderr := runSplit(t, f.bin, f.env("RELAY_TABLE", "nope", "RELAY_LOG_FORMAT", "console"), "run")
+		require.Equal(t, 1, code, stderr)
+		require.NotContains(t, stderr, "\x1b[", "no ANSI escape codes in a file or pipe")
+		require.Contains(t, lastLine(stderr), "ERROR")
+		require.Contains(t, lastLine(stderr), `nope\" does not exist`)
+	})
+
+	t.Run("poison event in JSON with its id and position", func(t *testing.T) {
+		relay := f.startRelay(t)
+		ids := writeRows(t, f, goodEvent(1), e2e.Event{AggregateType: "bad.type", AggregateID: "x", EventType: "created", Payload: `{}`})
+		code, err := relay.Wait(60 * time.Second)
+		require.NoError(t, err)
+		require.Equal(t, 1, code)
+		var entry map[string]any
+		line := lastLine(relay.Logs())
+		require.NoError(t, json.Unmarshal([]byte(line), &entry), "the last line is JSON: %q", line)
+		require.Equal(t, "error", entry["level"])
+		require.Equal(t, ids[1], entry["event_id"])
+		require.Regexp(t, `^[0-9A-F]+/[0-9A-F]+$`, entry["lsn"])
+		require.Contains(t, entry["error"], "invalid_subject")
+	})
+}
+
+// TestCommandLine covers the command line itself: `relay --help` lists the
+// commands, no flag says its default twice (trial S2), and a RELAY_*
+// variable set to the empty string means empty where a setting allows it
+// (W21), while for the others it stays "unset".
+func TestCommandLine(t *testing.T) {
+	t.Parallel()
+	bin := e2e.BuildRelay(t)
+
+	t.Run("relay --help lists the commands", func(t *testing.T) {
+		code, stdout, stderr := runSplit(t, bin, nil, "--help")
+		require.Equal(t, 0, code, stderr)
+		for _, command := range []string{"relay check", "relay status", "relay run", "relay version"} {
+			require.Contains(t, stdout, command)
+		}
+	})
+
+	t.Run("each default stated once", func(t *testing.T) {
+		code, stdout, stderr := runSplit(t, bin, nil, "run", "--help")
+		require.Equal(t, 0, code)
+		help := stdout + stderr
+		require.Contains(t, help, "-create-publication")
+		require.NotContains(t, help, "(default true) (default true)")
+		require.Contains(t, help, "(default true)")
+		require.Contains(t, help, "(default false)", "a false default is stated too")
+	})
+
+	t.Run("empty environment variables", func(t *testing.T) {
+		f := newFixture(t)
+		f.pg.Exec(t, f.db, `CREATE TABLE plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), aggregate_type text NOT NULL,
+			aggregate_id text NOT NULL, event_type text NOT NULL, payload jsonb NOT NULL)`)
+		env := f.env("RELAY_TABLE", "plain", "RELAY_PUBLICATION", "plain", "RELAY_SLOT", "plain",
+			"RELAY_COLUMN_HEADERS", "", "RELAY_COLUMN_CREATED_AT", "")
+		code, stdout, stderr := runSplit(t, f.bin, env, "check")
+		require.Equal(t, 0, code, "RELAY_COLUMN_HEADERS= and RELAY_COLUMN_CREATED_AT= mean no such column:\n%s%s", stdout, stderr)
+
+		// Empty where empty is no valid value: the default applies.
+		env["RELAY_STREAM"], env["RELAY_LOG_LEVEL"] = "", ""
+		code, stdout, stderr = runSplit(t, f.bin, env, "check")
+		require.Equal(t, 0, code, "%s%s", stdout, stderr)
+		require.Contains(t, stdout, `stream "OUTBOX"`)
+	})
+}
