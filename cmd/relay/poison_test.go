@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -153,4 +154,95 @@ func TestAsyncPersistStreamsAreRefused(t *testing.T) {
 	code, out = runCommand(t, f.bin, f.env(), "run")
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "persist_mode async")
+}
+
+// TestRowsAreMappedOrRefusedNeverMerged covers what becomes of a row's
+// values: Unicode spaces, zero-width and control characters in a subject
+// token make the row poison like ASCII white space (trial W17); headers
+// that are numbers, booleans, objects or arrays travel as their JSON text
+// and JSON null is left out like SQL NULL (W7); an empty id, or one with
+// white space at either end or a line break, is poison, since the NATS
+// client trims and flattens header values and would store "a " and "a" as
+// one message; created_at of type timestamp is rendered in RFC 3339 as UTC,
+// a date as midnight UTC, and infinity makes the row poison.
+func TestRowsAreMappedOrRefusedNeverMerged(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.pg.Exec(t, f.db, `CREATE TABLE rows_t (id text PRIMARY KEY, aggregate_type text NOT NULL, aggregate_id text NOT NULL,
+		event_type text NOT NULL, payload jsonb NOT NULL, headers jsonb, created_at timestamp, created_on date)`)
+	byTimestamp := f.startRelay(t, "RELAY_TABLE", "rows_t", "RELAY_PUBLICATION", "rows_t", "RELAY_SLOT", "rows_ts",
+		"RELAY_STREAM", "ROWS_TS", "RELAY_SUBJECT_TEMPLATE", "rows.{aggregate_type}.{event_type}", "RELAY_ON_POISON", "dead-letter",
+		"RELAY_DEAD_LETTER_SUBJECT", "dl.ts")
+	byDate := f.startRelay(t, "RELAY_TABLE", "rows_t", "RELAY_PUBLICATION", "rows_t", "RELAY_SLOT", "rows_date",
+		"RELAY_STREAM", "ROWS_DATE", "RELAY_SUBJECT_TEMPLATE", "dates.{aggregate_type}.{event_type}", "RELAY_ON_POISON", "dead-letter",
+		"RELAY_DEAD_LETTER_SUBJECT", "dl.date",
+		"RELAY_COLUMN_CREATED_AT", "created_on")
+	rows := []struct{ id, eventType, headers, createdAt, createdOn string }{
+		{"e1", "paid", "", "2026-01-02 03:04:05.5", "2026-01-02"},
+		{"e2", "paid\u00a0now", "", "", ""},
+		{"e3", "paid\u3000", "", "", ""},
+		{"e4", "paid\u200b", "", "", ""},
+		{"e5", "paid", `{"x-num": 5, "x-float": 1.50, "x-bool": true, "x-null": null, "x-obj": {"a": [1, "b"]}, "x-arr": [], "x-str": "ok"}`, "", ""},
+		{"a ", "paid", "", "", ""},
+		{"a", "paid", "", "", ""},
+		{"", "paid", "", "", ""},
+		{"e9", "paid", "", "infinity", "-infinity"},
+		{"e10", "paid", "", "", ""},
+	}
+	nullable := func(s string) *string {
+		if s == "" {
+			return nil
+		}
+		return &s
+	}
+	for i, r := range rows {
+		f.pg.Exec(t, f.db, `INSERT INTO rows_t VALUES ($1, 'order', $2, $3, '{}', $4::jsonb, $5::timestamp, $6::date)`,
+			r.id, fmt.Sprint(i+1), r.eventType, nullable(r.headers), nullable(r.createdAt), nullable(r.createdOn))
+	}
+	// The last row reached both streams, published or dead-lettered.
+	reached := func(stream string) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		msgs, err := e2e.ReadStreamContext(ctx, f.nc, stream)
+		return err == nil && len(msgs) > 0 && msgs[len(msgs)-1].Header.Get("Outbox-Aggregate-Id") == fmt.Sprint(len(rows))
+	}
+	require.Eventually(t, func() bool { return reached("ROWS_TS") && reached("ROWS_DATE") }, time.Minute, 200*time.Millisecond)
+	msgs := e2e.ReadStream(t, f.nc, "ROWS_TS")
+	require.Len(t, msgs, len(rows), "no row merged with another: %v", e2e.IDs(msgs))
+	const deadLetter = "dl.ts"
+	poison := func(i int, reason string) {
+		t.Helper()
+		require.Equal(t, deadLetter, msgs[i].Subject, "row %d is poison", i+1)
+		require.Equal(t, fmt.Sprint(i+1), msgs[i].Header.Get("Outbox-Aggregate-Id"))
+		require.Contains(t, msgs[i].Header.Get("Outbox-Poison-Reason"), reason)
+	}
+	require.Equal(t, "rows.order.paid", msgs[0].Subject)
+	require.Equal(t, "2026-01-02T03:04:05.5Z", msgs[0].Header.Get("Outbox-Created-At"))
+	poison(1, "invalid_subject")
+	poison(2, "invalid_subject")
+	poison(3, "invalid_subject")
+	h := msgs[4].Header
+	require.Equal(t, "rows.order.paid", msgs[4].Subject)
+	require.Equal(t, "5", h.Get("x-num"))
+	require.Equal(t, "1.50", h.Get("x-float"))
+	require.Equal(t, "true", h.Get("x-bool"))
+	require.Equal(t, `{"a":[1,"b"]}`, h.Get("x-obj"))
+	require.Equal(t, "[]", h.Get("x-arr"))
+	require.Equal(t, "ok", h.Get("x-str"))
+	require.NotContains(t, h, "x-null")
+	poison(5, "bad_row")
+	require.Empty(t, msgs[5].Header.Get("Nats-Msg-Id"), "an unusable id is not sent as Nats-Msg-Id")
+	require.Equal(t, "rows.order.paid", msgs[6].Subject)
+	require.Equal(t, "a", msgs[6].Header.Get("Nats-Msg-Id"))
+	poison(7, "bad_row")
+	poison(8, "bad_row")
+	require.Contains(t, msgs[8].Header.Get("Outbox-Poison-Reason"), "infinity")
+	require.Equal(t, "rows.order.paid", msgs[9].Subject)
+
+	dates := e2e.ReadStream(t, f.nc, "ROWS_DATE")
+	require.Len(t, dates, len(rows))
+	require.Equal(t, "2026-01-02T00:00:00Z", dates[0].Header.Get("Outbox-Created-At"))
+	require.Contains(t, dates[8].Header.Get("Outbox-Poison-Reason"), "bad_row")
+	require.False(t, byTimestamp.Exited())
+	require.False(t, byDate.Exited())
 }

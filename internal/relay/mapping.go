@@ -250,6 +250,14 @@ func (mp *Mapper) message(ev *cdc.Event) (sink.Message, error) {
 	if ev.Defect != "" {
 		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: ev.Defect}
 	}
+	if err := checkID(ev.ID); err != nil {
+		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
+	}
+	if ev.CreatedAt != "" {
+		if _, err := mp.createdAt(ev.CreatedAt); err != nil {
+			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
+		}
+	}
 	var err error
 	mp.subject, err = mp.template.appendSubject(mp.subject[:0], ev)
 	if err != nil {
@@ -302,12 +310,19 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 		}
 		return header
 	}
+	// An id that cannot be a Nats-Msg-Id as it is (see checkID) is not
+	// sent as one: trimmed by the client, it could make JetStream drop
+	// another event as a duplicate of this dead letter.
+	id := ev.ID
+	if checkID(id) != nil {
+		id = ""
+	}
 	withBody := func(header nats.Header, body bool) sink.Message {
 		if !body {
 			header.Set(HeaderPayloadOmitted, strconv.Itoa(len(ev.Payload)))
-			return sink.Message{Subject: subject, ID: ev.ID, Header: header}
+			return sink.Message{Subject: subject, ID: id, Header: header}
 		}
-		return sink.Message{Subject: subject, ID: ev.ID, Data: ev.Payload, Header: header}
+		return sink.Message{Subject: subject, ID: id, Data: ev.Payload, Header: header}
 	}
 	// The body is the event; the row's headers are extras: keep the body
 	// rather than the headers.
@@ -385,11 +400,12 @@ func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event, values *headerValues)
 	set(1, HeaderAggregateID, ev.AggregateID)
 	set(2, HeaderEventType, ev.EventType)
 	if ev.CreatedAt != "" {
-		if mp.createdValue == nil || ev.CreatedAt != mp.lastCreatedRaw {
-			mp.lastCreatedRaw = ev.CreatedAt
-			mp.createdValue = []string{sanitizeHeaderValue(normalizeTimestamp(ev.CreatedAt))}
+		value, err := mp.createdAt(ev.CreatedAt)
+		if err != nil {
+			// Only a dead letter gets here: it keeps what the row says.
+			value = []string{sanitizeHeaderValue(ev.CreatedAt)}
 		}
-		header[HeaderCreatedAt] = mp.createdValue
+		header[HeaderCreatedAt] = value
 	}
 	if mp.commitLSNValue == nil || ev.Position.CommitLSN != mp.lastCommitLSN {
 		mp.lastCommitLSN = ev.Position.CommitLSN
@@ -398,6 +414,37 @@ func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event, values *headerValues)
 	header[HeaderCommitLSN] = mp.commitLSNValue
 	set(3, HeaderCommitIndex, strconv.FormatUint(uint64(ev.Position.Index), 10))
 	header[HeaderOrigin] = mp.originValue
+}
+
+// createdAt returns the Outbox-Created-At value for raw, shared by the rows
+// that have the same (rows of a transaction usually do: now() is the
+// transaction's start).
+func (mp *Mapper) createdAt(raw string) ([]string, error) {
+	if mp.createdValue != nil && raw == mp.lastCreatedRaw {
+		return mp.createdValue, nil
+	}
+	value, err := normalizeTimestamp(raw)
+	if err != nil {
+		return nil, err
+	}
+	mp.lastCreatedRaw, mp.createdValue = raw, []string{value}
+	return mp.createdValue, nil
+}
+
+// checkID explains why id cannot be a message's Nats-Msg-Id: JetStream
+// deduplicates by it, and the NATS client trims white space around header
+// values and turns line breaks into spaces, so "a " would be stored as "a"
+// and the real "a" then dropped as its duplicate.
+func checkID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("column id is empty")
+	case strings.ContainsAny(id, "\r\n"):
+		return fmt.Errorf("id %q contains a line break", id)
+	case textproto.TrimString(id) != id:
+		return fmt.Errorf("id %q has white space at its start or end", id)
+	}
+	return nil
 }
 
 // PositionFromHeader reads an event position stamped by the relay, and
@@ -417,15 +464,20 @@ func PositionFromHeader(h nats.Header, origin string) (cdc.Position, bool) {
 	return cdc.Position{CommitLSN: lsn, Index: uint32(index)}, true
 }
 
-// addRowHeaders adds the string entries of the row's headers object. Other
-// values are ignored, and so is whitespace around values, which NATS headers
-// cannot carry. Names the relay sets itself (Nats-*, Outbox-*) and names or
-// values that cannot travel in a NATS header make the row poison: silently
-// dropping them would change the event. With lenient set, such entries are
-// skipped instead (for dead-letter messages). Entries are visited in name
-// order, so the outcome never depends on map iteration.
+// addRowHeaders adds the entries of the row's headers object: a string as
+// it is, without the white space around it, which NATS headers cannot carry;
+// a number, boolean, object or array as its JSON text (objects and arrays
+// compacted); a JSON null not at all, like SQL NULL, and a headers column
+// that is JSON null as no headers. Names the relay sets itself (Nats-*,
+// Outbox-*) and names or values that cannot travel in a NATS header make the
+// row poison: silently dropping them would change the event. With lenient
+// set, such entries are skipped instead (for dead-letter messages). Entries
+// are visited in name order, so the outcome never depends on map iteration.
 func addRowHeaders(header nats.Header, raw []byte, lenient bool) error {
 	trimmed := bytes.TrimSpace(raw)
+	if string(trimmed) == "null" {
+		return nil
+	}
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return errors.New("column headers is not a JSON object")
 	}
@@ -440,12 +492,11 @@ func addRowHeaders(header nats.Header, raw []byte, lenient bool) error {
 	slices.Sort(names)
 	var first error
 	for _, name := range names {
-		value := entries[name]
-		var s string
-		if len(value) == 0 || value[0] != '"' || json.Unmarshal(value, &s) != nil {
+		value, present := headerText(entries[name])
+		if !present {
 			continue
 		}
-		if err := checkRowHeader(name, s); err != nil {
+		if err := checkRowHeader(name, value); err != nil {
 			if !lenient {
 				return err
 			}
@@ -454,9 +505,29 @@ func addRowHeaders(header nats.Header, raw []byte, lenient bool) error {
 		}
 		// NATS trims ASCII white space around header values on the wire;
 		// trimming here keeps the message what the relay believes it sent.
-		header[name] = []string{textproto.TrimString(s)}
+		header[name] = []string{textproto.TrimString(value)}
 	}
 	return first
+}
+
+// headerText renders one JSON value of the headers object as a header
+// value: a string as it is, null as absent, anything else as its compact
+// JSON text.
+func headerText(value json.RawMessage) (string, bool) {
+	if len(value) > 0 && value[0] == '"' {
+		var s string
+		if json.Unmarshal(value, &s) == nil {
+			return s, true
+		}
+	}
+	if string(value) == "null" {
+		return "", false
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, value) != nil {
+		return string(value), true // valid: the object it comes from parsed
+	}
+	return b.String(), true
 }
 
 func checkRowHeader(name, value string) error {
@@ -504,18 +575,21 @@ func headerSize(h nats.Header) int64 {
 	return n + 12
 }
 
-// normalizeTimestamp renders PostgreSQL's text form of a timestamptz
-// ("2026-11-26 04:13:53.123456+00") as RFC 3339; anything else is kept as is.
-func normalizeTimestamp(s string) string {
-	if s == "" {
-		return ""
-	}
-	for _, layout := range []string{"2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999-07:00", "2006-01-02 15:04:05.999999999-07:00:00"} {
+// normalizeTimestamp renders PostgreSQL's text form of created_at (ISO
+// date style, UTC session time zone) as RFC 3339 in UTC: a timestamptz
+// ("2026-11-26 04:13:53.123456+00") at its instant, a timestamp without time
+// zone as that time in UTC, a date as midnight UTC. infinity, -infinity,
+// dates BC and anything else RFC 3339 cannot express are an error.
+func normalizeTimestamp(s string) (string, error) {
+	for _, layout := range []string{
+		"2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999-07:00", "2006-01-02 15:04:05.999999999-07:00:00",
+		"2006-01-02 15:04:05.999999999", "2006-01-02", time.RFC3339Nano,
+	} {
 		if t, err := time.Parse(layout, s); err == nil {
-			return t.UTC().Format(time.RFC3339Nano)
+			return t.UTC().Format(time.RFC3339Nano), nil
 		}
 	}
-	return s
+	return "", fmt.Errorf("created_at %q cannot be written in RFC 3339", s)
 }
 
 // formatLSN renders lsn as PostgreSQL does ("16/B374D848"), without fmt:

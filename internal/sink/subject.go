@@ -5,13 +5,18 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // ValidToken reports whether s can stand as one token of a NATS subject: not
-// empty, and free of '.', the wildcards '*' and '>', whitespace and control
-// characters.
+// empty, valid UTF-8, and free of '.', the wildcards '*' and '>', white
+// space (ASCII or Unicode: U+00A0, U+3000, ...), control characters and
+// format characters (zero-width U+200B, U+FEFF, bidirectional marks, ...).
+// Characters like these would make subjects that look alike but differ, or
+// that other tools split or trim.
 func ValidToken(s string) bool {
 	if s == "" {
 		return false
@@ -19,6 +24,24 @@ func ValidToken(s string) bool {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
 		case c == '.', c == '*', c == '>', c <= ' ', c == 0x7f:
+			return false
+		case c >= utf8.RuneSelf:
+			return validUnicodeToken(s[i:])
+		}
+	}
+	return true
+}
+
+// validUnicodeToken is ValidToken for the rest of a token from its first
+// non-ASCII byte.
+func validUnicodeToken(s string) bool {
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], string(utf8.RuneError)):
+			return false // invalid UTF-8
+		case r == '.', r == '*', r == '>', r <= ' ', r == 0x7f:
+			return false
+		case r >= utf8.RuneSelf && (unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)):
 			return false
 		}
 	}
