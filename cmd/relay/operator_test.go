@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/outbox-relay/outbox-relay/internal/e2e"
@@ -129,5 +131,131 @@ func TestCommandLine(t *testing.T) {
 		code, stdout, stderr = runSplit(t, f.bin, env, "check")
 		require.Equal(t, 0, code, "%s%s", stdout, stderr)
 		require.Contains(t, stdout, `stream "OUTBOX"`)
+	})
+}
+
+// TestCheckReportsWhatRunWouldFailOn: `relay check` fails on what `relay
+// run` would fail on or never get past: a publication the role may not
+// create (trial S5), a dropped slot that run refuses to recreate (C16), a
+// poison event at the head of the slot that run would stop on at every
+// start (W12); and it prints warnings as warnings (O8). `relay status`
+// reports the poison event as a problem too.
+func TestCheckReportsWhatRunWouldFailOn(t *testing.T) {
+	t.Parallel()
+
+	t.Run("publication the role may not create", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t)
+		f.pg.Exec(t, f.db, `CREATE ROLE plain_relay LOGIN REPLICATION; GRANT SELECT ON events TO plain_relay`)
+		env := f.env("RELAY_POSTGRES_URL", strings.Replace(f.pg.URL(f.db), "postgres@", "plain_relay@", 1))
+		code, out := runCommand(t, f.bin, env, "check")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, `publication: "outbox_relay" does not exist and role "plain_relay" may not create it`)
+		require.Contains(t, out, `GRANT CREATE ON DATABASE "app" TO "plain_relay"`)
+		require.Contains(t, out, `owned by "postgres"`)
+		require.NotContains(t, out, `publication "outbox_relay": missing`, "the publication is not reported as fine")
+	})
+
+	t.Run("dropped slot", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t)
+		relay := f.startRelay(t)
+		f.write(t, 3, "before")
+		f.waitStream(t, 3, time.Minute)
+		_, err := relay.Stop(30 * time.Second)
+		require.NoError(t, err)
+		f.pg.Exec(t, f.db, `SELECT pg_drop_replication_slot('outbox_relay')`)
+		code, out := runCommand(t, f.bin, f.env(), "check")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, `slot: "outbox_relay" does not exist and relay run will refuse to create it`)
+		require.Contains(t, out, "slot recovery")
+		require.NotContains(t, out, `slot "outbox_relay": missing, will be created on start`)
+	})
+
+	t.Run("poison event at the head", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t)
+		relay := f.startRelay(t)
+		ids := writeRows(t, f, goodEvent(1), e2e.Event{AggregateType: "bad.type", AggregateID: "x", EventType: "created", Payload: `{}`}, goodEvent(3))
+		code, err := relay.Wait(60 * time.Second)
+		require.NoError(t, err)
+		require.Equal(t, 1, code)
+		code, out := runCommand(t, f.bin, f.env(), "check")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, "poison event "+ids[1])
+		require.Contains(t, out, "invalid_subject")
+		require.Contains(t, out, "warn  stream \"OUTBOX\": fewer than 3 replicas", "a warning reads as one")
+		require.NotContains(t, out, "ok    warning")
+
+		code, out = runCommand(t, f.bin, f.env(), "status")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, "consistency:         PROBLEM")
+		require.Contains(t, out, "poison event "+ids[1])
+
+		// Under --on-poison=dead-letter the same event is no problem.
+		code, out = runCommand(t, f.bin, f.env("RELAY_ON_POISON", "dead-letter"), "check")
+		require.Equal(t, 0, code, out)
+		require.Contains(t, out, "will be dead-lettered")
+	})
+
+	t.Run("too large at the head", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t)
+		relay := f.startRelay(t)
+		big := goodEvent(2)
+		big.Payload = `{"pad": "` + strings.Repeat("x", 1200<<10) + `"}`
+		ids := writeRows(t, f, goodEvent(1), big)
+		code, err := relay.Wait(60 * time.Second)
+		require.NoError(t, err)
+		require.Equal(t, 1, code)
+		code, out := runCommand(t, f.bin, f.env(), "check")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, "poison event "+ids[1])
+		require.Contains(t, out, "too_large")
+	})
+}
+
+// TestStatusTellsTheTruth: `relay status` does not say "consistency: ok"
+// when another writer shares the stream (trial C19), and fails when the
+// outbox table is missing (C6).
+func TestStatusTellsTheTruth(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	relay := f.startRelay(t)
+	f.write(t, 3, "ours")
+	f.waitStream(t, 3, time.Minute)
+	_, err := relay.Stop(30 * time.Second)
+	require.NoError(t, err)
+	code, out := runCommand(t, f.bin, f.env(), "status")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "consistency:         ok")
+
+	t.Run("missing table", func(t *testing.T) {
+		code, out := runCommand(t, f.bin, f.env("RELAY_TABLE", "nope"), "status")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, `"public"."nope" does not exist`)
+	})
+
+	t.Run("shared stream", func(t *testing.T) {
+		// Another relay's message and a plain publish.
+		foreign := nats.NewMsg("outbox.order.created")
+		foreign.Header.Set("Outbox-Origin", "123/other/slot")
+		foreign.Header.Set("Outbox-Commit-Lsn", "0/1")
+		foreign.Header.Set("Outbox-Commit-Index", "0")
+		foreign.Data = []byte("{}")
+		js, err := jetstream.New(f.nc)
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err = js.PublishMsg(ctx, foreign)
+		require.NoError(t, err)
+		_, err = js.Publish(ctx, "outbox.order.created", []byte("{}"))
+		require.NoError(t, err)
+		code, out := runCommand(t, f.bin, f.env(), "status")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, "consistency:         PROBLEM")
+		require.Contains(t, out, "shared")
+		require.Contains(t, out, "123/other/slot")
+		require.Contains(t, out, "1 without Outbox-Origin")
 	})
 }

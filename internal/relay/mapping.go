@@ -328,7 +328,7 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 	// rather than the headers.
 	for _, keep := range []struct{ headers, body bool }{{true, true}, {false, true}, {true, false}, {false, false}} {
 		if keep.headers || len(ev.Headers) > 0 {
-			if msg := withBody(build(keep.headers), keep.body); fits(msg, maxPayload) {
+			if msg := withBody(build(keep.headers), keep.body); Fits(msg, maxPayload) {
 				return msg
 			}
 		}
@@ -359,9 +359,10 @@ const (
 	maxDeadLetterValue = 1024
 )
 
-// fits reports whether msg, once the sink adds its headers, is within
-// JetStream's header limit and maxPayload (0: no limit).
-func fits(msg sink.Message, maxPayload int64) bool {
+// Fits reports whether msg, once the sink adds its headers, is within
+// JetStream's 64 KiB header limit and maxPayload (0: no limit): whether the
+// server can take it at all.
+func Fits(msg sink.Message, maxPayload int64) bool {
 	size := headerSize(msg.Header) + int64(sinkHeadersSize)
 	if msg.ID != "" {
 		size += int64(len("Nats-Msg-Id") + len(msg.ID) + 4)

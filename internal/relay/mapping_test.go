@@ -685,7 +685,7 @@ func TestMapperDeadLetter(t *testing.T) {
 					require.NotContains(t, v, "\n", "header %s", k)
 				}
 			}
-			require.True(t, fits(m, tt.maxPayload), "the dead-letter message fits")
+			require.True(t, Fits(m, tt.maxPayload), "the dead-letter message fits")
 			tt.check(t, ev, m)
 		})
 	}
@@ -722,7 +722,7 @@ func TestDeadLetterFitsWhateverTheRow(t *testing.T) {
 	reason := PoisonError{Reason: "too_large", Detail: "id " + ev.ID}
 	for _, maxPayload := range []int64{0, 1 << 20, 8 << 20} {
 		m := mappingMapper(t).DeadLetter(&ev, "dlq", &reason, maxPayload)
-		require.True(t, fits(m, maxPayload))
+		require.True(t, Fits(m, maxPayload))
 		require.Empty(t, m.ID)
 		require.True(t, utf8.ValidString(m.Header.Get(HeaderAggregateID)), "cut on a character boundary")
 		require.True(t, strings.HasSuffix(m.Header.Get(HeaderAggregateID), fmt.Sprintf("... (%d bytes)", len(ev.AggregateID))))
