@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -257,5 +260,66 @@ func TestStatusTellsTheTruth(t *testing.T) {
 		require.Contains(t, out, "shared")
 		require.Contains(t, out, "123/other/slot")
 		require.Contains(t, out, "1 without Outbox-Origin")
+	})
+}
+
+// readmeSQL returns the first SQL block after marker in the README.
+func readmeSQL(t *testing.T, marker string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e2e.RepoRoot(), "README.md"))
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(data), marker)
+	require.True(t, ok, "README has %q", marker)
+	_, rest, ok = strings.Cut(rest, "```sql\n")
+	require.True(t, ok)
+	block, _, ok := strings.Cut(rest, "```")
+	require.True(t, ok)
+	return block
+}
+
+// TestRoleSetupAsDocumented sets the role up exactly as the README says,
+// for a table outside the public schema (trial S4), on a server whose
+// pg_hba.conf refuses the role physical replication connections: the
+// relay needs none (C5). A role without REPLICATION gets the right hint
+// from `relay check`, not one about pg_hba.conf replication lines (C4).
+func TestRoleSetupAsDocumented(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testenv.WithPostgresHBA(
+		"host replication relay 127.0.0.1/32 reject",
+		"host replication norepl 127.0.0.1/32 reject",
+	))
+	f.pg.Exec(t, f.db, `CREATE SCHEMA billing; CREATE TABLE billing.events (LIKE public.events INCLUDING ALL)`)
+	f.pg.Exec(t, f.db, readmeSQL(t, "Role privileges"))
+	asRole := func(role string) string { return strings.Replace(f.pg.URL(f.db), "postgres@", role+"@", 1) }
+
+	t.Run("no replication line needed", func(t *testing.T) {
+		// The role may not open a physical replication connection...
+		cfg, err := pgconn.ParseConfig(asRole("relay"))
+		require.NoError(t, err)
+		cfg.RuntimeParams["replication"] = "true"
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err = pgconn.ConnectConfig(ctx, cfg)
+		require.ErrorContains(t, err, "pg_hba.conf rejects replication connection")
+
+		// ... and the relay works.
+		env := f.env("RELAY_POSTGRES_URL", asRole("relay"), "RELAY_TABLE", "billing.events", "RELAY_CREATE_PUBLICATION", "false")
+		code, out := runCommand(t, f.bin, env, "check")
+		require.Equal(t, 0, code, out)
+		relay := f.startRelay(t, "RELAY_POSTGRES_URL", asRole("relay"), "RELAY_TABLE", "billing.events", "RELAY_CREATE_PUBLICATION", "false")
+		f.pg.Exec(t, f.db, `INSERT INTO billing.events (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', '1', 'created', '{}')`)
+		f.waitStream(t, 1, time.Minute)
+		_, err = relay.Stop(30 * time.Second)
+		require.NoError(t, err)
+	})
+
+	t.Run("hint for a role without REPLICATION", func(t *testing.T) {
+		f.pg.Exec(t, f.db, `CREATE ROLE norepl LOGIN; GRANT USAGE ON SCHEMA billing TO norepl; GRANT SELECT ON billing.events TO norepl`)
+		env := f.env("RELAY_POSTGRES_URL", asRole("norepl"), "RELAY_TABLE", "billing.events", "RELAY_CREATE_PUBLICATION", "false",
+			"RELAY_SLOT", "other")
+		code, out := runCommand(t, f.bin, env, "check")
+		require.Equal(t, 1, code, out)
+		require.Contains(t, out, "ALTER ROLE <role> REPLICATION")
+		require.NotContains(t, out, "replication line", "pg_hba.conf replication lines have nothing to do with it")
 	})
 }

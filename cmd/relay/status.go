@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -51,7 +52,7 @@ func runCheck(ctx context.Context, cfg *config, out io.Writer) error {
 	var r checkReport
 	notes, err := cdc.Check(ctx, cfg.cdc)
 	r.ok(notes...)
-	r.fail(err)
+	r.fail(withReplicationHint(err))
 	var stream *plannedStream
 	nc, err := connectNATS(cfg)
 	if err != nil {
@@ -72,6 +73,39 @@ func runCheck(ctx context.Context, cfg *config, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "all checks passed")
 	return nil
+}
+
+// refusedPrefix starts cdc.Check's report of a refused replication
+// connection, whose hint (a pg_hba.conf replication line) is wrong for
+// logical replication.
+const refusedPrefix = "postgres-url: replication connection refused"
+
+// withReplicationHint replaces, among the problems cdc.Check joined, the
+// report of a refused replication connection by one with the right hint:
+// a logical replication connection (replication=database) matches the
+// pg_hba.conf lines of its database, not "replication" lines, which admit
+// physical replication and which the relay does not need.
+func withReplicationHint(err error) error {
+	var joined interface{ Unwrap() []error }
+	if !errors.As(err, &joined) {
+		return err
+	}
+	problems := slices.Clone(joined.Unwrap())
+	for i, p := range problems {
+		var pgErr *pgconn.PgError
+		if !strings.HasPrefix(p.Error(), refusedPrefix) || !errors.As(p, &pgErr) {
+			continue
+		}
+		switch pgErr.Code {
+		case "42501": // insufficient_privilege: not superuser or REPLICATION
+			problems[i] = fmt.Errorf("%s: the role lacks the REPLICATION attribute; run ALTER ROLE <role> REPLICATION: %w", refusedPrefix, pgErr)
+		case "28000": // invalid_authorization_specification: pg_hba.conf
+			problems[i] = fmt.Errorf("%s by pg_hba.conf: a logical replication connection matches the lines for its database (as in host <database> <role> ...), not \"replication\" lines, which admit physical replication and which the relay does not need: %w", refusedPrefix, pgErr)
+		default:
+			problems[i] = fmt.Errorf("%s: %w", refusedPrefix, pgErr)
+		}
+	}
+	return errors.Join(problems...)
 }
 
 // connectNATS connects for a one-off command, failing after the connect
