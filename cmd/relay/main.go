@@ -9,7 +9,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pglogrepl"
@@ -24,6 +29,7 @@ var (
 
 func main() {
 	limitProcs(os.Getenv)
+	limitMemory(os.LookupEnv, "/")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
 	stop()
@@ -45,6 +51,108 @@ func limitProcs(getenv func(string) string) {
 	if getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
+}
+
+// softMemoryShare is the part of the container's memory limit Go's soft
+// memory limit is set to: the rest is left for what the Go runtime does not
+// count (thread stacks outside the heap, memory mapped by the kernel for the
+// process) and for the time the collector needs to react.
+const softMemoryShare = 0.9
+
+// limitMemory sets Go's soft memory limit to 90% of the memory limit of the
+// process's cgroup, unless GOMEMLIMIT is set, and returns the limit set
+// (0 for none). Without it the collector lets the heap grow to twice what
+// is live (GOGC=100) whatever the container allows, so a backlog of large
+// events ends in an OOM kill instead of more frequent collection. root is
+// "/" but for tests.
+func limitMemory(lookupEnv func(string) (string, bool), root string) int64 {
+	if v, ok := lookupEnv("GOMEMLIMIT"); ok && v != "" {
+		return 0 // the runtime has applied it
+	}
+	limit, ok := cgroupMemoryLimit(root)
+	if !ok {
+		return 0
+	}
+	soft := int64(float64(limit) * softMemoryShare)
+	debug.SetMemoryLimit(soft)
+	return soft
+}
+
+// cgroupMemoryLimit returns the memory limit of the process's cgroup: the
+// lowest limit of its cgroup and of every parent up to the mount point,
+// read from cgroup v1's memory.limit_in_bytes when the memory controller is
+// mounted as v1 (at /sys/fs/cgroup/memory), else from cgroup v2's
+// memory.max (under /sys/fs/cgroup). A container that sees its own cgroup
+// as the mount's root (a cgroup namespace, or v1 mounted for the
+// container) finds it there, since the directories of the host's path are
+// missing and skipped. ok is false when no limit is set.
+func cgroupMemoryLimit(root string) (limit int64, ok bool) {
+	data, err := os.ReadFile(filepath.Join(root, "proc/self/cgroup"))
+	if err != nil {
+		return 0, false
+	}
+	var v1, v2 string
+	var hasV1, hasV2 bool
+	for _, line := range strings.Split(string(data), "\n") {
+		// hierarchy-ID:controller-list:cgroup-path
+		id, rest, found := strings.Cut(line, ":")
+		if !found {
+			continue
+		}
+		controllers, path, found := strings.Cut(rest, ":")
+		if !found {
+			continue
+		}
+		if id == "0" && controllers == "" {
+			v2, hasV2 = path, true
+		} else if slices.Contains(strings.Split(controllers, ","), "memory") {
+			v1, hasV1 = path, true
+		}
+	}
+	switch {
+	case hasV1:
+		return lowestLimit(filepath.Join(root, "sys/fs/cgroup/memory"), v1, "memory.limit_in_bytes")
+	case hasV2:
+		return lowestLimit(filepath.Join(root, "sys/fs/cgroup"), v2, "memory.max")
+	}
+	return 0, false
+}
+
+// lowestLimit reads file in the directory of cgroup path under mount and in
+// each parent up to mount, and returns the lowest limit set.
+func lowestLimit(mount, path, file string) (limit int64, ok bool) {
+	dir := filepath.Join(mount, filepath.Clean("/"+path))
+	for {
+		if v, set := readLimit(filepath.Join(dir, file)); set && (!ok || v < limit) {
+			limit, ok = v, true
+		}
+		if dir == mount || !strings.HasPrefix(dir, mount) {
+			return limit, ok
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+// unlimitedV1 is where cgroup v1 limits mean "none": an unset limit reads
+// as the largest page-aligned int64.
+const unlimitedV1 = 1 << 62
+
+// readLimit reads a cgroup memory limit file: "max" (v2) or a huge number
+// (v1) is no limit.
+func readLimit(path string) (int64, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	text := strings.TrimSpace(string(data))
+	if text == "max" {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(text, 10, 64)
+	if err != nil || v <= 0 || v >= unlimitedV1 {
+		return 0, false
+	}
+	return v, true
 }
 
 // errUsage marks an error already explained on stderr by the flag parser.
