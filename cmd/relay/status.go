@@ -290,8 +290,10 @@ func headPoison(ctx context.Context, cfg *config, conn *pgx.Conn, origin string,
 			return nil, err
 		}
 		if !relay.Fits(msg, stream.maxSize) {
-			return &relay.PoisonError{Reason: "too_large", ID: ev.ID, Position: ev.Position,
-				Detail: fmt.Sprintf("payload and headers exceed %d bytes (the server's max_payload or the stream's max_msg_size), or the headers 64 KiB", stream.maxSize)}, nil
+			return &relay.PoisonError{
+				Reason: "too_large", ID: ev.ID, Position: ev.Position,
+				Detail: fmt.Sprintf("payload and headers exceed %d bytes (the server's max_payload or the stream's max_msg_size), or the headers 64 KiB", stream.maxSize),
+			}, nil
 		}
 	}
 	return nil, nil
