@@ -23,20 +23,34 @@ func runCommand(t *testing.T, bin string, env map[string]string, args ...string)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	cmd := relayCommand(ctx, t, bin, env, args...)
+	out, err := cmd.CombinedOutput()
+	return exitCode(t, err, args), string(out)
+}
+
+// relayCommand is the relay binary with args and exactly env, plus PATH and a
+// free HTTP address.
+func relayCommand(ctx context.Context, t *testing.T, bin string, env map[string]string, args ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = []string{"PATH=/usr/bin:/bin", fmt.Sprintf("RELAY_HTTP_ADDR=127.0.0.1:%d", testenv.FreePort(t))}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	out, err := cmd.CombinedOutput()
-	code := 0
+	return cmd
+}
+
+// exitCode is the exit code of a command that ran with outcome err.
+func exitCode(t *testing.T, err error, args []string) int {
+	t.Helper()
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
-		code = exitErr.ExitCode()
-	} else if err != nil {
+		return exitErr.ExitCode()
+	}
+	if err != nil {
 		t.Fatalf("run relay %v: %v", args, err)
 	}
-	return code, string(out)
+	return 0
 }
 
 // writeRows commits one transaction per event, each possibly poison.

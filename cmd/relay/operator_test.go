@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,21 +26,35 @@ func runSplit(t *testing.T, bin string, env map[string]string, args ...string) (
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = []string{"PATH=/usr/bin:/bin", fmt.Sprintf("RELAY_HTTP_ADDR=127.0.0.1:%d", testenv.FreePort(t))}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
+	cmd := relayCommand(ctx, t, bin, env, args...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	var exitErr *exec.ExitError
-	if errors.As(err, &exitErr) {
-		code = exitErr.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run relay %v: %v", args, err)
+	return exitCode(t, cmd.Run(), args), out.String(), errOut.String()
+}
+
+// relayedThenStopped is a fixture whose relay published n events and was
+// stopped.
+func relayedThenStopped(t *testing.T, n int) *fixture {
+	t.Helper()
+	f := newFixture(t)
+	relay := f.startRelay(t)
+	f.write(t, n, "before")
+	f.waitStream(t, n, time.Minute)
+	_, err := relay.Stop(30 * time.Second)
+	require.NoError(t, err)
+	return f
+}
+
+// exitError returns the error of the JSON entry that ends logs: the one
+// that explains why the relay exited.
+func exitError(t *testing.T, logs string) string {
+	t.Helper()
+	var entry struct {
+		Level, Error string
 	}
-	return code, out.String(), errOut.String()
+	require.NoError(t, json.Unmarshal([]byte(lastLine(logs)), &entry), "the last line is JSON: %q", lastLine(logs))
+	require.Equal(t, "error", entry.Level)
+	return entry.Error
 }
 
 // lastLine returns the last non-empty line of s.
@@ -63,11 +74,7 @@ func TestExitIsExplained(t *testing.T) {
 	t.Run("configuration error in JSON", func(t *testing.T) {
 		code, _, stderr := runSplit(t, f.bin, f.env("RELAY_TABLE", "nope"), "run")
 		require.Equal(t, 1, code, stderr)
-		var entry map[string]any
-		require.NoError(t, json.Unmarshal([]byte(lastLine(stderr)), &entry), "the last line is JSON: %q", lastLine(stderr))
-		require.Equal(t, "error", entry["level"])
-		require.NotEmpty(t, entry["msg"])
-		require.Contains(t, entry["error"], `"public"."nope" does not exist`)
+		require.Contains(t, exitError(t, stderr), `"public"."nope" does not exist`)
 	})
 
 	t.Run("console without colours", func(t *testing.T) {
@@ -137,6 +144,19 @@ func TestCommandLine(t *testing.T) {
 	})
 }
 
+// stoppedOnPoison is a fixture whose relay, under the default policy,
+// stopped on a poison event among rows; it returns the rows' ids.
+func stoppedOnPoison(t *testing.T, rows ...e2e.Event) (*fixture, []string) {
+	t.Helper()
+	f := newFixture(t)
+	relay := f.startRelay(t)
+	ids := writeRows(t, f, rows...)
+	code, err := relay.Wait(60 * time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 1, code, "the relay stops on the poison event")
+	return f, ids
+}
+
 // TestCheckReportsWhatRunWouldFailOn: `relay check` fails on what `relay
 // run` would fail on or never get past: a publication the role may not
 // create (trial S5), a dropped slot that run refuses to recreate (C16), a
@@ -161,12 +181,7 @@ func TestCheckReportsWhatRunWouldFailOn(t *testing.T) {
 
 	t.Run("dropped slot", func(t *testing.T) {
 		t.Parallel()
-		f := newFixture(t)
-		relay := f.startRelay(t)
-		f.write(t, 3, "before")
-		f.waitStream(t, 3, time.Minute)
-		_, err := relay.Stop(30 * time.Second)
-		require.NoError(t, err)
+		f := relayedThenStopped(t, 3)
 		f.pg.Exec(t, f.db, `SELECT pg_drop_replication_slot('outbox_relay')`)
 		code, out := runCommand(t, f.bin, f.env(), "check")
 		require.Equal(t, 1, code, out)
@@ -177,12 +192,7 @@ func TestCheckReportsWhatRunWouldFailOn(t *testing.T) {
 
 	t.Run("poison event at the head", func(t *testing.T) {
 		t.Parallel()
-		f := newFixture(t)
-		relay := f.startRelay(t)
-		ids := writeRows(t, f, goodEvent(1), e2e.Event{AggregateType: "bad.type", AggregateID: "x", EventType: "created", Payload: `{}`}, goodEvent(3))
-		code, err := relay.Wait(60 * time.Second)
-		require.NoError(t, err)
-		require.Equal(t, 1, code)
+		f, ids := stoppedOnPoison(t, goodEvent(1), e2e.Event{AggregateType: "bad.type", AggregateID: "x", EventType: "created", Payload: `{}`}, goodEvent(3))
 		code, out := runCommand(t, f.bin, f.env(), "check")
 		require.Equal(t, 1, code, out)
 		require.Contains(t, out, "poison event "+ids[1])
@@ -203,14 +213,9 @@ func TestCheckReportsWhatRunWouldFailOn(t *testing.T) {
 
 	t.Run("too large at the head", func(t *testing.T) {
 		t.Parallel()
-		f := newFixture(t)
-		relay := f.startRelay(t)
 		big := goodEvent(2)
 		big.Payload = `{"pad": "` + strings.Repeat("x", 1200<<10) + `"}`
-		ids := writeRows(t, f, goodEvent(1), big)
-		code, err := relay.Wait(60 * time.Second)
-		require.NoError(t, err)
-		require.Equal(t, 1, code)
+		f, ids := stoppedOnPoison(t, goodEvent(1), big)
 		code, out := runCommand(t, f.bin, f.env(), "check")
 		require.Equal(t, 1, code, out)
 		require.Contains(t, out, "poison event "+ids[1])
@@ -223,12 +228,7 @@ func TestCheckReportsWhatRunWouldFailOn(t *testing.T) {
 // outbox table is missing (C6).
 func TestStatusTellsTheTruth(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	relay := f.startRelay(t)
-	f.write(t, 3, "ours")
-	f.waitStream(t, 3, time.Minute)
-	_, err := relay.Stop(30 * time.Second)
-	require.NoError(t, err)
+	f := relayedThenStopped(t, 3)
 	code, out := runCommand(t, f.bin, f.env(), "status")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "consistency:         ok")

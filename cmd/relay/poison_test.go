@@ -103,9 +103,9 @@ func TestDeadLetterSubjects(t *testing.T) {
 		code, out := runCommand(t, f.bin, env, "check")
 		require.Equal(t, 1, code, out)
 		require.Contains(t, out, `"dlq.outbox"`)
-		code, out = runCommand(t, f.bin, env, "run")
-		require.Equal(t, 1, code, out)
-		require.Contains(t, out, `no stream captures the dead-letter subject "dlq.outbox"`)
+		code, _, stderr := runSplit(t, f.bin, env, "run")
+		require.Equal(t, 1, code, stderr)
+		require.Contains(t, exitError(t, stderr), `no stream captures the dead-letter subject "dlq.outbox"`)
 		require.NoError(t, js.DeleteStream(ctx, "OUTBOX"))
 	})
 
@@ -129,7 +129,7 @@ func TestDeadLetterSubjects(t *testing.T) {
 		code, err := relay.Wait(45 * time.Second)
 		require.NoError(t, err, "a stream that cannot be created as configured stops the relay")
 		require.Equal(t, 1, code)
-		require.Contains(t, relay.Logs(), `"dlq.c" overlaps stream "DLQ" (subjects dlq.>)`)
+		require.Contains(t, exitError(t, relay.Logs()), `"dlq.c" overlaps stream "DLQ" (subjects dlq.>)`)
 	})
 }
 
