@@ -239,9 +239,11 @@ func (e *PoisonError) EventLSN() pglogrepl.LSN { return e.Position.CommitLSN }
 // next call: publish the message before mapping the next event.
 func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 	msg, err := mp.message(ev)
-	var poison *PoisonError
-	if errors.As(err, &poison) {
-		poison.ID, poison.Position = ev.ID, ev.Position
+	if err != nil { // checked first: errors.As would allocate on every call
+		var poison *PoisonError
+		if errors.As(err, &poison) {
+			poison.ID, poison.Position = ev.ID, ev.Position
+		}
 	}
 	return msg, err
 }
