@@ -23,20 +23,34 @@ func runCommand(t *testing.T, bin string, env map[string]string, args ...string)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	cmd := relayCommand(ctx, t, bin, env, args...)
+	out, err := cmd.CombinedOutput()
+	return exitCode(t, err, args), string(out)
+}
+
+// relayCommand is the relay binary with args and exactly env, plus PATH and a
+// free HTTP address.
+func relayCommand(ctx context.Context, t *testing.T, bin string, env map[string]string, args ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = []string{"PATH=/usr/bin:/bin", fmt.Sprintf("RELAY_HTTP_ADDR=127.0.0.1:%d", testenv.FreePort(t))}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	out, err := cmd.CombinedOutput()
-	code := 0
+	return cmd
+}
+
+// exitCode is the exit code of a command that ran with outcome err.
+func exitCode(t *testing.T, err error, args []string) int {
+	t.Helper()
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
-		code = exitErr.ExitCode()
-	} else if err != nil {
+		return exitErr.ExitCode()
+	}
+	if err != nil {
 		t.Fatalf("run relay %v: %v", args, err)
 	}
-	return code, string(out)
+	return 0
 }
 
 // writeRows commits one transaction per event, each possibly poison.
@@ -102,13 +116,13 @@ func TestPoisonEventsGoToTheDeadLetterSubject(t *testing.T) {
 	require.Equal(t, ids, e2e.IDs(msgs))
 
 	invalid := msgs[1]
-	require.Equal(t, "outbox_dead_letter", invalid.Subject)
+	require.Equal(t, "outbox_dead_letter.outbox_relay.outbox._._", invalid.Subject, "the default dead-letter subject")
 	require.Contains(t, invalid.Header.Get("Outbox-Poison-Reason"), "invalid_subject")
 	require.JSONEq(t, `{"bad": 1}`, string(invalid.Data), "the event goes unchanged")
 	require.Equal(t, "bad.type", invalid.Header.Get("Outbox-Aggregate-Type"))
 
 	big := msgs[3]
-	require.Equal(t, "outbox_dead_letter", big.Subject)
+	require.Equal(t, "outbox_dead_letter.outbox_relay.outbox._._", big.Subject)
 	require.Contains(t, big.Header.Get("Outbox-Poison-Reason"), "too_large")
 	require.Equal(t, "outbox.order.created", big.Header.Get("Outbox-Original-Subject"))
 	require.NotEmpty(t, big.Header.Get("Outbox-Payload-Omitted"))

@@ -55,7 +55,11 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 		fs.DurationVar(p, name, def, usage)
 	}
 	b := func(p *bool, name string, def bool, usage string) {
-		fs.BoolVar(p, name, def, fmt.Sprintf("%s (default %t)", usage, def))
+		if !def {
+			// The flag package states only non-zero defaults.
+			usage += " (default false)"
+		}
+		fs.BoolVar(p, name, def, usage)
 	}
 	i := func(p *int, name string, def int, usage string) { fs.IntVar(p, name, def, usage) }
 
@@ -68,8 +72,8 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.cdc.Columns.AggregateID, "column-aggregate-id", "aggregate_id", "column holding the aggregate id")
 	s(&c.cdc.Columns.EventType, "column-event-type", "event_type", "column holding the event type")
 	s(&c.cdc.Columns.Payload, "column-payload", "payload", "column holding the message body")
-	s(&c.cdc.Columns.Headers, "column-headers", "headers", "JSON object column of extra message headers; empty when the table has none")
-	s(&c.cdc.Columns.CreatedAt, "column-created-at", "created_at", "column holding the creation time; empty when the table has none")
+	s(&c.cdc.Columns.Headers, "column-headers", "headers", "JSON object column of extra message headers; empty (also RELAY_COLUMN_HEADERS set to nothing) when the table has none")
+	s(&c.cdc.Columns.CreatedAt, "column-created-at", "created_at", "column holding the creation time; empty (also RELAY_COLUMN_CREATED_AT set to nothing) when the table has none")
 	s(&c.cdc.Publication, "publication", "outbox_relay", "publication of the outbox table")
 	s(&c.cdc.Slot, "slot", "outbox_relay", "logical replication slot")
 	b(&c.cdc.CreatePublication, "create-publication", true, "create the publication when missing")
@@ -111,7 +115,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	d(&c.pump.RetryMin, "retry-min", 100*time.Millisecond, "first delay before publishing again after a failure")
 	d(&c.pump.RetryMax, "retry-max", 10*time.Second, "longest delay between publish retries")
 	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter")
-	s(&c.pump.DeadLetterSubject, "dead-letter-subject", "outbox_dead_letter", "subject poison events go to with --on-poison=dead-letter")
+	s(&c.pump.DeadLetterSubject, "dead-letter-subject", "", "subject poison events go to with --on-poison=dead-letter; some stream must capture it (default outbox_dead_letter.<slot>.<the subject template's wildcard with each * written _>, so that relays of different slots or templates differ, e.g. outbox_dead_letter.outbox_relay.outbox._._)")
 
 	// Process
 	b(&c.leaderElection, "leader-election", true, "let only one relay per slot run; others stand by and take over")
@@ -127,9 +131,14 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// emptyAllowed lists the settings for which the empty string is a value of
+// its own ("no such column") rather than "use the default": for these a
+// RELAY_* variable set to nothing counts; for the others it is as if unset.
+var emptyAllowed = map[string]bool{"column-headers": true, "column-created-at": true}
+
 // parseConfig reads flags, then environment variables for every flag not
 // given, and validates the result, reporting every problem at once.
-func parseConfig(name string, args []string, getenv func(string) string, out io.Writer) (*config, error) {
+func parseConfig(name string, args []string, lookupEnv func(string) (string, bool), out io.Writer) (*config, error) {
 	c := &config{}
 	fs := newFlagSet(name, c, out)
 	fs.Usage = func() {
@@ -152,7 +161,7 @@ func parseConfig(name string, args []string, getenv func(string) string, out io.
 		if given[f.Name] {
 			return
 		}
-		value, ok, err := fromEnv(envName(f.Name), getenv)
+		value, ok, err := fromEnv(envName(f.Name), emptyAllowed[f.Name], lookupEnv)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", f.Name, err))
 			return
@@ -166,12 +175,13 @@ func parseConfig(name string, args []string, getenv func(string) string, out io.
 	return c, errors.Join(append(errs, c.finish())...)
 }
 
-// fromEnv reads name, or the file named by name_FILE.
-func fromEnv(name string, getenv func(string) string) (string, bool, error) {
-	if v := getenv(name); v != "" {
+// fromEnv reads name, or the file named by name_FILE. A variable set to the
+// empty string counts as set only when empty is allowed.
+func fromEnv(name string, empty bool, lookupEnv func(string) (string, bool)) (string, bool, error) {
+	if v, ok := lookupEnv(name); ok && (v != "" || empty) {
 		return v, true, nil
 	}
-	file := getenv(name + "_FILE")
+	file, _ := lookupEnv(name + "_FILE")
 	if file == "" {
 		return "", false, nil
 	}
@@ -208,15 +218,23 @@ func (c *config) finish() error {
 		errs = append(errs, err)
 	}
 	c.template = tmpl
+	if c.pump.DeadLetterSubject == "" && err == nil {
+		c.pump.DeadLetterSubject = defaultDeadLetterSubject(c.cdc.Slot, tmpl)
+	}
 	if c.streamSubjects != "" {
 		for _, subj := range strings.Split(c.streamSubjects, ",") {
 			c.sink.StreamSubjects = append(c.sink.StreamSubjects, strings.TrimSpace(subj))
 		}
 	} else if err == nil {
+		// The dead-letter subject too, whatever --on-poison says now: a
+		// stream is created once, the policy may change later.
 		c.sink.StreamSubjects = tmpl.StreamSubjects()
-		if c.pump.OnPoison == relay.OnPoisonDeadLetter && !sink.Captures(c.sink.StreamSubjects, c.pump.DeadLetterSubject) {
+		if !sink.Captures(c.sink.StreamSubjects, c.pump.DeadLetterSubject) {
 			c.sink.StreamSubjects = append(c.sink.StreamSubjects, c.pump.DeadLetterSubject)
 		}
+	}
+	if c.pump.OnPoison == relay.OnPoisonDeadLetter {
+		c.sink.DeadLetterSubject = c.pump.DeadLetterSubject
 	}
 	c.cdc.TakeOverActiveSlot = c.leaderElection
 	if c.election.PostgresURL == "" {
@@ -257,6 +275,21 @@ func (c *config) finish() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// defaultDeadLetterSubject derives the dead-letter subject from the slot and
+// the subject template, so that two relays sharing a NATS account do not
+// both claim one subject: outbox_dead_letter.<slot>.<template wildcard, each
+// * written _>. It has two more tokens than the template, so the template's
+// own wildcard never captures it.
+func defaultDeadLetterSubject(slot string, tmpl relay.Template) string {
+	return "outbox_dead_letter." + slot + "." + strings.ReplaceAll(tmpl.Wildcard(), "*", "_")
+}
+
+// logFormatValid reports whether c names a log format, so that even a
+// configuration error can be logged in it.
+func (c *config) logFormatValid() bool {
+	return c != nil && (c.logFormat == "json" || c.logFormat == "console")
 }
 
 // setPassword puts password into a URL or keyword/value connection string.

@@ -55,13 +55,14 @@ func TestLeaderPostgresURL(t *testing.T) {
 			for k, v := range tt.env {
 				env[k] = v
 			}
-			cfg, err := parseConfig("run", nil, func(k string) string { return env[k] }, io.Discard)
+			cfg, err := parseConfig("run", nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, io.Discard)
 			require.NoError(t, err)
 			require.Equal(t, tt.want, cfg.election.PostgresURL)
 		})
 	}
-	_, err := parseConfig("run", nil, func(k string) string {
-		return map[string]string{"RELAY_POSTGRES_URL": "postgres://relay@db/app", "RELAY_NATS_URL": "nats://x", "RELAY_LEADER_POSTGRES_URL": "postgres://relay:pw@db:notaport/app"}[k]
+	_, err := parseConfig("run", nil, func(k string) (string, bool) {
+		v, ok := map[string]string{"RELAY_POSTGRES_URL": "postgres://relay@db/app", "RELAY_NATS_URL": "nats://x", "RELAY_LEADER_POSTGRES_URL": "postgres://relay:pw@db:notaport/app"}[k]
+		return v, ok
 	}, io.Discard)
 	require.ErrorContains(t, err, "leader-postgres-url: cannot be parsed")
 	require.NotContains(t, err.Error(), "pw@")

@@ -5,8 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
@@ -15,29 +21,91 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/sink"
 )
 
+// checkReport is what `relay check` found: a line per check that passed, the
+// warnings, and the problems.
+type checkReport struct {
+	oks, warnings []string
+	problems      []error
+}
+
+func (r *checkReport) ok(notes ...string) { r.oks = append(r.oks, notes...) }
+
+func (r *checkReport) warn(warnings ...string) { r.warnings = append(r.warnings, warnings...) }
+
+func (r *checkReport) fail(err error) {
+	if err != nil {
+		r.problems = append(r.problems, err)
+	}
+}
+
+// overrule replaces the passing lines that start with prefix by err: a
+// closer look found that what they announce cannot happen.
+func (r *checkReport) overrule(prefix string, err error) {
+	r.oks = slices.DeleteFunc(r.oks, func(n string) bool { return strings.HasPrefix(n, prefix) })
+	r.fail(err)
+}
+
 // runCheck runs the preflight checks of PostgreSQL and NATS without changing
-// anything, prints a line per check, and fails listing every problem.
+// anything, prints a line per check and per warning, and fails listing every
+// problem: whatever `relay run` would fail on or never get past.
 func runCheck(ctx context.Context, cfg *config, out io.Writer) error {
-	var errs []error
+	var r checkReport
 	notes, err := cdc.Check(ctx, cfg.cdc)
-	for _, n := range notes {
+	r.ok(notes...)
+	r.fail(withReplicationHint(err))
+	var stream *plannedStream
+	nc, err := connectNATS(cfg)
+	if err != nil {
+		r.fail(err)
+	} else {
+		defer nc.Close()
+		stream = checkStream(ctx, cfg, nc, &r)
+	}
+	checkSlot(ctx, cfg, nc, stream, &r)
+	for _, n := range r.oks {
 		fmt.Fprintln(out, "ok   ", n)
 	}
-	if err != nil {
-		errs = append(errs, err)
+	for _, w := range r.warnings {
+		fmt.Fprintln(out, "warn ", w)
 	}
-	streamNotes, err := checkStream(ctx, cfg)
-	for _, n := range streamNotes {
-		fmt.Fprintln(out, "ok   ", n)
-	}
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(r.problems...); err != nil {
 		return fmt.Errorf("check found problems:\n%w", err)
 	}
 	fmt.Fprintln(out, "all checks passed")
 	return nil
+}
+
+// refusedPrefix starts cdc.Check's report of a refused replication
+// connection, whose hint (a pg_hba.conf replication line) is wrong for
+// logical replication.
+const refusedPrefix = "postgres-url: replication connection refused"
+
+// withReplicationHint replaces, among the problems cdc.Check joined, the
+// report of a refused replication connection by one with the right hint:
+// a logical replication connection (replication=database) matches the
+// pg_hba.conf lines of its database, not "replication" lines, which admit
+// physical replication and which the relay does not need.
+func withReplicationHint(err error) error {
+	var joined interface{ Unwrap() []error }
+	if !errors.As(err, &joined) {
+		return err
+	}
+	problems := slices.Clone(joined.Unwrap())
+	for i, p := range problems {
+		var pgErr *pgconn.PgError
+		if !strings.HasPrefix(p.Error(), refusedPrefix) || !errors.As(p, &pgErr) {
+			continue
+		}
+		switch pgErr.Code {
+		case "42501": // insufficient_privilege: not superuser or REPLICATION
+			problems[i] = fmt.Errorf("%s: the role lacks the REPLICATION attribute; run ALTER ROLE <role> REPLICATION: %w", refusedPrefix, pgErr)
+		case "28000": // invalid_authorization_specification: pg_hba.conf
+			problems[i] = fmt.Errorf("%s by pg_hba.conf: a logical replication connection matches the lines for its database (as in host <database> <role> ...), not \"replication\" lines, which admit physical replication and which the relay does not need: %w", refusedPrefix, pgErr)
+		default:
+			problems[i] = fmt.Errorf("%s: %w", refusedPrefix, pgErr)
+		}
+	}
+	return errors.Join(problems...)
 }
 
 // connectNATS connects for a one-off command, failing after the connect
@@ -59,27 +127,191 @@ func connectNATS(cfg *config) (*sink.Connection, error) {
 	return nc, nil
 }
 
-func checkStream(ctx context.Context, cfg *config) ([]string, error) {
-	nc, err := connectNATS(cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
+// plannedStream is the stream as `relay run` would find or create it.
+type plannedStream struct {
+	subjects []string
+	// maxSize bounds a message: the server's max_payload, or the stream's
+	// max_msg_size when smaller.
+	maxSize int64
+	exists  bool
+}
+
+// checkStream checks the stream as EnsureStream does at startup, and
+// returns what run would publish into, or nil when run would fail there.
+func checkStream(ctx context.Context, cfg *config, nc *sink.Connection, r *checkReport) *plannedStream {
 	dry := cfg.sink
 	dry.CreateStream = false
 	state, err := nc.EnsureStream(ctx, dry, []string{cfg.template.Wildcard()}, zap.NewNop())
 	if err != nil {
 		if cfg.sink.CreateStream && errors.Is(err, sink.ErrConfig) && state.Subjects == nil {
-			return []string{fmt.Sprintf("stream %q: missing, will be created on start", cfg.sink.Stream)}, nil
+			if err := checkStreamToCreate(ctx, cfg, nc); err != nil {
+				r.fail(err)
+				return nil
+			}
+			r.ok(fmt.Sprintf("stream %q: missing, will be created on start with subjects %s", cfg.sink.Stream, strings.Join(cfg.sink.StreamSubjects, ", ")))
+			return &plannedStream{subjects: cfg.sink.StreamSubjects, maxSize: nc.MaxPayload()}
 		}
+		r.fail(err)
+		return nil
+	}
+	r.ok(fmt.Sprintf("stream %q: captures %s (duplicate window %s, replicas %d)",
+		cfg.sink.Stream, cfg.template.Wildcard(), state.DuplicateWindow, state.Replicas))
+	if state.Replicas < 3 {
+		r.warn(fmt.Sprintf("stream %q: fewer than 3 replicas: an acknowledgement survives a NATS host crash only with R3 or sync_interval: always", cfg.sink.Stream))
+	}
+	planned := &plannedStream{subjects: state.Subjects, maxSize: nc.MaxPayload(), exists: true}
+	if state.MaxMsgSize > 0 && int64(state.MaxMsgSize) < planned.maxSize {
+		planned.maxSize = int64(state.MaxMsgSize)
+	}
+	return planned
+}
+
+// checkStreamToCreate checks a stream the relay would create: no other
+// stream may claim its subjects, and some stream must capture the
+// dead-letter subject.
+func checkStreamToCreate(ctx context.Context, cfg *config, nc *sink.Connection) error {
+	overlaps, err := sink.Overlaps(ctx, nc.JetStream, cfg.sink.StreamSubjects, cfg.sink.RequestTimeout)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, o := range overlaps {
+		errs = append(errs, fmt.Errorf("stream: %q cannot be created: %s; set --stream-subjects, --dead-letter-subject or --subject-template so that no two streams claim a subject", cfg.sink.Stream, o))
+	}
+	if dl := cfg.sink.DeadLetterSubject; dl != "" && !sink.Captures(cfg.sink.StreamSubjects, dl) {
+		others, err := sink.Overlaps(ctx, nc.JetStream, []string{dl}, cfg.sink.RequestTimeout)
+		if err != nil {
+			return err
+		}
+		if len(others) == 0 {
+			errs = append(errs, fmt.Errorf("dead-letter-subject: no stream captures the dead-letter subject %q, and stream %q would not (subjects %s); add it to --stream-subjects or change --dead-letter-subject",
+				dl, cfg.sink.Stream, strings.Join(cfg.sink.StreamSubjects, ", ")))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// peekLimit is how many events at the head of the slot check and status
+// look at for a poison event.
+const peekLimit = 1000
+
+// checkSlot looks closer at what cdc.Check announced: a publication the role
+// would create but may not, a missing slot that run refuses to create
+// because the stream shows it existed, and a poison event at the head of an
+// idle slot. nc and stream are nil when NATS could not be checked.
+func checkSlot(ctx context.Context, cfg *config, nc *sink.Connection, stream *plannedStream, r *checkReport) {
+	conn, err := cdc.Connect(ctx, cfg.cdc)
+	if err != nil {
+		return // cdc.Check has reported it
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	if err := cdc.CheckCreatePublication(ctx, conn, cfg.cdc); err != nil {
+		r.overrule(fmt.Sprintf("publication %q: missing", cfg.cdc.Publication), err)
+	}
+	slot, err := cdc.ReadSlot(ctx, conn, cfg.cdc.Slot, cfg.cdc.QueryTimeout)
+	if err != nil || nc == nil {
+		return // cdc.Check has reported a failed read
+	}
+	origin, err := slotOrigin(ctx, cfg, conn)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	if !slot.Exists {
+		if !cfg.cdc.CreateSlot {
+			return // cdc.Check has reported it
+		}
+		if err := slotMayBeCreated(ctx, cfg, nc, origin); err != nil {
+			r.overrule(fmt.Sprintf("slot %q: missing", cfg.cdc.Slot), err)
+		}
+		return
+	}
+	if stream == nil {
+		return
+	}
+	if slot.Active {
+		r.ok(fmt.Sprintf("slot %q: in use, so the events at its head were not looked at", cfg.cdc.Slot))
+		return
+	}
+	poison, err := headPoison(ctx, cfg, conn, origin, stream)
+	switch {
+	case err != nil:
+		r.warn(fmt.Sprintf("slot %q: could not look at the events at its head: %v", cfg.cdc.Slot, err))
+	case poison == nil:
+		r.ok(fmt.Sprintf("slot %q: no poison event among the next %d events", cfg.cdc.Slot, peekLimit))
+	case cfg.pump.OnPoison == relay.OnPoisonDeadLetter:
+		r.ok(fmt.Sprintf("slot %q: %s; it will be dead-lettered", cfg.cdc.Slot, describePoison(poison)))
+	default:
+		r.fail(poisonProblem(cfg, poison))
+	}
+}
+
+// slotOrigin returns the origin stamped on the messages of the configured
+// slot.
+func slotOrigin(ctx context.Context, cfg *config, conn *pgx.Conn) (string, error) {
+	var database string
+	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&database); err != nil {
+		return "", fmt.Errorf("read current database: %w", err)
+	}
+	systemID, err := cdc.SystemID(ctx, cfg.cdc)
+	if err != nil {
+		return "", err
+	}
+	return origin(systemID, database, cfg.cdc.Slot), nil
+}
+
+// slotMayBeCreated applies run's rule for a missing slot (slotNeverExisted)
+// to the stream as it is. A stream that does not exist yet holds nothing.
+func slotMayBeCreated(ctx context.Context, cfg *config, nc *sink.Connection, origin string) error {
+	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
+	if err != nil {
+		return err
+	}
+	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
+	err = slotNeverExisted(ctx, relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin, zap.NewNop()))
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("slot: %q does not exist and relay run will refuse to create it: %w", cfg.cdc.Slot, err)
+}
+
+// headPoison returns the first poison event among the next peekLimit events
+// of the idle slot, as `relay run` would map them, or nil.
+func headPoison(ctx context.Context, cfg *config, conn *pgx.Conn, origin string, stream *plannedStream) (*relay.PoisonError, error) {
+	events, err := cdc.PeekEvents(ctx, conn, cfg.cdc, peekLimit)
+	if err != nil {
 		return nil, err
 	}
-	notes := []string{fmt.Sprintf("stream %q: captures %s (duplicate window %s, replicas %d)",
-		cfg.sink.Stream, cfg.template.Wildcard(), state.DuplicateWindow, state.Replicas)}
-	if state.Replicas < 3 {
-		notes = append(notes, "warning: fewer than 3 replicas: an acknowledgement survives a NATS host crash only with R3 or sync_interval: always")
+	mapper := relay.NewMapper(cfg.template, origin, stream.subjects)
+	for i := range events {
+		ev := &events[i]
+		msg, err := mapper.Message(ev)
+		var poison *relay.PoisonError
+		if errors.As(err, &poison) {
+			return poison, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !relay.Fits(msg, stream.maxSize) {
+			return &relay.PoisonError{
+				Reason: "too_large", ID: ev.ID, Position: ev.Position,
+				Detail: fmt.Sprintf("payload and headers exceed %d bytes (the server's max_payload or the stream's max_msg_size), or the headers 64 KiB", stream.maxSize),
+			}, nil
+		}
 	}
-	return notes, nil
+	return nil, nil
+}
+
+func describePoison(p *relay.PoisonError) string {
+	return fmt.Sprintf("poison event %s at %s: %s", p.ID, p.Position, p.Error())
+}
+
+// poisonProblem explains a poison event at the head of the slot under
+// --on-poison=stop.
+func poisonProblem(cfg *config, p *relay.PoisonError) error {
+	return fmt.Errorf("slot: the next event of %q to publish is %s; relay run stops on it at every start (--on-poison=stop). Fix its cause or run with --on-poison=dead-letter; see the README's poison events",
+		cfg.cdc.Slot, describePoison(p))
 }
 
 // runStatus prints the slot, the lag and the stream, and whether they agree.
@@ -95,13 +327,17 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read slot %q: %w", cfg.cdc.Slot, err)
 	}
-	var database string
-	if err := pgConn.QueryRow(ctx, `SELECT current_database()`).Scan(&database); err != nil {
-		return fmt.Errorf("read current database: %w", err)
-	}
-	systemID, err := cdc.SystemID(ctx, cfg.cdc)
+	ours, err := slotOrigin(ctx, cfg, pgConn)
 	if err != nil {
 		return err
+	}
+	qualified := pgx.Identifier{cfg.cdc.Schema, cfg.cdc.Table}.Sanitize()
+	var tableExists bool
+	if err := pgConn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, qualified).Scan(&tableExists); err != nil {
+		return fmt.Errorf("look up table %s: %w", qualified, err)
+	}
+	if !tableExists {
+		problems = append(problems, fmt.Errorf("table: %s does not exist; create it (see sql/outbox.sql) or set --table", qualified))
 	}
 	fmt.Fprintf(out, "slot %s\n", cfg.cdc.Slot)
 	if !slot.Exists {
@@ -139,12 +375,35 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	fmt.Fprintf(out, "  last sequence:       %d\n", info.State.LastSeq)
 	fmt.Fprintf(out, "  duplicate window:    %s\n", info.Config.Duplicates)
 	fmt.Fprintf(out, "  replicas:            %d\n", info.Config.Replicas)
-	reading, err := readMark(ctx, cfg, nc, origin(systemID, database, cfg.cdc.Slot))
+	reading, err := readMark(ctx, cfg, nc, ours)
 	if err != nil {
 		return errors.Join(append(problems, err)...)
 	}
+	seen, err := originsSeen(ctx, stream, originsScan, cfg.sink.RequestTimeout)
+	if err != nil {
+		return errors.Join(append(problems, err)...)
+	}
+	fmt.Fprintf(out, "  writers:             %s\n", seen.describe(ours))
+	if slot.Exists && !slot.Active && tableExists {
+		planned := &plannedStream{subjects: info.Config.Subjects, maxSize: nc.MaxPayload(), exists: true}
+		if info.Config.MaxMsgSize > 0 && int64(info.Config.MaxMsgSize) < planned.maxSize {
+			planned.maxSize = int64(info.Config.MaxMsgSize)
+		}
+		poison, err := headPoison(ctx, cfg, pgConn, ours, planned)
+		switch {
+		case err != nil:
+			fmt.Fprintf(out, "  next events:         could not be read: %v\n", err)
+		case poison == nil:
+			fmt.Fprintln(out, "  next events:         no poison event")
+		case cfg.pump.OnPoison == relay.OnPoisonDeadLetter:
+			fmt.Fprintf(out, "  next events:         %s; it will be dead-lettered\n", describePoison(poison))
+		default:
+			fmt.Fprintf(out, "  next events:         %s\n", describePoison(poison))
+			problems = append(problems, poisonProblem(cfg, poison))
+		}
+	}
 	mark := reading.Mark
-	fmt.Fprintf(out, "  high-water mark:     bucket %s, key %s\n", cfg.sink.StateBucket, relay.MarkKey(cfg.sink.Stream, origin(systemID, database, cfg.cdc.Slot)))
+	fmt.Fprintf(out, "  high-water mark:     bucket %s, key %s\n", cfg.sink.StateBucket, relay.MarkKey(cfg.sink.Stream, ours))
 	switch {
 	case mark.Position.IsZero() && !reading.Recorded:
 		fmt.Fprintln(out, "  last relayed event:  none")
@@ -169,6 +428,12 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		fmt.Fprintln(out, "consistency:         PROBLEM")
 		return err
 	}
+	if seen.shared(ours) || reading.Foreign || mark.Shared {
+		// Supported, but never "ok" without saying so: the relay's own
+		// events are in order among themselves only.
+		fmt.Fprintln(out, "consistency:         shared (this relay's events are once each and in commit order among themselves; others write to the stream too)")
+		return nil
+	}
 	fmt.Fprintln(out, "consistency:         ok")
 	return nil
 }
@@ -182,6 +447,68 @@ func readMark(ctx context.Context, cfg *config, nc *sink.Connection, origin stri
 	}
 	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
 	return relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin, zap.NewNop()).Read(ctx, relay.Mark{}, 0, false)
+}
+
+// originsScan is how many messages at the end of the stream status reads to
+// see who writes it.
+const originsScan = 100
+
+// writers counts the messages at the end of a stream by origin; anonymous
+// counts those without an Outbox-Origin header (not from a relay).
+type writers struct {
+	scanned   int
+	byOrigin  map[string]int
+	anonymous int
+}
+
+// shared reports whether anyone but ours wrote the messages scanned.
+func (w writers) shared(ours string) bool {
+	return w.anonymous > 0 || len(w.byOrigin) > 1 || (len(w.byOrigin) == 1 && w.byOrigin[ours] == 0)
+}
+
+func (w writers) describe(ours string) string {
+	if w.scanned == 0 {
+		return "none (the stream is empty)"
+	}
+	origins := slices.Sorted(maps.Keys(w.byOrigin))
+	parts := make([]string, 0, len(origins)+1)
+	for _, o := range origins {
+		label := o
+		if o == ours {
+			label += " (this slot)"
+		}
+		parts = append(parts, fmt.Sprintf("%s: %d", label, w.byOrigin[o]))
+	}
+	if w.anonymous > 0 {
+		parts = append(parts, fmt.Sprintf("%d without Outbox-Origin", w.anonymous))
+	}
+	return fmt.Sprintf("in the last %d messages, %s", w.scanned, strings.Join(parts, ", "))
+}
+
+// originsSeen reads the headers of the last n messages of stream. It reads
+// them one by one (STREAM.MSG.GET), as the relay reads the stream's tail,
+// so that status needs no right to create consumers.
+func originsSeen(ctx context.Context, stream jetstream.Stream, n int, timeout time.Duration) (writers, error) {
+	w := writers{byOrigin: map[string]int{}}
+	state := stream.CachedInfo().State
+	for seq := state.LastSeq; seq >= state.FirstSeq && seq > 0 && w.scanned < n; seq-- {
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		msg, err := stream.GetMsg(rctx, seq)
+		cancel()
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return w, fmt.Errorf("read message %d of stream %q: %w", seq, stream.CachedInfo().Config.Name, err)
+		}
+		w.scanned++
+		if o := msg.Header.Get(relay.HeaderOrigin); o != "" {
+			w.byOrigin[o]++
+		} else {
+			w.anonymous++
+		}
+	}
+	return w, nil
 }
 
 func bytesText(n int64) string {

@@ -7,6 +7,8 @@ import (
 	"net/textproto"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
@@ -36,6 +38,8 @@ func FuzzSubject(f *testing.F) {
 		{"{event_type}", "}", "{"},
 		{"a..b", ".", ".."},
 		{"\xff\xfe", "\u00a0", "\u2028"},
+		{"paid\u200b", "\u3000", "\ufeffx"},
+		{"счёт", "создан", "🧾"},
 	}
 	for _, s := range seeds {
 		f.Add(s[0], s[1], s[2])
@@ -60,6 +64,16 @@ func FuzzSubject(f *testing.F) {
 			}
 			if !sink.ValidSubject(s, false) {
 				t.Fatalf("%s: invalid subject %q", tmpl, s)
+			}
+			// Checked rune by rune, apart from ValidToken's own code: no
+			// character that hides, splits or is trimmed.
+			if !utf8.ValidString(s) {
+				t.Fatalf("%s: subject %q is not valid UTF-8", tmpl, s)
+			}
+			for _, r := range s {
+				if unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '*' || r == '>' {
+					t.Fatalf("%s: subject %q contains %U", tmpl, s, r)
+				}
 			}
 			if got, want := strings.Count(s, ".")+1, len(tmpl.tokens); got != want {
 				t.Fatalf("%s: subject %q has %d tokens, want %d", tmpl, s, got, want)
@@ -108,7 +122,8 @@ func FuzzTemplate(f *testing.F) {
 
 // FuzzRowHeaders: any headers column either makes the row poison or yields
 // headers that can travel: valid names, none reserved, no line breaks, each
-// the string the JSON object gave.
+// the string the JSON object gave, or the compact JSON text of any other
+// value but null, which is left out.
 func FuzzRowHeaders(f *testing.F) {
 	for _, s := range []string{
 		`{"trace": "abc"}`,
@@ -148,7 +163,7 @@ func FuzzRowHeaders(f *testing.F) {
 		// The dead-letter path uses the same column best-effort; it must
 		// not panic or let anything invalid through either.
 		dl := mp.DeadLetter(&ev, "dlq", &PoisonError{Reason: "bad_row", Detail: "x"}, 1024)
-		checkFuzzHeaders(t, dl.Header, stamped, HeaderPoisonReason, HeaderOriginalSubject, HeaderPayloadOmitted)
+		checkFuzzHeaders(t, dl.Header, stamped, HeaderPoisonReason, HeaderOriginalSubject, HeaderPayloadOmitted, HeaderHeadersOmitted)
 
 		if err != nil {
 			var poison *PoisonError
@@ -159,29 +174,38 @@ func FuzzRowHeaders(f *testing.F) {
 		}
 		checkFuzzHeaders(t, msg.Header, stamped)
 
-		// Every string entry of the object is there, unchanged.
-		if len(raw) == 0 {
+		// Every entry of the object is there: a string unchanged, null
+		// left out, anything else as its compact JSON text.
+		trimmed := bytes.TrimSpace(raw) // as the relay does
+		if len(raw) == 0 || string(trimmed) == "null" {
 			return
 		}
-		// The relay trims Unicode white space (bytes.TrimSpace) before
-		// parsing; so does this check.
-		var obj map[string]any
-		if err := json.Unmarshal(bytes.TrimSpace(raw), &obj); err != nil {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(trimmed, &obj); err != nil {
 			t.Fatalf("accepted headers %q that are not a JSON object: %v", raw, err)
 		}
 		for k, v := range obj {
-			s, ok := v.(string)
-			if !ok {
-				if _, present := msg.Header[k]; present && !stamped[k] {
-					t.Fatalf("non-string %q became a header", k)
+			var want string
+			var s string
+			switch {
+			case json.Unmarshal(v, &s) == nil && bytes.HasPrefix(v, []byte(`"`)):
+				// NATS cannot carry white space around a header value;
+				// the relay trims it as the wire would.
+				want = textproto.TrimString(s)
+			case string(v) == "null":
+				if _, present := msg.Header[k]; present {
+					t.Fatalf("null %q became a header", k)
 				}
 				continue
+			default:
+				var b bytes.Buffer
+				if err := json.Compact(&b, v); err != nil {
+					t.Fatalf("compact %q: %v", v, err)
+				}
+				want = b.String()
 			}
-			// NATS cannot carry white space around a header value; the
-			// relay trims it as the wire would.
-			s = textproto.TrimString(s)
-			if got := msg.Header[k]; len(got) != 1 || got[0] != s {
-				t.Fatalf("header %q = %q, want %q", k, got, s)
+			if got := msg.Header[k]; len(got) != 1 || got[0] != want {
+				t.Fatalf("header %q = %q, want %q", k, got, want)
 			}
 		}
 	})

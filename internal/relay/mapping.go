@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go"
@@ -34,6 +35,7 @@ const (
 	HeaderPoisonReason    = "Outbox-Poison-Reason"
 	HeaderOriginalSubject = "Outbox-Original-Subject"
 	HeaderPayloadOmitted  = "Outbox-Payload-Omitted"
+	HeaderHeadersOmitted  = "Outbox-Headers-Omitted"
 )
 
 // Template builds subjects from events: dot-separated tokens, each a literal
@@ -225,16 +227,45 @@ func (mp *Mapper) Origin() string { return mp.origin }
 type PoisonError struct {
 	Reason string // one of metrics.PoisonReasons
 	Detail string
+	// ID and Position identify the event when known (set by Mapper.Message),
+	// so that the error reported at exit can name them as log fields.
+	ID       string
+	Position cdc.Position
 }
 
 func (e *PoisonError) Error() string { return e.Reason + ": " + e.Detail }
+
+// EventID returns the poison event's id, or "" when unknown.
+func (e *PoisonError) EventID() string { return e.ID }
+
+// EventLSN returns the commit LSN of the poison event's transaction.
+func (e *PoisonError) EventLSN() pglogrepl.LSN { return e.Position.CommitLSN }
 
 // Message maps ev to its message. It returns a *PoisonError when the row can
 // never become a valid message. The message's header map is reused by the
 // next call: publish the message before mapping the next event.
 func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
+	msg, err := mp.message(ev)
+	if err != nil { // checked first: errors.As would allocate on every call
+		var poison *PoisonError
+		if errors.As(err, &poison) {
+			poison.ID, poison.Position = ev.ID, ev.Position
+		}
+	}
+	return msg, err
+}
+
+func (mp *Mapper) message(ev *cdc.Event) (sink.Message, error) {
 	if ev.Defect != "" {
 		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: ev.Defect}
+	}
+	if err := checkID(ev.ID); err != nil {
+		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
+	}
+	if ev.CreatedAt != "" {
+		if _, err := mp.createdAt(ev.CreatedAt); err != nil {
+			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
+		}
 	}
 	var err error
 	mp.subject, err = mp.template.appendSubject(mp.subject[:0], ev)
@@ -261,26 +292,104 @@ func (mp *Mapper) Message(ev *cdc.Event) (sink.Message, error) {
 
 // DeadLetter maps ev to a message for the dead-letter subject: the payload
 // and headers unchanged, plus the reason and the subject it would have had.
-// When the payload alone exceeds maxPayload the body is left out and
-// Outbox-Payload-Omitted gives its size; the row stays in the table.
+// The message is built to fit what any server takes, so that dead-lettering
+// itself never fails for size: JetStream's 64 KiB limit on a header block
+// and maxPayload (the server's max_payload; 0 for none) for headers and body
+// together. What does not fit is left out, in this order, and said so in a
+// header (the row stays in the table): the row's own headers
+// (Outbox-Headers-Omitted gives the column's size), then the body
+// (Outbox-Payload-Omitted gives its size), then both; as a last resort every
+// value longer than 1 KiB is cut short and an id that long is not sent as
+// Nats-Msg-Id.
 func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError, maxPayload int64) sink.Message {
-	header := nats.Header{}
-	if len(ev.Headers) > 0 {
-		// A malformed headers column may be why it is poison; keep every
-		// entry that is usable.
-		_ = addRowHeaders(header, ev.Headers, true)
+	build := func(rowHeaders bool) nats.Header {
+		header := nats.Header{}
+		if rowHeaders && len(ev.Headers) > 0 {
+			// A malformed headers column may be why it is poison; keep
+			// every entry that is usable.
+			_ = addRowHeaders(header, ev.Headers, true)
+		}
+		mp.stamp(header, ev, new(headerValues))
+		header.Set(HeaderPoisonReason, reason.Reason+": "+sanitizeHeaderValue(reason.Detail))
+		if original, err := mp.template.Subject(ev); err == nil {
+			header.Set(HeaderOriginalSubject, original)
+		}
+		if !rowHeaders && len(ev.Headers) > 0 {
+			header.Set(HeaderHeadersOmitted, strconv.Itoa(len(ev.Headers)))
+		}
+		return header
 	}
-	mp.stamp(header, ev, new(headerValues))
-	header.Set(HeaderPoisonReason, reason.Reason+": "+sanitizeHeaderValue(reason.Detail))
-	if original, err := mp.template.Subject(ev); err == nil {
-		header.Set(HeaderOriginalSubject, original)
+	// An id that cannot be a Nats-Msg-Id as it is (see checkID) is not
+	// sent as one: trimmed by the client, it could make JetStream drop
+	// another event as a duplicate of this dead letter.
+	id := ev.ID
+	if checkID(id) != nil {
+		id = ""
 	}
-	data := ev.Payload
-	if maxPayload > 0 && int64(len(data))+headerSize(header)+1024 > maxPayload {
-		header.Set(HeaderPayloadOmitted, strconv.Itoa(len(data)))
-		data = nil
+	withBody := func(header nats.Header, body bool) sink.Message {
+		if !body {
+			header.Set(HeaderPayloadOmitted, strconv.Itoa(len(ev.Payload)))
+			return sink.Message{Subject: subject, ID: id, Header: header}
+		}
+		return sink.Message{Subject: subject, ID: id, Data: ev.Payload, Header: header}
 	}
-	return sink.Message{Subject: subject, ID: ev.ID, Data: data, Header: header}
+	// The body is the event; the row's headers are extras: keep the body
+	// rather than the headers.
+	for _, keep := range []struct{ headers, body bool }{{true, true}, {false, true}, {true, false}, {false, false}} {
+		if keep.headers || len(ev.Headers) > 0 {
+			if msg := withBody(build(keep.headers), keep.body); Fits(msg, maxPayload) {
+				return msg
+			}
+		}
+	}
+	msg := withBody(build(false), false)
+	for k, vs := range msg.Header {
+		for i, v := range vs {
+			vs[i] = shorten(v, maxDeadLetterValue)
+		}
+		msg.Header[k] = vs
+	}
+	if len(msg.ID) > maxDeadLetterValue {
+		msg.ID = ""
+	}
+	return msg
+}
+
+// Limits a dead-letter message is built to fit.
+const (
+	// maxHeaderBlock is JetStream's limit on a message's encoded header
+	// block (JSStreamHeaderExceedsMaximumErr), whatever max_payload allows.
+	maxHeaderBlock = 65535
+	// sinkHeadersSize is the most the headers the sink adds take, besides
+	// Nats-Msg-Id: Nats-Expected-Last-Sequence with a 20-digit value.
+	sinkHeadersSize = len("Nats-Expected-Last-Sequence") + 20 + 4
+	// maxDeadLetterValue is what each header value of a dead-letter message
+	// is cut to when nothing else makes it fit.
+	maxDeadLetterValue = 1024
+)
+
+// Fits reports whether msg, once the sink adds its headers, is within
+// JetStream's 64 KiB header limit and maxPayload (0: no limit): whether the
+// server can take it at all.
+func Fits(msg sink.Message, maxPayload int64) bool {
+	size := headerSize(msg.Header) + int64(sinkHeadersSize)
+	if msg.ID != "" {
+		size += int64(len("Nats-Msg-Id") + len(msg.ID) + 4)
+	}
+	return size <= maxHeaderBlock && (maxPayload <= 0 || size+int64(len(msg.Data)) <= maxPayload)
+}
+
+// shorten cuts s to at most n bytes, on a UTF-8 boundary, saying how long
+// it was.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // stampedHeaders is how many headers stamp sets at most.
@@ -301,11 +410,12 @@ func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event, values *headerValues)
 	set(1, HeaderAggregateID, ev.AggregateID)
 	set(2, HeaderEventType, ev.EventType)
 	if ev.CreatedAt != "" {
-		if mp.createdValue == nil || ev.CreatedAt != mp.lastCreatedRaw {
-			mp.lastCreatedRaw = ev.CreatedAt
-			mp.createdValue = []string{sanitizeHeaderValue(normalizeTimestamp(ev.CreatedAt))}
+		value, err := mp.createdAt(ev.CreatedAt)
+		if err != nil {
+			// Only a dead letter gets here: it keeps what the row says.
+			value = []string{sanitizeHeaderValue(ev.CreatedAt)}
 		}
-		header[HeaderCreatedAt] = mp.createdValue
+		header[HeaderCreatedAt] = value
 	}
 	if mp.commitLSNValue == nil || ev.Position.CommitLSN != mp.lastCommitLSN {
 		mp.lastCommitLSN = ev.Position.CommitLSN
@@ -314,6 +424,37 @@ func (mp *Mapper) stamp(header nats.Header, ev *cdc.Event, values *headerValues)
 	header[HeaderCommitLSN] = mp.commitLSNValue
 	set(3, HeaderCommitIndex, strconv.FormatUint(uint64(ev.Position.Index), 10))
 	header[HeaderOrigin] = mp.originValue
+}
+
+// createdAt returns the Outbox-Created-At value for raw, shared by the rows
+// that have the same (rows of a transaction usually do: now() is the
+// transaction's start).
+func (mp *Mapper) createdAt(raw string) ([]string, error) {
+	if mp.createdValue != nil && raw == mp.lastCreatedRaw {
+		return mp.createdValue, nil
+	}
+	value, err := normalizeTimestamp(raw)
+	if err != nil {
+		return nil, err
+	}
+	mp.lastCreatedRaw, mp.createdValue = raw, []string{value}
+	return mp.createdValue, nil
+}
+
+// checkID explains why id cannot be a message's Nats-Msg-Id: JetStream
+// deduplicates by it, and the NATS client trims white space around header
+// values and turns line breaks into spaces, so "a " would be stored as "a"
+// and the real "a" then dropped as its duplicate.
+func checkID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("column id is empty")
+	case strings.ContainsAny(id, "\r\n"):
+		return fmt.Errorf("id %q contains a line break", id)
+	case textproto.TrimString(id) != id:
+		return fmt.Errorf("id %q has white space at its start or end", id)
+	}
+	return nil
 }
 
 // PositionFromHeader reads an event position stamped by the relay, and
@@ -333,15 +474,20 @@ func PositionFromHeader(h nats.Header, origin string) (cdc.Position, bool) {
 	return cdc.Position{CommitLSN: lsn, Index: uint32(index)}, true
 }
 
-// addRowHeaders adds the string entries of the row's headers object. Other
-// values are ignored, and so is whitespace around values, which NATS headers
-// cannot carry. Names the relay sets itself (Nats-*, Outbox-*) and names or
-// values that cannot travel in a NATS header make the row poison: silently
-// dropping them would change the event. With lenient set, such entries are
-// skipped instead (for dead-letter messages). Entries are visited in name
-// order, so the outcome never depends on map iteration.
+// addRowHeaders adds the entries of the row's headers object: a string as
+// it is, without the white space around it, which NATS headers cannot carry;
+// a number, boolean, object or array as its JSON text (objects and arrays
+// compacted); a JSON null not at all, like SQL NULL, and a headers column
+// that is JSON null as no headers. Names the relay sets itself (Nats-*,
+// Outbox-*) and names or values that cannot travel in a NATS header make the
+// row poison: silently dropping them would change the event. With lenient
+// set, such entries are skipped instead (for dead-letter messages). Entries
+// are visited in name order, so the outcome never depends on map iteration.
 func addRowHeaders(header nats.Header, raw []byte, lenient bool) error {
 	trimmed := bytes.TrimSpace(raw)
+	if string(trimmed) == "null" {
+		return nil
+	}
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return errors.New("column headers is not a JSON object")
 	}
@@ -356,12 +502,11 @@ func addRowHeaders(header nats.Header, raw []byte, lenient bool) error {
 	slices.Sort(names)
 	var first error
 	for _, name := range names {
-		value := entries[name]
-		var s string
-		if len(value) == 0 || value[0] != '"' || json.Unmarshal(value, &s) != nil {
+		value, present := headerText(entries[name])
+		if !present {
 			continue
 		}
-		if err := checkRowHeader(name, s); err != nil {
+		if err := checkRowHeader(name, value); err != nil {
 			if !lenient {
 				return err
 			}
@@ -370,9 +515,29 @@ func addRowHeaders(header nats.Header, raw []byte, lenient bool) error {
 		}
 		// NATS trims ASCII white space around header values on the wire;
 		// trimming here keeps the message what the relay believes it sent.
-		header[name] = []string{textproto.TrimString(s)}
+		header[name] = []string{textproto.TrimString(value)}
 	}
 	return first
+}
+
+// headerText renders one JSON value of the headers object as a header
+// value: a string as it is, null as absent, anything else as its compact
+// JSON text.
+func headerText(value json.RawMessage) (string, bool) {
+	if len(value) > 0 && value[0] == '"' {
+		var s string
+		if json.Unmarshal(value, &s) == nil {
+			return s, true
+		}
+	}
+	if string(value) == "null" {
+		return "", false
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, value) != nil {
+		return string(value), true // valid: the object it comes from parsed
+	}
+	return b.String(), true
 }
 
 func checkRowHeader(name, value string) error {
@@ -420,18 +585,21 @@ func headerSize(h nats.Header) int64 {
 	return n + 12
 }
 
-// normalizeTimestamp renders PostgreSQL's text form of a timestamptz
-// ("2026-11-26 04:13:53.123456+00") as RFC 3339; anything else is kept as is.
-func normalizeTimestamp(s string) string {
-	if s == "" {
-		return ""
-	}
-	for _, layout := range []string{"2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999-07:00", "2006-01-02 15:04:05.999999999-07:00:00"} {
+// normalizeTimestamp renders PostgreSQL's text form of created_at (ISO
+// date style, UTC session time zone) as RFC 3339 in UTC: a timestamptz
+// ("2026-11-26 04:13:53.123456+00") at its instant, a timestamp without time
+// zone as that time in UTC, a date as midnight UTC. infinity, -infinity,
+// dates BC and anything else RFC 3339 cannot express are an error.
+func normalizeTimestamp(s string) (string, error) {
+	for _, layout := range []string{
+		"2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999-07:00", "2006-01-02 15:04:05.999999999-07:00:00",
+		"2006-01-02 15:04:05.999999999", "2006-01-02", time.RFC3339Nano,
+	} {
 		if t, err := time.Parse(layout, s); err == nil {
-			return t.UTC().Format(time.RFC3339Nano)
+			return t.UTC().Format(time.RFC3339Nano), nil
 		}
 	}
-	return s
+	return "", fmt.Errorf("created_at %q cannot be written in RFC 3339", s)
 }
 
 // formatLSN renders lsn as PostgreSQL does ("16/B374D848"), without fmt:

@@ -3,8 +3,10 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go"
@@ -239,18 +241,16 @@ func TestMapperMessageFields(t *testing.T) {
 			},
 		},
 		{
-			"created_at infinity kept", func(ev *cdc.Event) { ev.CreatedAt = "infinity" },
-			func(t *testing.T, m sink.Message) { require.Equal(t, "infinity", m.Header.Get(HeaderCreatedAt)) },
-		},
-		{
-			"created_at without zone kept", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53.123456" },
+			"created_at without zone taken as UTC", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26 04:13:53.123456" },
 			func(t *testing.T, m sink.Message) {
-				require.Equal(t, "2026-11-26 04:13:53.123456", m.Header.Get(HeaderCreatedAt))
+				require.Equal(t, "2026-11-26T04:13:53.123456Z", m.Header.Get(HeaderCreatedAt))
 			},
 		},
 		{
-			"created_at with line break sanitized", func(ev *cdc.Event) { ev.CreatedAt = "x\r\ny" },
-			func(t *testing.T, m sink.Message) { require.Equal(t, "x  y", m.Header.Get(HeaderCreatedAt)) },
+			"created_at date is midnight UTC", func(ev *cdc.Event) { ev.CreatedAt = "2026-11-26" },
+			func(t *testing.T, m sink.Message) {
+				require.Equal(t, "2026-11-26T00:00:00Z", m.Header.Get(HeaderCreatedAt))
+			},
 		},
 		{
 			"no created_at, no header", func(ev *cdc.Event) { ev.CreatedAt = "" },
@@ -286,20 +286,34 @@ func TestMapperMessageFields(t *testing.T) {
 			func(t *testing.T, m sink.Message) { require.Empty(t, m.Data) },
 		},
 		{"row headers", func(ev *cdc.Event) {
-			ev.Headers = []byte(`{"trace-id": "abc", "n": 1, "b": true, "o": {"x": "y"}, "a": ["s"], "nil": null, "empty": "", "unicode": "ü\u00e9\t"}`)
+			ev.Headers = []byte(`{"trace-id": "abc", "n": 1, "f": -1.50e3, "b": true, "o": {"x": "y", "z": [1, null]}, "a": ["s"], "e": [], "nil": null, "empty": "", "unicode": "ü\u00e9\t"}`)
 		}, func(t *testing.T, m sink.Message) {
 			require.Equal(t, []string{"abc"}, m.Header["trace-id"])
 			require.Equal(t, []string{""}, m.Header["empty"])
 			// White space around a value cannot travel in a NATS header;
 			// it is trimmed as the wire would.
 			require.Equal(t, []string{"üé"}, m.Header["unicode"])
-			for _, k := range []string{"n", "b", "o", "a", "nil"} {
-				_, ok := m.Header[k]
-				require.False(t, ok, "non-string %q must be ignored", k)
-			}
+			// Other JSON values travel as their (compact) JSON text.
+			require.Equal(t, []string{"1"}, m.Header["n"])
+			require.Equal(t, []string{"-1.50e3"}, m.Header["f"])
+			require.Equal(t, []string{"true"}, m.Header["b"])
+			require.Equal(t, []string{`{"x":"y","z":[1,null]}`}, m.Header["o"])
+			require.Equal(t, []string{`["s"]`}, m.Header["a"])
+			require.Equal(t, []string{`[]`}, m.Header["e"])
+			// JSON null is no value, like SQL NULL.
+			_, ok := m.Header["nil"]
+			require.False(t, ok, "null is left out")
 			require.Equal(t, "order", m.Header.Get(HeaderAggregateType))
-			require.Len(t, m.Header, 10)
+			require.Len(t, m.Header, 16)
 		}},
+		{
+			"headers column JSON null is no headers", func(ev *cdc.Event) { ev.Headers = []byte(" null ") },
+			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) },
+		},
+		{
+			"id with inner white space", func(ev *cdc.Event) { ev.ID = "a b\tc" },
+			func(t *testing.T, m sink.Message) { require.Equal(t, "a b\tc", m.ID) },
+		},
 		{
 			"row headers with whitespace around", func(ev *cdc.Event) { ev.Headers = []byte(" \n\t{\"k\" :\t \"v\" }\n ") },
 			func(t *testing.T, m sink.Message) { require.Equal(t, []string{"v"}, m.Header["k"]) },
@@ -320,7 +334,7 @@ func TestMapperMessageFields(t *testing.T) {
 			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) },
 		},
 		{
-			"reserved name with a non-string value is ignored", func(ev *cdc.Event) { ev.Headers = []byte(`{"Nats-Msg-Id": 5}`) },
+			"reserved name with a null value is absent", func(ev *cdc.Event) { ev.Headers = []byte(`{"Nats-Msg-Id": null}`) },
 			func(t *testing.T, m sink.Message) { require.Len(t, m.Header, 7) },
 		},
 	}
@@ -352,13 +366,13 @@ func TestMapperMessagePoison(t *testing.T) {
 		{"not captured", func(*cdc.Event) {}, []string{"other.>"}, "no_stream", "outbox.order.created"},
 		{"captured only partly", func(*cdc.Event) {}, []string{"outbox.*"}, "no_stream", "outbox.order.created"},
 		{"headers array", func(ev *cdc.Event) { ev.Headers = []byte(`["a"]`) }, nil, "bad_row", "not a JSON object"},
-		{"headers null", func(ev *cdc.Event) { ev.Headers = []byte(`null`) }, nil, "bad_row", "not a JSON object"},
 		{"headers string", func(ev *cdc.Event) { ev.Headers = []byte(`"x"`) }, nil, "bad_row", "not a JSON object"},
 		{"headers number", func(ev *cdc.Event) { ev.Headers = []byte(`1`) }, nil, "bad_row", "not a JSON object"},
 		{"headers whitespace only", func(ev *cdc.Event) { ev.Headers = []byte("  \n") }, nil, "bad_row", "not a JSON object"},
 		{"headers invalid JSON", func(ev *cdc.Event) { ev.Headers = []byte(`{"a": `) }, nil, "bad_row", "column headers"},
 		{"headers trailing data", func(ev *cdc.Event) { ev.Headers = []byte(`{"a": "b"} x`) }, nil, "bad_row", "column headers"},
 		{"reserved Nats-", func(ev *cdc.Event) { ev.Headers = []byte(`{"Nats-Msg-Id": "x"}`) }, nil, "bad_row", "reserved"},
+		{"reserved Nats- with a number", func(ev *cdc.Event) { ev.Headers = []byte(`{"Nats-Msg-Id": 5}`) }, nil, "bad_row", "reserved"},
 		{"reserved nats- lower case", func(ev *cdc.Event) { ev.Headers = []byte(`{"nats-expected-stream": "x"}`) }, nil, "bad_row", "reserved"},
 		{"reserved Outbox-", func(ev *cdc.Event) { ev.Headers = []byte(`{"Outbox-Commit-Lsn": "0/1"}`) }, nil, "bad_row", "reserved"},
 		{"reserved OUTBOX- upper case", func(ev *cdc.Event) { ev.Headers = []byte(`{"OUTBOX-ORIGIN": "x"}`) }, nil, "bad_row", "reserved"},
@@ -371,6 +385,16 @@ func TestMapperMessagePoison(t *testing.T) {
 		{"value with CRLF", func(ev *cdc.Event) { ev.Headers = []byte(`{"a": "x\r\nNats-Msg-Id: y"}`) }, nil, "bad_row", "line break"},
 		{"value with LF", func(ev *cdc.Event) { ev.Headers = []byte(`{"a": "x\ny"}`) }, nil, "bad_row", "line break"},
 		{"value with CR", func(ev *cdc.Event) { ev.Headers = []byte(`{"a": "x\ry"}`) }, nil, "bad_row", "line break"},
+		{"empty id", func(ev *cdc.Event) { ev.ID = "" }, nil, "bad_row", "column id is empty"},
+		{"id with a trailing space", func(ev *cdc.Event) { ev.ID = "a " }, nil, "bad_row", `id "a " has white space`},
+		{"id with a leading tab", func(ev *cdc.Event) { ev.ID = "\ta" }, nil, "bad_row", "white space at its start or end"},
+		{"id with a line break", func(ev *cdc.Event) { ev.ID = "a\nb" }, nil, "bad_row", "line break"},
+		{"id with a CR", func(ev *cdc.Event) { ev.ID = "a\r" }, nil, "bad_row", "line break"},
+		{"id wins over an invalid subject", func(ev *cdc.Event) { ev.ID = ""; ev.EventType = "" }, nil, "bad_row", "id"},
+		{"created_at infinity", func(ev *cdc.Event) { ev.CreatedAt = "infinity" }, nil, "bad_row", `"infinity" cannot be written in RFC 3339`},
+		{"created_at -infinity", func(ev *cdc.Event) { ev.CreatedAt = "-infinity" }, nil, "bad_row", "-infinity"},
+		{"created_at BC", func(ev *cdc.Event) { ev.CreatedAt = "0044-03-15 12:00:00+00 BC" }, nil, "bad_row", "BC"},
+		{"created_at with a line break", func(ev *cdc.Event) { ev.CreatedAt = "x\r\ny" }, nil, "bad_row", "RFC 3339"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -387,6 +411,8 @@ func TestMapperMessagePoison(t *testing.T) {
 			p := requirePoison(t, err, tt.reason)
 			require.Contains(t, p.Detail, tt.contains)
 			require.Equal(t, sink.Message{}, m)
+			require.Equal(t, ev.ID, p.EventID(), "the error names the event")
+			require.Equal(t, ev.Position.CommitLSN, p.EventLSN())
 		})
 	}
 }
@@ -576,6 +602,58 @@ func TestMapperDeadLetter(t *testing.T) {
 			},
 		},
 		{
+			"row headers over the header limit omitted, body kept",
+			func(ev *cdc.Event) { ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 100<<10) + `"}`) },
+			PoisonError{Reason: "too_large", Detail: "header size exceeds maximum allowed of 64k"},
+			1 << 20,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Empty(t, m.Header.Get("big"))
+				require.Equal(t, strconv.Itoa(len(ev.Headers)), m.Header.Get(HeaderHeadersOmitted))
+				require.Equal(t, ev.Payload, m.Data)
+				require.Equal(t, "outbox.order.created", m.Header.Get(HeaderOriginalSubject))
+			},
+		},
+		{
+			"row headers over max payload omitted, body kept",
+			func(ev *cdc.Event) { ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 4000) + `", "small": "s"}`) },
+			PoisonError{Reason: "too_large", Detail: "d"},
+			4096,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Empty(t, m.Header.Get("small"), "the row's headers go as a whole")
+				require.NotEmpty(t, m.Header.Get(HeaderHeadersOmitted))
+				require.Equal(t, ev.Payload, m.Data)
+			},
+		},
+		{
+			"body over max payload omitted, small row headers kept",
+			func(ev *cdc.Event) {
+				ev.Payload = []byte(strings.Repeat("x", 5000))
+				ev.Headers = []byte(`{"trace": "abc"}`)
+			},
+			PoisonError{Reason: "too_large", Detail: "d"},
+			4096,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Equal(t, "abc", m.Header.Get("trace"))
+				require.Nil(t, m.Data)
+				require.Equal(t, "5000", m.Header.Get(HeaderPayloadOmitted))
+			},
+		},
+		{
+			"both omitted when neither fits",
+			func(ev *cdc.Event) {
+				ev.Payload = []byte(strings.Repeat("x", 5000))
+				ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 5000) + `"}`)
+			},
+			PoisonError{Reason: "too_large", Detail: "d"},
+			4096,
+			func(t *testing.T, ev cdc.Event, m sink.Message) {
+				require.Nil(t, m.Data)
+				require.NotEmpty(t, m.Header.Get(HeaderPayloadOmitted))
+				require.NotEmpty(t, m.Header.Get(HeaderHeadersOmitted))
+				require.Empty(t, m.Header.Get("big"))
+			},
+		},
+		{
 			"reserved row header does not override the relay's",
 			func(ev *cdc.Event) {
 				ev.Headers = []byte(`{"Outbox-Origin": "forged", "Outbox-Poison-Reason": "forged"}`)
@@ -607,28 +685,85 @@ func TestMapperDeadLetter(t *testing.T) {
 					require.NotContains(t, v, "\n", "header %s", k)
 				}
 			}
+			require.True(t, Fits(m, tt.maxPayload), "the dead-letter message fits")
 			tt.check(t, ev, m)
 		})
+	}
+}
+
+// TestDeadLetterOfAnUnusableID: a dead letter is not sent with an id the
+// NATS client would trim or flatten: stored as "a", it would make JetStream
+// drop the real "a" as a duplicate.
+func TestDeadLetterOfAnUnusableID(t *testing.T) {
+	t.Parallel()
+	for _, id := range []string{"", "a ", " a", "a\nb"} {
+		ev := mappingEvent()
+		ev.ID = id
+		m := mappingMapper(t).DeadLetter(&ev, "dlq", &PoisonError{Reason: "bad_row", Detail: "id"}, 0)
+		require.Empty(t, m.ID, "id %q", id)
+	}
+	ev := mappingEvent()
+	ev.CreatedAt = "infinity"
+	m := mappingMapper(t).DeadLetter(&ev, "dlq", &PoisonError{Reason: "bad_row", Detail: "created_at"}, 0)
+	require.Equal(t, ev.ID, m.ID)
+	require.Equal(t, "infinity", m.Header.Get(HeaderCreatedAt), "a dead letter keeps what the row says")
+}
+
+// TestDeadLetterFitsWhateverTheRow: when even the relay's own headers are too
+// large (a huge aggregate id and a reason quoting it), each value is cut
+// short, and an id too long for a header is not sent as Nats-Msg-Id.
+func TestDeadLetterFitsWhateverTheRow(t *testing.T) {
+	t.Parallel()
+	ev := mappingEvent()
+	ev.AggregateID = strings.Repeat("é", 40<<10)
+	ev.EventType = strings.Repeat("e", 40<<10)
+	ev.ID = strings.Repeat("i", 70<<10)
+	ev.Headers = []byte(`{"big": "` + strings.Repeat("h", 100<<10) + `"}`)
+	reason := PoisonError{Reason: "too_large", Detail: "id " + ev.ID}
+	for _, maxPayload := range []int64{0, 1 << 20, 8 << 20} {
+		m := mappingMapper(t).DeadLetter(&ev, "dlq", &reason, maxPayload)
+		require.True(t, Fits(m, maxPayload))
+		require.Empty(t, m.ID)
+		require.True(t, utf8.ValidString(m.Header.Get(HeaderAggregateID)), "cut on a character boundary")
+		require.True(t, strings.HasSuffix(m.Header.Get(HeaderAggregateID), fmt.Sprintf("... (%d bytes)", len(ev.AggregateID))))
+		require.True(t, strings.HasPrefix(m.Header.Get(HeaderPoisonReason), "too_large: id iii"))
+		pos, ok := PositionFromHeader(m.Header, mappingOrigin)
+		require.True(t, ok)
+		require.Equal(t, ev.Position, pos)
 	}
 }
 
 func TestNormalizeTimestamp(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ in, want string }{
-		{"", ""},
+		// timestamptz, as PostgreSQL writes it in ISO date style.
 		{"2026-11-26 04:13:53.123456+00", "2026-11-26T04:13:53.123456Z"},
 		{"2026-11-26 04:13:53+00", "2026-11-26T04:13:53Z"},
 		{"2026-11-26 04:13:53.1+01", "2026-11-26T03:13:53.1Z"},
 		{"2026-11-26 04:13:53.123456-09:30", "2026-11-26T13:43:53.123456Z"},
-		{"2026-11-26T04:13:53Z", "2026-11-26T04:13:53Z"}, // kept as is
-		{"-infinity", "-infinity"},
-		{"0044-03-15 12:00:00+00 BC", "0044-03-15 12:00:00+00 BC"},
-		{"garbage", "garbage"},
+		{"2026-11-26 04:13:53-00:00:12", "2026-11-26T04:14:05Z"},
+		// timestamp without time zone: taken as UTC.
+		{"2026-11-26 04:13:53.5", "2026-11-26T04:13:53.5Z"},
+		{"2026-11-26 04:13:53", "2026-11-26T04:13:53Z"},
+		{"0099-01-01 00:00:00", "0099-01-01T00:00:00Z"},
+		// date: midnight UTC.
+		{"2026-11-26", "2026-11-26T00:00:00Z"},
+		// Already RFC 3339.
+		{"2026-11-26T04:13:53+02:00", "2026-11-26T02:13:53Z"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
 			t.Parallel()
-			require.Equal(t, tt.want, normalizeTimestamp(tt.in))
+			got, err := normalizeTimestamp(tt.in)
+			require.NoError(t, err)
+			require.Equal(t, tt.want, got)
+		})
+	}
+	for _, in := range []string{"", "infinity", "-infinity", "0044-03-15 12:00:00+00 BC", "0044-03-15 BC", "294276-12-31 23:59:59", "garbage"} {
+		t.Run(in, func(t *testing.T) {
+			t.Parallel()
+			_, err := normalizeTimestamp(in)
+			require.ErrorContains(t, err, fmt.Sprintf("%q cannot be written in RFC 3339", in))
 		})
 	}
 }

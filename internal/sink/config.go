@@ -21,6 +21,9 @@ type Config struct {
 	StreamSubjects  []string
 	DuplicateWindow time.Duration
 	Replicas        int
+	// DeadLetterSubject, when set, must be captured by some stream (this one
+	// or another): poison events are published there.
+	DeadLetterSubject string
 	// PublishTimeout bounds the wait for each PubAck.
 	PublishTimeout time.Duration
 	// ConnectTimeout bounds dialing a server; RequestTimeout bounds each

@@ -244,15 +244,21 @@ type StreamState struct {
 	Replicas        int
 	MaxMsgSize      int32
 	Created         bool
+	// PersistMode is the stream's persist_mode: jetstream.AsyncPersistMode
+	// acknowledges writes before they are stored, and is refused.
+	PersistMode jetstream.PersistModeType
 }
 
 // ErrConfig marks a stream problem only a change of configuration fixes.
 var ErrConfig = errors.New("configuration error")
 
 // EnsureStream checks that the stream exists and captures every subject in
-// want (which may hold wildcards), creating it when allowed. It warns when
-// the stream's duplicate window is short or its acknowledgements are not
-// durable against a host crash.
+// want (which may hold wildcards), creating it when allowed, and that some
+// stream captures cfg.DeadLetterSubject when it is set. It refuses a stream
+// with persist_mode async. It warns when the stream's duplicate window is
+// short or its acknowledgements are not durable against a host crash.
+// Creating a stream whose subjects overlap another stream's is a
+// configuration error naming the subject and the other stream.
 func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string, log *zap.Logger) (StreamState, error) {
 	js := c.JetStream
 	rctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
@@ -271,6 +277,10 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 			Duplicates: cfg.DuplicateWindow,
 			Replicas:   cfg.Replicas,
 		})
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStreamSubjectOverlap {
+			return StreamState{}, overlapError(ctx, js, cfg, err)
+		}
 		if err != nil {
 			return StreamState{}, fmt.Errorf("create stream %q: %w", cfg.Stream, err)
 		}
@@ -281,7 +291,10 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 		return StreamState{}, fmt.Errorf("look up stream %q: %w", cfg.Stream, c.withCause(err))
 	}
 	sc := stream.CachedInfo().Config
-	state := StreamState{Subjects: sc.Subjects, DuplicateWindow: sc.Duplicates, Replicas: sc.Replicas, MaxMsgSize: sc.MaxMsgSize, Created: created}
+	state := StreamState{
+		Subjects: sc.Subjects, DuplicateWindow: sc.Duplicates, Replicas: sc.Replicas, MaxMsgSize: sc.MaxMsgSize,
+		Created: created, PersistMode: sc.PersistMode,
+	}
 	var missing []string
 	for _, w := range want {
 		if !Captures(sc.Subjects, w) {
@@ -292,6 +305,20 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 		return state, fmt.Errorf("stream: %q (subjects %s) does not capture %s; add them to the stream or change --subject-template: %w",
 			cfg.Stream, strings.Join(sc.Subjects, ", "), strings.Join(missing, ", "), ErrConfig)
 	}
+	if sc.PersistMode == jetstream.AsyncPersistMode {
+		return state, fmt.Errorf("stream: %q has persist_mode async: the server acknowledges writes before it stores them, so the slot would move past events a NATS restart can lose; "+
+			"recreate the stream without persist_mode (the default) and see the README on durability: %w", cfg.Stream, ErrConfig)
+	}
+	if dl := cfg.DeadLetterSubject; dl != "" && !Captures(sc.Subjects, dl) {
+		others, err := Overlaps(ctx, js, []string{dl}, cfg.RequestTimeout)
+		if err != nil {
+			return state, fmt.Errorf("look up the stream of the dead-letter subject %q: %w", dl, c.withCause(err))
+		}
+		if len(others) == 0 {
+			return state, fmt.Errorf("dead-letter-subject: no stream captures the dead-letter subject %q, so a poison event could never be dead-lettered; add it to the subjects of stream %q or another, or change --dead-letter-subject: %w",
+				dl, cfg.Stream, ErrConfig)
+		}
+	}
 	if sc.Duplicates < 2*time.Minute {
 		log.Warn("stream duplicate window is short; replays after a longer outage are caught only by the relay's stream position check",
 			zap.String("stream", cfg.Stream), zap.Duration("duplicate_window", sc.Duplicates))
@@ -301,4 +328,28 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 			zap.String("stream", cfg.Stream), zap.Int("replicas", sc.Replicas))
 	}
 	return state, nil
+}
+
+// errCodeStreamSubjectOverlap is JetStream's JSStreamSubjectOverlapErr:
+// "subjects overlap with an existing stream".
+const errCodeStreamSubjectOverlap jetstream.ErrorCode = 10065
+
+// overlapError explains a stream that could not be created because its
+// subjects overlap others, naming each subject and stream; createErr is the
+// server's refusal, kept when the streams cannot be looked up.
+func overlapError(ctx context.Context, js jetstream.JetStream, cfg Config, createErr error) error {
+	overlaps, err := Overlaps(ctx, js, cfg.StreamSubjects, cfg.RequestTimeout)
+	if err == nil && len(overlaps) == 0 {
+		err = errors.New("none found")
+	}
+	if err != nil {
+		return fmt.Errorf("create stream %q with subjects %s: %w (looking up which overlap: %w): %w",
+			cfg.Stream, strings.Join(cfg.StreamSubjects, ", "), createErr, err, ErrConfig)
+	}
+	texts := make([]string, len(overlaps))
+	for i, o := range overlaps {
+		texts[i] = o.String()
+	}
+	return fmt.Errorf("stream: cannot create %q: %s; set --stream-subjects, --dead-letter-subject or --subject-template so that no two streams claim a subject: %w",
+		cfg.Stream, strings.Join(texts, "; "), ErrConfig)
 }

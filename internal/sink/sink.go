@@ -450,7 +450,7 @@ func Classify(err error) (kind string, class error) {
 		switch apiErr.ErrorCode {
 		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, errCodeWrongLastMsgID:
 			return "wrong_sequence", ErrWrongSequence
-		case errCodeMessageSizeExceedsMaximum:
+		case errCodeMessageSizeExceedsMaximum, errCodeHeaderSizeExceedsMaximum:
 			return "too_large", ErrPermanent
 		}
 		return "server", nil
@@ -466,5 +466,12 @@ func Classify(err error) (kind string, class error) {
 	return "other", nil
 }
 
-// errCodeMessageSizeExceedsMaximum is JetStream's JSStreamMessageExceedsMaximumErr.
-const errCodeMessageSizeExceedsMaximum jetstream.ErrorCode = 10054
+// JetStream's error codes for a message it will never store as it is.
+const (
+	// errCodeMessageSizeExceedsMaximum is JSStreamMessageExceedsMaximumErr:
+	// over the stream's max_msg_size.
+	errCodeMessageSizeExceedsMaximum jetstream.ErrorCode = 10054
+	// errCodeHeaderSizeExceedsMaximum is JSStreamHeaderExceedsMaximumErr:
+	// a header block over 64 KiB, whatever max_payload allows.
+	errCodeHeaderSizeExceedsMaximum jetstream.ErrorCode = 10097
+)

@@ -36,6 +36,26 @@ func TestValidToken(t *testing.T) {
 		{"\x00", false},
 		{"a\x1fb", false},
 		{"a\x7fb", false},
+		{"счёт", true},
+		{"請求書", true},
+		{"🧾", true},
+		{"facture-été", true},
+		{"a\ufffdb", true},       // the replacement character itself is a character
+		{"paid\u00a0now", false}, // no-break space
+		{"paid\u3000", false},    // ideographic space
+		{"\u2003", false},        // em space
+		{"a\u2028b", false},      // line separator
+		{"a\u0085b", false},      // next line (C1 control)
+		{"a\u0080b", false},      // C1 control
+		{"paid\u200b", false},    // zero-width space
+		{"\ufeffpaid", false},    // zero-width no-break space (BOM)
+		{"a\u200eb", false},      // left-to-right mark
+		{"a\u00adb", false},      // soft hyphen
+		{"é.b", false},
+		{"é b", false},
+		{"é*", false},
+		{"a\xffb", false}, // invalid UTF-8
+		{"é\xc3", false},  // truncated UTF-8
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%q", tt.token), func(t *testing.T) {

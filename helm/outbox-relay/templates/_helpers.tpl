@@ -154,7 +154,9 @@ Secret or in nats.existingSecret, environment variable].
 {{- $env = append $env (dict "name" "RELAY_SUBJECT_TEMPLATE" "value" $r.subjectTemplate) }}
 {{- $env = append $env (dict "name" "RELAY_CREATE_STREAM" "value" (toString $r.createStream)) }}
 {{- $env = append $env (dict "name" "RELAY_ON_POISON" "value" $r.onPoison) }}
+{{- if $r.deadLetterSubject }}
 {{- $env = append $env (dict "name" "RELAY_DEAD_LETTER_SUBJECT" "value" $r.deadLetterSubject) }}
+{{- end }}
 {{- $env = append $env (dict "name" "RELAY_LEADER_ELECTION" "value" (toString $r.leaderElection)) }}
 {{- $env = append $env (dict "name" "RELAY_LEADER_LEASE_TIMEOUT" "value" $r.leaderLeaseTimeout) }}
 {{- $env = append $env (dict "name" "RELAY_SHUTDOWN_TIMEOUT" "value" (printf "%ds" (int $r.shutdownTimeoutSeconds))) }}
