@@ -168,7 +168,12 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	}
 	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
 	pumpCfg := cfg.pump
+	// A dead letter must fit the server and the stream it goes to; the
+	// relay's own stream is the one it knows.
 	pumpCfg.MaxPayload = nc.MaxPayload()
+	if stream.MaxMsgSize > 0 && int64(stream.MaxMsgSize) < pumpCfg.MaxPayload {
+		pumpCfg.MaxPayload = int64(stream.MaxMsgSize)
+	}
 
 	publisher, err := sink.New(nc.Conn, cfg.sink, m)
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outbox-relay/outbox-relay/internal/e2e"
+	"github.com/outbox-relay/outbox-relay/internal/relay"
 )
 
 // TestStreamNoLongerCapturesTheSubject: the stream's subjects are narrowed
@@ -72,4 +74,24 @@ func TestStreamDeletedWhileRunning(t *testing.T) {
 		"the events written meanwhile reach the new stream")
 	require.Eventually(t, func() bool { return r.Metrics()[blocked] == 0 }, 30*time.Second, 100*time.Millisecond)
 	require.Equal(t, after, e2e.IDs(e2e.ReadStream(t, f.nc, "OUTBOX")), "the new stream holds what was written since, once")
+}
+
+// TestSubjectsNearNATSLimits: a subject just under the relay's bound is
+// published; one over it (which would make the NATS server close the
+// connection at every retry: max_control_line) is poison, and the relay
+// stops on it, every event before it stored.
+func TestSubjectsNearNATSLimits(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	r := f.startRelay(t)
+	// outbox.<type>.created: 15 bytes besides the aggregate type.
+	long := e2e.Event{AggregateType: strings.Repeat("a", relay.MaxSubjectLength-15), AggregateID: "x", EventType: "created", Payload: `{}`}
+	tooLong := e2e.Event{AggregateType: strings.Repeat("b", relay.MaxSubjectLength), AggregateID: "y", EventType: "created", Payload: `{}`}
+	ids := writeRows(t, f, goodEvent(1), long, tooLong, goodEvent(4))
+	code, err := r.Wait(time.Minute)
+	require.NoError(t, err, "the relay stops on the event, not in a reconnect loop")
+	require.Equal(t, 1, code)
+	require.Contains(t, r.Logs(), ids[2])
+	require.Contains(t, r.Logs(), "invalid_subject")
+	require.Equal(t, ids[:2], e2e.IDs(e2e.ReadStream(t, f.nc, "OUTBOX")))
 }

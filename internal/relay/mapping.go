@@ -163,8 +163,17 @@ func (t Template) appendSubject(b []byte, ev *cdc.Event) ([]byte, error) {
 			return b, errors.New("empty subject token")
 		}
 	}
+	if len(b) > MaxSubjectLength {
+		return b, fmt.Errorf("the subject is %d bytes long, more than %d: a NATS server closes the connection of a client sending a longer control line (max_control_line, 4 KiB by default)", len(b), MaxSubjectLength)
+	}
 	return b, nil
 }
+
+// MaxSubjectLength bounds a subject: with the reply subject and the sizes,
+// a longer one makes the publish's control line exceed NATS's default
+// max_control_line (4096 bytes), and the server closes the connection,
+// again at every retry.
+const MaxSubjectLength = 3584
 
 // Mapper turns events into messages. It is used by one goroutine: it keeps
 // what consecutive events share (a transaction's commit LSN, its created_at,

@@ -638,7 +638,8 @@ func (p *Pump) retryAfter(ctx context.Context, failed []failure) error {
 		if err := p.resync(ctx, true); err != nil {
 			return err
 		}
-		return p.poison(ctx, failed[0].ev, &PoisonError{Reason: "too_large", Detail: cause.Error()})
+		ev := failed[0].ev
+		return p.poison(ctx, ev, &PoisonError{Reason: "too_large", Detail: cause.Error(), ID: ev.ID, Position: ev.Position})
 	}
 	p.replay = append(events(failed), p.replay...)
 	if isNoStream(cause) {
@@ -694,7 +695,10 @@ func (p *Pump) checkCapture(ctx context.Context, ev cdc.Event) (handled bool, er
 	if err := p.resync(ctx, true); err != nil {
 		return true, err
 	}
-	return true, p.poison(ctx, ev, &PoisonError{Reason: "no_stream", Detail: fmt.Sprintf("no subject of stream %q captures %q (subjects %v)", p.marks.stream, subject, info.Subjects)})
+	return true, p.poison(ctx, ev, &PoisonError{
+		Reason: "no_stream", Detail: fmt.Sprintf("no subject of stream %q captures %q (subjects %v)", p.marks.stream, subject, info.Subjects),
+		ID: ev.ID, Position: ev.Position,
+	})
 }
 
 func events(failed []failure) []cdc.Event {
