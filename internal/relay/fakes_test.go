@@ -136,10 +136,14 @@ type fault struct {
 	// foreign, when set, is stored just before this publish is processed,
 	// as another writer's message would be.
 	foreign *sink.Message
+	// late makes the publish time out at once while its message reaches the
+	// stream only just before the event is published again: a publish
+	// stored after the relay gave up on it, ahead of its next copy.
+	late bool
 }
 
 func (f fault) any() bool {
-	return f.kind != faultNone || f.hold != nil || f.onResult != nil || f.failReads > 0 || f.foreign != nil
+	return f.kind != faultNone || f.hold != nil || f.onResult != nil || f.failReads > 0 || f.foreign != nil || f.late
 }
 
 // script decides the fault of the nth publish (1-based, counting every call
@@ -251,6 +255,8 @@ type fakeStream struct {
 	readFailures   int // reads still to fail
 	probes         int
 	holds          sync.WaitGroup
+	// late holds publishes to store later, by event id.
+	late map[string]*fakePending
 }
 
 var (
@@ -477,6 +483,18 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 // processLocked applies p's message to its stream and delivers the result,
 // at once or when its hold is released.
 func (s *fakeStream) processLocked(p *fakePending) {
+	if l, ok := s.late[p.msg.ID]; ok {
+		_, _ = s.applyLocked(l)
+		delete(s.late, p.msg.ID)
+	}
+	if p.fault.late {
+		if s.late == nil {
+			s.late = map[string]*fakePending{}
+		}
+		s.late[p.msg.ID] = p
+		p.deliver(sink.Ack{}, fmt.Errorf("publish to %q: %w", p.msg.Subject, nats.ErrTimeout))
+		return
+	}
 	if p.fault.failReads > 0 {
 		s.readFailures = p.fault.failReads
 	}

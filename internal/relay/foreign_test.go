@@ -276,3 +276,31 @@ func TestPumpRestartOnAWorkQueueStream(t *testing.T) {
 		})
 	}
 }
+
+// A publish the relay gave up on (no PubAck in time) is stored later, after
+// the relay published the event again: the late copy takes the place the
+// new one expected, and the new ones after it are stored right behind it.
+// Each event is on the stream once, in order, on one replica and on three.
+func TestPumpLateCopy(t *testing.T) {
+	t.Parallel()
+	for _, replicated := range []bool{false, true} {
+		for _, ackEvery := range []int{1, 32} {
+			t.Run(fmt.Sprintf("replicated %t, ack every %d", replicated, ackEvery), func(t *testing.T) {
+				t.Parallel()
+				const n = 120
+				src := newFilledSource(pumpEvents(n, 1), true)
+				stream := newFakeStream(t, true, replicated)
+				// The first publish of event 37 times out and is
+				// stored just before its second copy arrives.
+				stream.SetScript(once(onEvent(pumpID(37), nil, fault{late: true})))
+				cfg := pumpConfig(16)
+				cfg.AckEvery = ackEvery
+				err, m := runPump(t, cfg, src, stream)
+				require.NoError(t, err)
+				assert.Equal(t, pumpIDs(1, n), ownIDs(stream), "every event once, in order")
+				assertAcked(t, src, pumpIDs(1, n), 1)
+				assert.Zero(t, metricValue(t, m, "outbox_relay_pump_reordered_total"))
+			})
+		}
+	}
+}

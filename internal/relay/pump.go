@@ -519,7 +519,8 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 		}
 	}
 	if verdict.broken {
-		if err := p.recordHoles(ctx, failed, lastStored); err != nil {
+		var err error
+		if failed, err = p.recordHoles(ctx, failed, lastStored); err != nil {
 			p.window.Clear()
 			return nil, err
 		}
@@ -571,17 +572,43 @@ func (p *Pump) checkDuplicate(ctx context.Context, ev cdc.Event, ack sink.Ack) e
 }
 
 // recordHoles handles a broken order on a replicated stream: failed events
-// before the last stored one are holes (a message of another writer took the
-// place of one, and the burst after it was stored). Their order on the stream
-// is lost; they are published again, ahead of everything else, and recorded
-// first so that a crash cannot make them look stored.
-func (p *Pump) recordHoles(ctx context.Context, failed []failure, lastStored int) error {
+// before the last stored one are holes when the stream does not hold them
+// (a message of another writer took the place of one, and the burst after
+// it was stored; a late copy of the event itself is no hole). Their order
+// on the stream is lost; they are published again, ahead of everything
+// else, and recorded first so that a crash cannot make them look stored.
+// It returns the failed events still to publish.
+func (p *Pump) recordHoles(ctx context.Context, failed []failure, lastStored int) ([]failure, error) {
+	var stored map[cdc.Position]uint64
+	for {
+		var err error
+		if stored, err = p.marks.OwnSince(ctx, p.chainBase); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		delay := p.retry.Next()
+		p.log.Warn("read stream failed, retrying", zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+		if !backoff.Sleep(ctx, delay) {
+			return nil, ctx.Err()
+		}
+	}
 	holes := 0
+	rest := failed[:0]
 	for _, f := range failed {
+		if seq, ok := stored[f.ev.Position]; ok {
+			p.stored(f.ev, seq)
+			continue
+		}
+		rest = append(rest, f)
 		if f.ev.Position.Less(p.mark.Position) {
 			p.mark.Holes = append(p.mark.Holes, f.ev.Position)
 			holes++
 		}
+	}
+	if holes == 0 {
+		return rest, nil
 	}
 	p.mark.Shared = true
 	p.m.PumpReordered.Add(float64(holes))
@@ -589,7 +616,7 @@ func (p *Pump) recordHoles(ctx context.Context, failed []failure, lastStored int
 	p.log.Error("another writer's message took the place of a refused event on the replicated stream; the events after it were stored first, so the refused events are published out of commit order; from now on the relay publishes one message at a time on this stream",
 		zap.String("stream", p.marks.stream), zap.Int("events", holes), zap.Int("stored_after", lastStored+1))
 	p.setOrder(orderSerial)
-	return p.flushMark(ctx)
+	return rest, p.flushMark(ctx)
 }
 
 // flushMark writes the mark now, retrying until it is durable or ctx ends.

@@ -68,27 +68,30 @@ type resolution struct {
 }
 
 // resolve decides, from the results of a settled window in publish order,
-// which messages are stored. It is the one place that says what an
-// acknowledgement proves:
+// which of the window's events are on the stream. It is the one place that
+// says what an acknowledgement proves:
 //
-//   - a message stored where it expected proves itself; under orderChain
-//     also every message before it back to the last duplicate (each
-//     expected its predecessor's id, so the stream's last message was the
-//     predecessor when it was stored), those sent without a PubAck and those
-//     whose PubAck was lost included;
-//   - a duplicate proves only itself: its copy was stored earlier, and says
-//     nothing of the messages around it;
+//   - a message stored where it expected proves its event stored; under
+//     orderChain also every event before it back to the last duplicate:
+//     each message expected its predecessor's id, so the stream's last
+//     message was the predecessor's when it was stored. That holds for the
+//     events of messages sent without a PubAck, of lost PubAcks, and even of
+//     refused messages: an earlier copy of the same event (a publish that
+//     timed out and was stored late, say) may have taken the place the
+//     refused one expected;
+//   - a duplicate proves only its own event: its copy was stored earlier,
+//     and says nothing of the messages around it;
 //   - a refusal (the stream's last message was not the expected one, or the
-//     message can never be stored) proves the message is not stored;
+//     message can never be stored) proves this publish stored nothing;
 //   - anything else (no reply in time, a lost connection) proves nothing.
 //
-// Under orderChain a message stored after one that was refused means the
-// stream broke the rule the chain rests on (violation). Under orderSequence
-// it means another writer's message took the refused one's place (broken).
+// Under orderSequence a message stored after one that was refused means
+// that another writer's message, or a late copy of the refused event, took
+// its place (broken): the caller finds out which.
 func resolve(results []result, order ordering) resolution {
 	r := resolution{fates: make([]fate, len(results))}
 	segment := 0           // under orderChain, the chain since the last duplicate
-	refusedBefore := false // a message since segment is not stored
+	refusedBefore := false // orderSequence: a message before was refused
 	for i, res := range results {
 		if res.covered {
 			continue
@@ -100,31 +103,27 @@ func resolve(results []result, order ordering) resolution {
 			r.fates[i] = fateUnknown
 		case res.err != nil && (errors.Is(res.err, sink.ErrWrongSequence) || errors.Is(res.err, sink.ErrPermanent)):
 			r.fates[i] = fateNotStored
+			refusedBefore = true
 		case res.err != nil:
 			r.fates[i] = fateUnknown
 		case res.ack.Duplicate:
 			r.fates[i] = fateStored
-			segment, refusedBefore = i+1, false
-			continue
+			segment = i + 1
 		default:
 			r.fates[i] = fateStored
 			if res.expect != 0 && res.ack.Seq != res.expect {
 				r.violation = fmt.Errorf("JetStream stored a message at sequence %d although it expected %d: %w", res.ack.Seq, res.expect, errOrderViolation)
 			}
-			switch {
-			case order == orderChain && refusedBefore:
-				r.violation = fmt.Errorf("JetStream stored a message at %d although a message before it was refused; the stream does not honour Nats-Expected-Last-Msg-Id: %w", res.ack.Seq, errOrderViolation)
-			case order == orderChain:
+			switch order {
+			case orderChain:
 				for j := segment; j < i; j++ {
 					r.fates[j] = fateStored
 				}
-			case order == orderSequence && refusedBefore:
-				r.broken = true
+			case orderSequence:
+				if refusedBefore {
+					r.broken = true
+				}
 			}
-			continue
-		}
-		if r.fates[i] == fateNotStored {
-			refusedBefore = true
 		}
 	}
 	// Messages sent without a PubAck and not vouched for stay unknown.

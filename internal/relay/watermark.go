@@ -328,6 +328,30 @@ func (w *Watermark) Read(ctx context.Context, known Mark, after uint64, untilFor
 	return r, nil
 }
 
+// OwnSince returns the positions of this origin's events stored after
+// sequence from, up to the stream's end (at most ScanLimit messages), with
+// the sequence of each.
+func (w *Watermark) OwnSince(ctx context.Context, from uint64) (map[cdc.Position]uint64, error) {
+	info, err := w.log.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	own := map[cdc.Position]uint64{}
+	for seq, n := from+1, 0; seq <= info.LastSeq && n < w.ScanLimit; seq, n = seq+1, n+1 {
+		h, found, err := w.log.Header(ctx, seq)
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			continue
+		}
+		if pos, _, ok := w.own(h); ok {
+			own[pos] = seq
+		}
+	}
+	return own, nil
+}
+
 // readBackwards looks for the last own message from the stream's end.
 func (w *Watermark) readBackwards(ctx context.Context, r Reading, lastFound bool) (Reading, error) {
 	gap := 0

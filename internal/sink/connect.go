@@ -65,6 +65,12 @@ func Connect(cfg Config, log *zap.Logger, m *metrics.Metrics) (*Connection, erro
 		nats.PingInterval(10 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.ReconnectWait(cfg.ReconnectWait),
+		// No buffering while reconnecting: a publish made then would be
+		// sent after the reconnect, long after the pump gave up on it and
+		// published the event again (harmless for the stream, whose
+		// expectations refuse one of the two, but wasted, and a full copy
+		// of up to 8 MB of payloads). Publishes fail at once instead.
+		nats.ReconnectBufSize(-1),
 		// By default the client gives up for good after the same server
 		// rejects its credentials twice, and the connection is closed
 		// while the relay keeps running: it would never recover, not even
