@@ -171,7 +171,7 @@ func intList(s, name string) ([]int, error) {
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == serveNATSArg {
-		os.Exit(serveNATS())
+		os.Exit(serveNATS(os.Args[2:]))
 	}
 	opts, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
