@@ -73,41 +73,17 @@ func (e *env) relayDrain(ctx context.Context, slot string, n, window int, payloa
 	}()
 
 	var (
-		state      jetstream.StreamState
-		lastCount  uint64
-		lastChange = time.Now()
-		samples    []int64
-		counts     []uint64
-		nextSample = time.Now()
+		samples []int64
+		counts  []uint64
 	)
-	for {
-		if time.Now().After(nextSample) {
-			if rss, _, err := memory(r.pid()); err == nil {
-				samples = append(samples, rss)
-				counts = append(counts, state.Msgs)
-			}
-			nextSample = nextSample.Add(time.Second)
+	state, err := waitDrain(ctx, e.js, stream, n, r, time.Second, func(st jetstream.StreamState) {
+		if rss, _, err := memory(r.pid()); err == nil {
+			samples = append(samples, rss)
+			counts = append(counts, st.Msgs)
 		}
-		st, ok, err := e.streamState(ctx, stream)
-		if err != nil && ctx.Err() != nil {
-			return relayRun{}, ctx.Err()
-		}
-		if ok {
-			state = st
-			if state.Msgs >= uint64(n) {
-				break
-			}
-			if state.Msgs != lastCount {
-				lastCount, lastChange = state.Msgs, time.Now()
-			}
-		}
-		if r.exited() {
-			return relayRun{}, fmt.Errorf("relay exited during the drain; log tail:\n%s", r.logTail())
-		}
-		if time.Since(lastChange) > stallTimeout {
-			return relayRun{}, fmt.Errorf("relay drain stalled at %d of %d events for %s; log tail:\n%s", lastCount, n, stallTimeout, r.logTail())
-		}
-		time.Sleep(25 * time.Millisecond)
+	})
+	if err != nil {
+		return relayRun{}, err
 	}
 	after := sampleUsage(r.pid(), e.nats.pid())
 	_, hwm, err := memory(r.pid())
@@ -134,6 +110,45 @@ func (e *env) relayDrain(ctx context.Context, slot string, n, window int, payloa
 		res.SteadyEventsPerSec = float64(n-1) / steady
 	}
 	return res, nil
+}
+
+// waitDrain polls stream on js until it holds n messages, and returns its
+// state then. It calls sample with the state last read at once and then
+// every interval, and fails when the relay exits or the stream stops
+// growing for stallTimeout.
+func waitDrain(ctx context.Context, js jetstream.JetStream, stream string, n int, r *relayProc, every time.Duration, sample func(jetstream.StreamState)) (jetstream.StreamState, error) {
+	var (
+		state      jetstream.StreamState
+		lastCount  uint64
+		lastChange = time.Now()
+		nextSample = time.Now()
+	)
+	for {
+		if time.Now().After(nextSample) {
+			sample(state)
+			nextSample = nextSample.Add(every)
+		}
+		st, ok, err := streamStateIn(ctx, js, stream)
+		if err != nil && ctx.Err() != nil {
+			return state, ctx.Err()
+		}
+		if ok {
+			state = st
+			if state.Msgs >= uint64(n) {
+				return state, nil
+			}
+			if state.Msgs != lastCount {
+				lastCount, lastChange = state.Msgs, time.Now()
+			}
+		}
+		if r.exited() {
+			return state, fmt.Errorf("relay exited during the drain; log tail:\n%s", r.logTail())
+		}
+		if time.Since(lastChange) > stallTimeout {
+			return state, fmt.Errorf("relay drain stalled at %d of %d events for %s; log tail:\n%s", lastCount, n, stallTimeout, r.logTail())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
 }
 
 // XLogData starts with 'w', the WAL start, the server WAL end and the send

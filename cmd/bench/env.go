@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -238,9 +239,14 @@ func (e *env) deleteStream(ctx context.Context, name string) {
 
 // streamState reads a stream's state; ok is false while it does not exist.
 func (e *env) streamState(ctx context.Context, name string) (jetstream.StreamState, bool, error) {
+	return streamStateIn(ctx, e.js, name)
+}
+
+// streamStateIn is streamState on the server js talks to.
+func streamStateIn(ctx context.Context, js jetstream.JetStream, name string) (jetstream.StreamState, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	s, err := e.js.Stream(ctx, name)
+	s, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return jetstream.StreamState{}, false, nil
 	}
@@ -258,12 +264,16 @@ type natsChild struct {
 	done  chan struct{}
 }
 
-func startNATSChild() (*natsChild, error) {
+// startNATSChild starts a NATS server in a child process. With a store
+// directory and a port ("0": any free one) as args, the server keeps its
+// JetStream store there: a child started later with the same store and the
+// first one's port is that server restarted.
+func startNATSChild(args ...string) (*natsChild, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, serveNATSArg)
+	cmd := exec.Command(self, append([]string{serveNATSArg}, args...)...)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -293,6 +303,12 @@ func startNATSChild() (*natsChild, error) {
 }
 
 func (c *natsChild) pid() int { return c.cmd.Process.Pid }
+
+// port returns the port of the server's client URL.
+func (c *natsChild) port() string {
+	_, port, _ := strings.Cut(strings.TrimPrefix(c.url, "nats://"), ":")
+	return port
+}
 
 func (c *natsChild) stop() {
 	_ = c.stdin.Close() // the child exits on end of input
@@ -324,9 +340,25 @@ func startLocked(cmd *exec.Cmd, done chan struct{}) error {
 }
 
 // serveNATS is the child's whole life: a NATS server as the tests run it,
-// until standard input ends or a signal comes.
-func serveNATS() int {
-	n, err := testenv.NewNATS()
+// until standard input ends or a signal comes. args are empty, or a store
+// directory and a port (see startNATSChild).
+func serveNATS(args []string) int {
+	var opts []testenv.NATSOption
+	if len(args) == 2 {
+		store := args[0]
+		port, err := strconv.Atoi(args[1])
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench nats child: port %q: %v\n", args[1], err)
+			return 1
+		}
+		opts = append(opts, testenv.WithNATSConfig(func(o *server.Options) {
+			o.StoreDir = store
+			if port > 0 {
+				o.Port = port
+			}
+		}))
+	}
+	n, err := testenv.NewNATS(opts...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench nats child: %v\n", err)
 		return 1

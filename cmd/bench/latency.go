@@ -197,49 +197,62 @@ func (e *env) waitStream(ctx context.Context, stream string, n uint64, r *relayP
 // each event of tag was stored (Unix nanoseconds), by its sequence number
 // in the producer.
 func (e *env) storedTimes(ctx context.Context, stream string, startSeq uint64, n int, tag string) (map[int]int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	s, err := e.js.Stream(ctx, stream)
-	if err != nil {
-		return nil, err
-	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: startSeq,
-	})
-	if err != nil {
-		return nil, err
-	}
 	out := make(map[int]int64, n)
 	prefix := tag + "-"
+	err := readStream(ctx, e.js, stream, startSeq, n, false, func(m jetstream.Msg) error {
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		id := m.Headers().Get(relay.HeaderAggregateID)
+		seq, err := strconv.Atoi(strings.TrimPrefix(id, prefix))
+		if err != nil || !strings.HasPrefix(id, prefix) {
+			return fmt.Errorf("stream %s seq %d: unexpected aggregate id %q", stream, md.Sequence.Stream, id)
+		}
+		if _, dup := out[seq]; dup {
+			return fmt.Errorf("stream %s: event %s stored twice", stream, id)
+		}
+		out[seq] = md.Timestamp.UnixNano()
+		return nil
+	})
+	return out, err
+}
+
+// readStream hands fn the n messages of stream from startSeq, in stream
+// order, through an ordered consumer; headersOnly leaves the bodies on the
+// server.
+func readStream(ctx context.Context, js jetstream.JetStream, stream string, startSeq uint64, n int, headersOnly bool, fn func(jetstream.Msg) error) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: startSeq, HeadersOnly: headersOnly,
+	})
+	if err != nil {
+		return err
+	}
 	for read := 0; read < n; {
 		batch, err := cons.Fetch(min(1000, n-read), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		got := 0
 		for m := range batch.Messages() {
 			got++
-			md, err := m.Metadata()
-			if err != nil {
-				return nil, err
+			if err := fn(m); err != nil {
+				return err
 			}
-			id := m.Headers().Get(relay.HeaderAggregateID)
-			seq, err := strconv.Atoi(strings.TrimPrefix(id, prefix))
-			if err != nil || !strings.HasPrefix(id, prefix) {
-				return nil, fmt.Errorf("stream %s seq %d: unexpected aggregate id %q", stream, md.Sequence.Stream, id)
-			}
-			if _, dup := out[seq]; dup {
-				return nil, fmt.Errorf("stream %s: event %s stored twice", stream, id)
-			}
-			out[seq] = md.Timestamp.UnixNano()
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, err
+			return err
 		}
 		if got == 0 {
-			return nil, fmt.Errorf("stream %s: read %d of %d messages", stream, read, n)
+			return fmt.Errorf("stream %s: read %d of %d messages", stream, read, n)
 		}
 		read += got
 	}
-	return out, nil
+	return nil
 }

@@ -9,6 +9,8 @@
 //   - live latency at 1,000/s, 10,000/s and as fast as the producers go;
 //   - CPU per 100k events, peak RSS, RSS for a 1,000,000-event backlog and a
 //     single 1,000,000-row transaction, and CPU while idle;
+//   - peak RSS across a NATS outage: a backlog of 64 KiB events written
+//     while the relay cannot publish, then drained once NATS is back;
 //   - a CPU and allocation profile of the relay's packages draining in
 //     process.
 //
@@ -45,6 +47,10 @@ type options struct {
 	large        bool
 	largeEvents  int
 	live         bool
+	outage       bool
+	outageEvents int
+	outageSize   int
+	outageOnly   bool
 	rates        []int
 	liveFor      time.Duration
 	idleFor      time.Duration
@@ -76,6 +82,10 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.large, "large", true, "also drain a 1,000,000-event backlog and a single 1,000,000-row transaction (memory bound)")
 	fs.IntVar(&o.largeEvents, "large-events", 1000000, "events in each -large case")
 	fs.BoolVar(&o.live, "live", true, "measure live latency and idle CPU")
+	fs.BoolVar(&o.outage, "outage", true, "measure the relay's peak RSS while a backlog of large events is written during a NATS outage, and the drain after it")
+	fs.IntVar(&o.outageEvents, "outage-events", 8000, "events written during the NATS outage")
+	fs.IntVar(&o.outageSize, "outage-payload", 64*1024, "payload size in bytes of the events written during the NATS outage")
+	fs.BoolVar(&o.outageOnly, "outage-only", false, "run only the NATS outage phase (and write docs/benchmarks.md only if -doc is given)")
 	fs.StringVar(&rates, "rates", "1000,10000,max", "live producer rates per second; max: as fast as the producers go")
 	fs.DurationVar(&o.liveFor, "live-duration", 10*time.Second, "how long each live rate runs")
 	fs.DurationVar(&o.idleFor, "idle", 10*time.Second, "how long the idle relay is watched")
@@ -116,6 +126,16 @@ func parseFlags(args []string) (options, error) {
 		if !set["runs"] {
 			o.runs = 1
 		}
+		if !set["outage-events"] {
+			o.outageEvents = 300
+		}
+	}
+	if o.outageOnly {
+		sizes = ""
+		o.outage, o.large, o.live, o.profile, o.compareProcs = true, false, false, false, false
+		if !set["doc"] {
+			o.docPath = ""
+		}
 	}
 	for _, kv := range strings.Split(relayEnv, ",") {
 		if kv = strings.TrimSpace(kv); kv == "" {
@@ -137,8 +157,8 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	var errs []error
-	if o.events < 1 || o.largeEvents < 1 {
-		errs = append(errs, errors.New("events, large-events: must be positive"))
+	if o.events < 1 || o.largeEvents < 1 || o.outageEvents < 1 || o.outageSize < 1 {
+		errs = append(errs, errors.New("events, large-events, outage-events, outage-payload: must be positive"))
 	}
 	if o.profShape < 1 {
 		errs = append(errs, errors.New("profile-shape: must be positive"))
@@ -171,7 +191,7 @@ func intList(s, name string) ([]int, error) {
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == serveNATSArg {
-		os.Exit(serveNATS())
+		os.Exit(serveNATS(os.Args[2:]))
 	}
 	opts, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
@@ -300,6 +320,15 @@ func run(ctx context.Context, opts options) error {
 			}
 			c.Large = true
 			res.Drains = append(res.Drains, c)
+		}
+	}
+	if opts.outage && ctx.Err() == nil {
+		o, err := e.outage(ctx, opts.outageEvents, outageShape, opts.outageSize, opts.window)
+		if o != nil {
+			res.Outage = o
+		}
+		if err != nil {
+			fail("outage", err)
 		}
 	}
 	if opts.live && ctx.Err() == nil {

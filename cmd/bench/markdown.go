@@ -38,6 +38,13 @@ func markdownReport(res *results) string {
 		p("\n**Idle:** relay CPU %.2f s over %.0f s (%.2f%% of a core) with nothing written; RSS %.1f MiB, peak over the live phase %.1f MiB.\n\n",
 			l.Idle.CPUSeconds, l.Idle.Seconds, l.Idle.CPUShare*100, float64(l.Idle.RSS)/mib, float64(l.PeakRSS)/mib)
 	}
+	if o := res.Outage; o != nil {
+		p("## Memory across a NATS outage\n\n")
+		p("The relay must stay within its pod's memory limit (the Helm chart's is 256 MiB) whatever the payloads, so memory has to be bounded in bytes, not in events. Here the relay runs against a NATS server of its own; once it is ready the server stops, and %s events of about %s (`jsonb` payloads, %d-row transactions, one writer) are committed while the relay can read but not publish. NATS starts again, on the same port and store, once the relay has read all it will (its `outbox_relay_cdc_events_total` still for %s after the backlog is written), and the relay drains. *Read in outage* is what it read, and holds, by then. *Peak RSS outage* is the relay's `VmHWM` when NATS came back (the process is fresh for the phase); *peak RSS drain* is its `VmHWM` at the end of the drain, reset to the current RSS (`/proc/<pid>/clear_refs`) when NATS came back. The drain runs from starting NATS to the JetStream stored time of the last message; *first stored* is how long after starting NATS the first message was stored. The stream is then read back (headers only) and compared with the outbox in commit order.\n\n",
+			count(o.Events), sizeLabel(o.Payload), o.Shape, outageSettle)
+		outageTable(o).markdown(&b)
+		p("\nRSS in MiB, seconds since NATS stopped, and events read by then: during the outage %s; during the drain %s.\n\n", rssCurve(o, "outage", 1), rssCurve(o, "drain", 1))
+	}
 	if len(res.Targets) > 0 {
 		p("## Targets\n\n")
 		targetTable(res.Targets).markdown(&b)

@@ -14,14 +14,16 @@ import (
 
 // results is everything one run measured; it is also the JSON written.
 type results struct {
-	Date     string         `json:"date"`
-	Command  string         `json:"command"`
-	Seconds  float64        `json:"duration_seconds"`
-	Machine  machine        `json:"machine"`
-	Settings settings       `json:"settings"`
-	Drains   []drainCase    `json:"drains"`
-	Live     *liveResult    `json:"live,omitempty"`
-	Profile  *profileResult `json:"profile,omitempty"`
+	Date     string      `json:"date"`
+	Command  string      `json:"command"`
+	Seconds  float64     `json:"duration_seconds"`
+	Machine  machine     `json:"machine"`
+	Settings settings    `json:"settings"`
+	Drains   []drainCase `json:"drains"`
+	Live     *liveResult `json:"live,omitempty"`
+	// Outage is the relay's memory across a NATS outage.
+	Outage  *outageResult  `json:"outage,omitempty"`
+	Profile *profileResult `json:"profile,omitempty"`
 	// LiveProfile is the relay binary's CPU profile at 1,000 events/s.
 	LiveProfile *liveProfile `json:"live_profile,omitempty"`
 	Targets     []target     `json:"targets"`
@@ -72,21 +74,25 @@ type machine struct {
 }
 
 type settings struct {
-	Events      int      `json:"events"`
-	Sizes       []int    `json:"payload_sizes"`
-	Shapes      []int    `json:"txn_rows"`
-	Window      int      `json:"publish_window"`
-	Runs        int      `json:"runs"`
-	LargeRuns   int      `json:"large_runs"`
-	Writers     int      `json:"backlog_writers"`
-	Large       bool     `json:"large"`
-	LargeEvents int      `json:"large_events"`
-	Rates       []int    `json:"live_rates"`
-	LiveSeconds float64  `json:"live_seconds_per_rate"`
-	IdleSeconds float64  `json:"idle_seconds"`
-	Producers   int      `json:"live_producers"`
-	Postgres    []string `json:"postgresql_settings"`
-	RelayEnv    []string `json:"relay_env,omitempty"`
+	Events      int     `json:"events"`
+	Sizes       []int   `json:"payload_sizes"`
+	Shapes      []int   `json:"txn_rows"`
+	Window      int     `json:"publish_window"`
+	Runs        int     `json:"runs"`
+	LargeRuns   int     `json:"large_runs"`
+	Writers     int     `json:"backlog_writers"`
+	Large       bool    `json:"large"`
+	LargeEvents int     `json:"large_events"`
+	Rates       []int   `json:"live_rates"`
+	LiveSeconds float64 `json:"live_seconds_per_rate"`
+	IdleSeconds float64 `json:"idle_seconds"`
+	Producers   int     `json:"live_producers"`
+	// OutageEvents of OutagePayload bytes are written during the NATS
+	// outage (0 when the phase did not run).
+	OutageEvents  int      `json:"outage_events,omitempty"`
+	OutagePayload int      `json:"outage_payload_bytes,omitempty"`
+	Postgres      []string `json:"postgresql_settings"`
+	RelayEnv      []string `json:"relay_env,omitempty"`
 }
 
 // target is one of the issue's goals and whether this run met it.
@@ -105,11 +111,15 @@ var postgresSettings = []string{
 }
 
 func settingsOf(o options) settings {
-	return settings{
+	s := settings{
 		Events: o.events, Sizes: o.sizes, Shapes: o.shapes, Window: o.window, Runs: o.runs, LargeRuns: o.largeRuns, Writers: o.writers,
 		Large: o.large, LargeEvents: o.largeEvents, Rates: o.rates, LiveSeconds: o.liveFor.Seconds(),
 		IdleSeconds: o.idleFor.Seconds(), Producers: o.producers, Postgres: postgresSettings, RelayEnv: o.relayEnv,
 	}
+	if o.outage {
+		s.OutageEvents, s.OutagePayload = o.outageEvents, o.outageSize
+	}
+	return s
 }
 
 func readMachine(e *env) machine {
@@ -191,6 +201,19 @@ func evaluate(res *results) []target {
 				Got: fmt.Sprintf("%.1f MiB", float64(c.Relay.PeakRSS)/mib), Met: c.Relay.PeakRSS < 64*mib,
 			})
 		}
+	}
+	if o := res.Outage; o != nil {
+		ts = append(ts, target{
+			Name: "peak RSS across a NATS outage, " + o.Name,
+			Want: fmt.Sprintf("< %d MiB (the chart's limit is 256 MiB)", rssTargetMiB),
+			Got: fmt.Sprintf("%s MiB (outage %s, drain %s; %s of %s events read during the outage)",
+				mibs(o.PeakRSS), mibs(o.OutagePeakRSS), mibs(o.DrainPeakRSS), count(o.ReadInOutage), count(o.Events)),
+			Met: o.PeakRSS < rssTargetMiB*mib,
+		})
+		ts = append(ts, target{
+			Name: "every event stored once, in commit order, after the NATS outage",
+			Want: count(o.Events) + " of " + count(o.Events), Got: o.Check, Met: o.Once,
+		})
 	}
 	if res.Live != nil {
 		for _, r := range res.Live.Rates {
@@ -345,6 +368,50 @@ func liveTable(l *liveResult) *table {
 	return t
 }
 
+// mibs renders bytes in MiB.
+func mibs(b int64) string { return fmt.Sprintf("%.1f", float64(b)/mib) }
+
+func outageTable(o *outageResult) *table {
+	t := &table{head: []string{
+		"case", "RSS before MiB", "outage s", "read in outage", "peak RSS outage MiB", "peak RSS drain MiB",
+		"drain s", "drain ev/s", "drain MB/s", "first stored s", "relay µs/ev", "others' CPU", "stream",
+	}}
+	check := "every event once, in order"
+	if !o.Once {
+		check = o.Check
+	}
+	drain := []string{
+		fmt.Sprintf("%.2f", o.Drain.Seconds), rate(o.Drain.EventsPerSec), fmt.Sprintf("%.1f", o.Drain.MBPerSec),
+		fmt.Sprintf("%.2f", o.FirstStoredSeconds), perEvent(o.Drain.CPU.RelaySeconds, o.Events), pct(o.Drain.CPU.otherShare()),
+	}
+	if o.Drain.Events == 0 { // the drain failed
+		for i := range drain {
+			drain[i] = "-"
+		}
+	}
+	row := []string{
+		o.Name, mibs(o.RSSBefore), fmt.Sprintf("%.1f", o.OutageSeconds), count(o.ReadInOutage),
+		mibs(o.OutagePeakRSS), mibs(o.DrainPeakRSS),
+	}
+	t.add(append(append(row, drain...), check)...)
+	return t
+}
+
+// rssCurve renders the RSS samples of a phase ("outage" or "drain") as
+// "seconds: MiB (events read)" pairs, at most every step seconds.
+func rssCurve(o *outageResult, phase string, step float64) string {
+	var parts []string
+	next := -1.0
+	for _, s := range o.Samples {
+		if s.Phase != phase || s.Seconds < next {
+			continue
+		}
+		next = s.Seconds + step
+		parts = append(parts, fmt.Sprintf("%.1f s: %s (%s read)", s.Seconds, mibs(s.RSS), count(s.Read)))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func targetTable(ts []target) *table {
 	t := &table{head: []string{"target", "want", "got", "verdict"}}
 	for _, x := range ts {
@@ -378,6 +445,12 @@ func printReport(w io.Writer, res *results) {
 		liveTable(res.Live).text(w)
 		fmt.Fprintf(w, "\nIdle: relay CPU %.2f s over %.0f s (%.2f%% of a core), RSS %.1f MiB; peak RSS over the live phase %.1f MiB\n",
 			res.Live.Idle.CPUSeconds, res.Live.Idle.Seconds, res.Live.Idle.CPUShare*100, float64(res.Live.Idle.RSS)/mib, float64(res.Live.PeakRSS)/mib)
+	}
+	if o := res.Outage; o != nil {
+		fmt.Fprintf(w, "\nMemory across a NATS outage (backlog written while NATS was down, drained once it was back; RSS in MiB)\n")
+		outageTable(o).text(w)
+		fmt.Fprintf(w, "RSS during the outage (s since NATS stopped: MiB): %s\nRSS during the drain: %s\n",
+			rssCurve(o, "outage", 1), rssCurve(o, "drain", 1))
 	}
 	if len(res.Targets) > 0 {
 		fmt.Fprintf(w, "\nTargets\n")
