@@ -667,15 +667,24 @@ func TestImageBinaryRunsAsNonRootFromReadOnlyDir(t *testing.T) {
 	})
 
 	t.Run("help", func(t *testing.T) {
+		out, err := relayCommand(context.Background(), relay, nil, "--help").Output()
+		if err != nil {
+			t.Fatalf("relay --help: %v", err)
+		}
+		for _, want := range []string{"relay run", "relay check", "relay status"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("relay --help lacks the command %q:\n%s", want, out)
+			}
+		}
 		var stderr bytes.Buffer
-		cmd := relayCommand(context.Background(), relay, nil, "--help")
+		cmd := relayCommand(context.Background(), relay, nil, "run", "--help")
 		cmd.Stderr = &stderr
 		if err := cmd.Run(); err != nil {
-			t.Fatalf("relay --help: %v\n%s", err, stderr.String())
+			t.Fatalf("relay run --help: %v\n%s", err, stderr.String())
 		}
 		for _, want := range []string{"Usage: relay run", "RELAY_", "-postgres-url", "-nats-url", "-shutdown-timeout"} {
 			if !strings.Contains(stderr.String(), want) {
-				t.Errorf("relay --help lacks %q:\n%s", want, stderr.String())
+				t.Errorf("relay run --help lacks %q:\n%s", want, stderr.String())
 			}
 		}
 	})

@@ -283,10 +283,10 @@ func (p *Pump) settleHead(ctx context.Context) error {
 	}
 	vouch.waited, vouch.ack, vouch.werr = true, ack, err
 	if err == nil && !ack.Duplicate && (vouch.expect == 0 || ack.Seq == vouch.expect) {
-		// Proven: the voucher and, by the chain, every message before it.
+		// Proven: the voucher and, by the chain, every message before it,
+		// right before it on the stream.
 		for i := 0; i < k; i++ {
-			f := p.window.At(i)
-			p.stored(f.ev, f.expect)
+			p.stored(p.window.At(i).ev, ack.Seq-uint64(k-i))
 		}
 		p.stored(vouch.ev, ack.Seq)
 		p.saver.set(&p.mark)
@@ -297,6 +297,28 @@ func (p *Pump) settleHead(ctx context.Context) error {
 		return nil
 	}
 	return p.recover(ctx)
+}
+
+// settleChainStart waits for the PubAck of the message that starts a chain
+// (the only one in the window): stored, the chain goes on right behind it;
+// anything else is recovered from, and the next message starts a chain
+// again.
+func (p *Pump) settleChainStart(ctx context.Context) error {
+	f := p.window.At(p.window.Len() - 1)
+	ack, err := f.pending.Wait(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	f.waited, f.ack, f.werr = true, ack, err
+	if err != nil || ack.Duplicate {
+		p.lastID = ""
+		return p.recover(ctx)
+	}
+	p.stored(f.ev, ack.Seq)
+	p.saver.set(&p.mark)
+	p.lastSeq = ack.Seq
+	p.window.Drop(1)
+	return nil
 }
 
 // stored records that ev is on the stream, at seq: acknowledged to the
@@ -376,15 +398,9 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		}
 		return err
 	}
-	var expect uint64
-	if p.order != orderSerial {
-		expect = p.lastSeq + 1
-		msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
-		if p.order == orderChain {
-			msg.ExpectLastMsgID = p.lastID
-		}
-	}
-	covered := !p.needsAck()
+	chainStart := p.order == orderChain && p.lastID == ""
+	expect := p.expect(&msg)
+	covered := !chainStart && !p.needsAck()
 	msg.NoReply = covered
 	pending, err := p.pub.Publish(ctx, msg)
 	if err != nil {
@@ -398,6 +414,10 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 	}
 	p.lastSeq, p.lastID = expect, ev.ID
 	p.window.Push(inflight{ev: ev, pending: pending, sent: true, expect: expect, covered: covered})
+	if chainStart {
+		// The messages after it expect its sequence: learn it first.
+		return p.settleChainStart(ctx)
+	}
 	if covered {
 		p.sinceAck++
 	} else {
@@ -409,6 +429,35 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		ce.Write(zap.String("event_id", ev.ID), zap.String("subject", msg.Subject))
 	}
 	return nil
+}
+
+// expect sets what msg expects of the stream, as the ordering asks, and
+// returns the sequence it must then land at (0: any).
+//
+// orderChain: a message expects its predecessor's stream sequence and id,
+// except the first after the stream was read back (lastID empty), which
+// expects nothing at all. The pump knows then that every event before it is
+// stored and none of its messages is in flight, so it may land anywhere, and
+// the pump waits for its PubAck before sending more (see publish). A message
+// of another writer in between makes the rest of a burst be refused, never a
+// read-back's first message: with another writer publishing all the time,
+// the relay still stores at least one event per read-back, and whole bursts
+// between the other's messages. (With an expectation on the first message
+// too, a steady other writer could refuse every one and starve the relay.)
+//
+// orderSequence: the stream sequence of the predecessor.
+func (p *Pump) expect(msg *sink.Message) uint64 {
+	switch {
+	case p.order == orderChain && p.lastID == "":
+		return 0
+	case p.order == orderChain:
+		msg.CheckLastSeq, msg.ExpectLastSeq, msg.ExpectLastMsgID = true, p.lastSeq, p.lastID
+		return p.lastSeq + 1
+	case p.order == orderSequence:
+		msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
+		return p.lastSeq + 1
+	}
+	return 0
 }
 
 // acked passes a stored event's acknowledgement on to the source.
@@ -492,14 +541,12 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 			lastStored = i
 		}
 	}
+	seqs := landed(results, verdict.fates)
 	for i, fate := range verdict.fates {
 		f := p.window.At(i)
 		switch fate {
 		case fateStored:
-			seq := f.expect
-			if f.waited && (f.ack.Duplicate || seq == 0) {
-				seq = f.ack.Seq
-			}
+			seq := seqs[i]
 			if f.waited && f.ack.Duplicate {
 				if err := p.checkDuplicate(ctx, f.ev, f.ack); err != nil {
 					p.window.Clear()
@@ -551,6 +598,33 @@ func (p *Pump) verifyUnknown(ctx context.Context, results []result) {
 		}
 		res.replied, res.err = true, fmt.Errorf("another message is at sequence %d: %w", res.expect, sink.ErrWrongSequence)
 	}
+}
+
+// landed returns where each stored message of a settled window is: its
+// PubAck's sequence, else the place it expected, else (a message proven by a
+// later one of its chain) right before the next one.
+func landed(results []result, fates []fate) []uint64 {
+	seqs := make([]uint64, len(results))
+	var next uint64 // where the next stored message is, 0: unknown
+	for i := len(results) - 1; i >= 0; i-- {
+		res := results[i]
+		switch {
+		case fates[i] != fateStored:
+			next = 0
+			continue
+		case res.replied && res.err == nil:
+			seqs[i] = res.ack.Seq
+		case res.expect != 0:
+			seqs[i] = res.expect
+		case next > 1:
+			seqs[i] = next - 1
+		}
+		next = seqs[i]
+		if res.replied && res.err == nil && res.ack.Duplicate {
+			next = 0 // its copy is elsewhere
+		}
+	}
+	return seqs
 }
 
 // checkDuplicate makes sure a message JetStream reports as a duplicate was
@@ -930,12 +1004,8 @@ func (p *Pump) deadLetter(ctx context.Context, ev cdc.Event, reason *PoisonError
 	for {
 		var expect uint64
 		msg.CheckLastSeq, msg.ExpectLastMsgID = false, ""
-		if sameStream && p.order != orderSerial {
-			expect = p.lastSeq + 1
-			msg.CheckLastSeq, msg.ExpectLastSeq = true, p.lastSeq
-			if p.order == orderChain {
-				msg.ExpectLastMsgID = p.lastID
-			}
+		if sameStream {
+			expect = p.expect(&msg)
 		}
 		pending, err := p.pub.Publish(ctx, msg)
 		var ack sink.Ack
