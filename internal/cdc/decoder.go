@@ -38,12 +38,24 @@ func (c Columns) names() [numColumns]string {
 	return [numColumns]string{c.ID, c.AggregateType, c.AggregateID, c.EventType, c.Payload, c.Headers, c.CreatedAt}
 }
 
+// missingFrom returns the configured columns that have is without.
+func (c Columns) missingFrom(have []string) []string {
+	var missing []string
+	for _, name := range c.names() {
+		if name != "" && !contains(have, name) {
+			missing = append(missing, name)
+		}
+	}
+	return missing
+}
+
 // required reports whether the column at slot i must exist and be non-NULL.
 func required(i int) bool { return i != colHeaders && i != colCreatedAt }
 
 // relation is what the decoder keeps of a Relation message: whether it is the
 // outbox table and, if so, where each configured column sits in its tuples.
 type relation struct {
+	name   relationName
 	outbox bool
 	index  [numColumns]int // -1 when the column is not configured
 	width  int
@@ -57,6 +69,13 @@ const (
 	changeBegin
 	changeCommit
 	changeEvent
+	// changeRelation describes a relation that is not the outbox by name.
+	changeRelation
+	// changeForeignInsert is an insert into a relation that is not the
+	// outbox by name; the reader checks whether it is a partition of the
+	// outbox. (With publish_via_partition_root, a partition's Relation
+	// message is sent too, but its inserts come under the root's OID.)
+	changeForeignInsert
 )
 
 // change is a decoded pgoutput message.
@@ -65,6 +84,14 @@ type change struct {
 	begin  beginMessage
 	commit commitMessage
 	event  Event // for changeEvent; positions are filled in by the reader
+	// relation is the relation of a changeRelation or changeForeignInsert.
+	relation relationName
+}
+
+// relationName identifies a relation of a Relation message.
+type relationName struct {
+	id              uint32
+	namespace, name string
 }
 
 // decoder turns pgoutput messages into changes. It keeps the relation cache
@@ -100,7 +127,13 @@ func (d *decoder) decode(data []byte) (change, error) {
 		if err != nil {
 			return change{}, err
 		}
-		return change{}, d.addRelation(r)
+		if err := d.addRelation(r); err != nil {
+			return change{}, err
+		}
+		if rel := d.relations[r.id]; !rel.outbox {
+			return change{kind: changeRelation, relation: rel.name}, nil
+		}
+		return change{}, nil
 	case kindInsert:
 		return d.decodeInsert(body)
 	case kindOrigin, kindType, kindUpdate, kindDelete, kindTruncate, kindMessage:
@@ -113,7 +146,7 @@ func (d *decoder) decode(data []byte) (change, error) {
 }
 
 func (d *decoder) addRelation(r relationMessage) error {
-	rel := relation{width: len(r.columns)}
+	rel := relation{name: relationName{id: r.id, namespace: r.namespace, name: r.name}, width: len(r.columns)}
 	if r.namespace == d.schema && r.name == d.table {
 		rel.outbox = true
 		names := d.columns.names()
@@ -151,7 +184,7 @@ func (d *decoder) decodeInsert(body []byte) (change, error) {
 		return change{}, fmt.Errorf("decode insert: relation %d was never described", d.insert.relationID)
 	}
 	if !rel.outbox {
-		return change{}, nil
+		return change{kind: changeForeignInsert, relation: rel.name}, nil
 	}
 	if len(d.insert.values) != rel.width {
 		return change{}, fmt.Errorf("decode insert: %d columns, relation has %d", len(d.insert.values), rel.width)

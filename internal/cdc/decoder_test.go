@@ -239,10 +239,14 @@ func TestDecoderOtherRelationsIgnored(t *testing.T) {
 			// Other tables may lack every outbox column: no error.
 			ch, err := d.decode(encRelation(otherRelID, tt.namespace, tt.table, 'd', []relCol{{name: "n", oid: oidInt8}}))
 			require.NoError(t, err)
-			require.Equal(t, changeIgnored, ch.kind)
+			other := relationName{id: otherRelID, namespace: tt.namespace, name: tt.table}
+			require.Equal(t, changeRelation, ch.kind)
+			require.Equal(t, other, ch.relation)
+			// The reader checks whether it is a partition of the outbox.
 			ch, err = d.decode(encInsert(otherRelID, txt("1")))
 			require.NoError(t, err)
-			require.Equal(t, changeIgnored, ch.kind)
+			require.Equal(t, changeForeignInsert, ch.kind)
+			require.Equal(t, other, ch.relation)
 			require.Equal(t, Event{}, ch.event)
 			// The outbox relation is still known.
 			ch, err = d.decode(encInsert(outboxRelID, outboxRow()...))
@@ -272,7 +276,7 @@ func TestDecoderRelationRedescribed(t *testing.T) {
 	require.NoError(t, err)
 	ch, err = d.decode(encInsert(outboxRelID, outboxRow()...))
 	require.NoError(t, err)
-	require.Equal(t, changeIgnored, ch.kind)
+	require.Equal(t, changeForeignInsert, ch.kind)
 }
 
 func TestDecoderRowDefects(t *testing.T) {

@@ -47,10 +47,14 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	defer closeConn(conn, cfg.ConnectTimeout)
 
 	q := querier{conn: conn, timeout: cfg.QueryTimeout}
+	version, err := serverVersion(ctx, q)
+	if err != nil {
+		return SlotState{}, err
+	}
 	if err := checkServer(ctx, q, cfg); err != nil {
 		return SlotState{}, err
 	}
-	if err := ensurePublication(ctx, q, cfg, log); err != nil {
+	if err := ensurePublication(ctx, q, cfg, version, log); err != nil {
 		return SlotState{}, err
 	}
 	sys, err := identify(ctx, cfg)
@@ -76,6 +80,10 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 	}
 	defer closeConn(conn, cfg.ConnectTimeout)
 	q := querier{conn: conn, timeout: cfg.QueryTimeout}
+	version, err := serverVersion(ctx, q)
+	if err != nil {
+		return nil, err
+	}
 	var notes []string
 	var errs []error
 	if err := checkServer(ctx, q, cfg); err != nil {
@@ -85,7 +93,7 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 	}
 	dry := cfg
 	dry.CreatePublication, dry.CreateSlot = false, false
-	if err := ensurePublication(ctx, q, dry, zap.NewNop()); err != nil {
+	if err := ensurePublication(ctx, q, dry, version, zap.NewNop()); err != nil {
 		if cfg.CreatePublication && isMissing(ctx, q, `SELECT 1 FROM pg_publication WHERE pubname = $1`, cfg.Publication) {
 			notes = append(notes, fmt.Sprintf("publication %q: missing, will be created on start", cfg.Publication))
 		} else {
@@ -173,44 +181,9 @@ func checkTable(ctx context.Context, q querier, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("read columns of %s: %w", qualified, err)
 	}
-	var missing []string
-	for _, name := range cfg.Columns.names() {
-		if name != "" && !contains(have, name) {
-			missing = append(missing, name)
-		}
-	}
-	if len(missing) > 0 {
+	if missing := cfg.Columns.missingFrom(have); len(missing) > 0 {
 		return fmt.Errorf("table: %s has no column %s; set the --column-* flags to the table's column names",
 			qualified, strings.Join(missing, ", "))
-	}
-	return nil
-}
-
-func ensurePublication(ctx context.Context, q querier, cfg Config, log *zap.Logger) error {
-	var exists, insert bool
-	var includesTable bool
-	err := q.row(ctx, `SELECT true, p.pubinsert,
-		EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3)
-		FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication, cfg.Schema, cfg.Table).Scan(&exists, &insert, &includesTable)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
-	}
-	qualified := pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
-	if !exists {
-		if !cfg.CreatePublication {
-			return fmt.Errorf("publication: %q does not exist; create it with CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert'), or allow --create-publication: %w",
-				cfg.Publication, pgx.Identifier{cfg.Publication}.Sanitize(), qualified, ErrConfig)
-		}
-		stmt := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pgx.Identifier{cfg.Publication}.Sanitize(), qualified)
-		if err := q.exec(ctx, stmt); err != nil {
-			return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
-		}
-		log.Info("publication created", zap.String("publication", cfg.Publication), zap.String("table", qualified))
-		return nil
-	}
-	if !insert || !includesTable {
-		return fmt.Errorf("publication: %q must publish inserts of %s; run ALTER PUBLICATION %s ADD TABLE %s and SET (publish = 'insert'): %w",
-			cfg.Publication, qualified, pgx.Identifier{cfg.Publication}.Sanitize(), qualified, ErrConfig)
 	}
 	return nil
 }

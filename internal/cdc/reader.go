@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -140,6 +141,9 @@ type session struct {
 	walEnd     pglogrepl.LSN
 	// statusTimer wakes emit to report status while it waits for the pump.
 	statusTimer *time.Timer
+	// partitions recognises partitions of the outbox among the other
+	// relations the stream describes.
+	partitions *partitionCheck
 }
 
 func (r *Reader) session(ctx context.Context) error {
@@ -147,7 +151,7 @@ func (r *Reader) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns)}
+	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns), partitions: newPartitionCheck(r.cfg)}
 	defer s.close()
 
 	q := querier{conn: conn, timeout: r.cfg.QueryTimeout}
@@ -290,7 +294,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 		s.observeWALEnd(xld.ServerWALEnd)
 		ch, err := s.decoder.decode(xld.WALData)
 		if err != nil {
-			return fmt.Errorf("replication stream at %s: %w", xld.WALStart, err)
+			return fmt.Errorf("replication stream %s: %w", s.where(xld.WALStart), err)
 		}
 		return s.apply(ctx, ch, xld.WALStart)
 	default:
@@ -298,9 +302,24 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 	}
 }
 
+// where names the position of a message for an error: the transaction it
+// belongs to, since Relation messages carry no position of their own.
+func (s *session) where(lsn pglogrepl.LSN) string {
+	if s.r.open != nil {
+		return fmt.Sprintf("in transaction %d committing at %s", s.r.open.xid, s.r.open.commitLSN)
+	}
+	return fmt.Sprintf("at %s", lsn)
+}
+
 func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error {
 	r := s.r
 	switch ch.kind {
+	case changeRelation:
+		// Described again: it may have been attached or detached since.
+		s.partitions.forget(ch.relation.id)
+		return nil
+	case changeForeignInsert:
+		return s.checkRelation(ctx, ch.relation, lsn)
 	case changeBegin:
 		b := ch.begin
 		if b.finalLSN <= r.lastCommitLSN {
@@ -365,6 +384,21 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 		return nil
 	}
 	return nil
+}
+
+// checkRelation stops the relay when a relation that is not the outbox by
+// name, and that an insert came for, is a partition of it: the publication sends the partition's rows
+// under the partition's name (publish_via_partition_root is off), and
+// ignoring them would confirm the slot past events never published.
+func (s *session) checkRelation(ctx context.Context, rel relationName, lsn pglogrepl.LSN) error {
+	is, err := s.partitions.of(ctx, rel.id)
+	if err != nil || !is {
+		return err
+	}
+	cfg := s.r.cfg
+	return fmt.Errorf("replication stream %s: relation %s (oid %d) is a partition of the outbox %s, and publication %q sends its rows under the partition's name, which the relay would not publish; run ALTER PUBLICATION %s SET (publish_via_partition_root = true), or set --table to the partitioned table the publication publishes via its root: %w",
+		s.where(lsn), pgx.Identifier{rel.namespace, rel.name}.Sanitize(), rel.id, qualifiedTable(cfg), cfg.Publication,
+		pgx.Identifier{cfg.Publication}.Sanitize(), ErrConfig)
 }
 
 // emit hands ev on. While the publisher is slow it keeps reporting status, so
@@ -469,4 +503,5 @@ func (s *session) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	_ = s.conn.Close(ctx) // the session is over either way
+	s.partitions.close()
 }

@@ -51,6 +51,8 @@ type Event struct {
 	EventType     string
 	Payload       string
 	Headers       string // JSON object or "" for NULL
+	// CreatedAt is the created_at value (timestamptz text); "" for now().
+	CreatedAt string
 }
 
 // Writer writes outbox transactions and records their commit order.
@@ -112,19 +114,25 @@ func insertEvents(ctx context.Context, tx pgx.Tx, events []Event) ([]string, err
 	evTypes := make([]string, len(events))
 	payloads := make([]string, len(events))
 	headers := make([]*string, len(events))
+	created := make([]*string, len(events))
 	for i, e := range events {
 		types[i], aggIDs[i], evTypes[i], payloads[i] = e.AggregateType, e.AggregateID, e.EventType, e.Payload
 		if e.Headers != "" {
 			h := e.Headers
 			headers[i] = &h
 		}
+		if e.CreatedAt != "" {
+			c := e.CreatedAt
+			created[i] = &c
+		}
 	}
 	// One statement; WITH ORDINALITY keeps the rows in the order given, so
 	// insertion order is the order of events.
-	rows, err := tx.Query(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, payload, headers)
-		SELECT t, a, e, p::jsonb, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-			WITH ORDINALITY AS u(t, a, e, p, h, n) ORDER BY n
-		RETURNING id::text`, types, aggIDs, evTypes, payloads, headers)
+	rows, err := tx.Query(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, payload, headers, created_at)
+		SELECT t, a, e, p::jsonb, h::jsonb, COALESCE(c::timestamptz, now())
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+			WITH ORDINALITY AS u(t, a, e, p, h, c, n) ORDER BY n
+		RETURNING id::text`, types, aggIDs, evTypes, payloads, headers, created)
 	if err != nil {
 		return nil, err
 	}
