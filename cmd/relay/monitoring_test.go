@@ -492,7 +492,7 @@ func TestMonitoringFilesAreConsistent(t *testing.T) {
 	want := []string{
 		"OutboxRelayDown", "OutboxRelayNoLeader", "OutboxRelayStalled", "OutboxRelayLagHigh",
 		"OutboxRelayRetainedWALHigh", "OutboxRelaySlotWALStatus", "OutboxRelaySlotMissing",
-		"OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected",
+		"OutboxRelayPublicationProblem", "OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected",
 	}
 	var names []string
 	for _, r := range rules {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -74,9 +75,7 @@ func (c Config) Validate() error {
 	if !identifierPattern.MatchString(c.Slot) {
 		errs = append(errs, fmt.Errorf("slot: %q is not a valid slot name (lower-case letters, digits and _, at most 63)", c.Slot))
 	}
-	if c.Publication == "" {
-		errs = append(errs, errors.New("publication: must not be empty"))
-	}
+	errs = append(errs, validPublication(c.Publication))
 	names := c.Columns.names()
 	flags := [numColumns]string{"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload"}
 	for slot := range numColumns {
@@ -100,6 +99,22 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("event-buffer: %d, must be at least 1", c.EventBuffer))
 	}
 	return errors.Join(errs...)
+}
+
+// validPublication accepts what PostgreSQL can store as a publication name
+// unchanged: a name longer than NAMEDATALEN-1 bytes would be truncated on
+// CREATE PUBLICATION and then never found under the configured name. Any
+// other character is fine: the relay quotes the name wherever it uses it.
+func validPublication(name string) error {
+	switch {
+	case name == "":
+		return errors.New("publication: must not be empty")
+	case len(name) > 63:
+		return fmt.Errorf("publication: %q is %d bytes long, PostgreSQL keeps at most 63", name, len(name))
+	case strings.ContainsRune(name, 0):
+		return fmt.Errorf("publication: %q contains a NUL byte", name)
+	}
+	return nil
 }
 
 func positive(name string, d time.Duration) error {

@@ -48,6 +48,7 @@ func TestConfigValidateOK(t *testing.T) {
 		{"slot with digits and underscores", func(c *Config) { c.Slot = "0_relay_1" }},
 		{"reconnect min equals max", func(c *Config) { c.ReconnectMin, c.ReconnectMax = time.Second, time.Second }},
 		{"event buffer of one", func(c *Config) { c.EventBuffer = 1 }},
+		{"publication of 63 bytes, any characters", func(c *Config) { c.Publication = "Out'box \"Pub\", é" + strings.Repeat("p", 45) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,6 +77,8 @@ func TestConfigValidateOneProblem(t *testing.T) {
 		{"slot of 64 characters", func(c *Config) { c.Slot = strings.Repeat("s", 64) }, "slot:"},
 		{"slot with newline", func(c *Config) { c.Slot = "slot\n" }, "slot:"},
 		{"publication", func(c *Config) { c.Publication = "" }, "publication:"},
+		{"publication of 64 bytes", func(c *Config) { c.Publication = strings.Repeat("p", 64) }, "publication:"},
+		{"publication with NUL", func(c *Config) { c.Publication = "a\x00b" }, "publication:"},
 		{"column id", func(c *Config) { c.Columns.ID = "" }, "column-id:"},
 		{"column aggregate type", func(c *Config) { c.Columns.AggregateType = "" }, "column-aggregate-type:"},
 		{"column aggregate id", func(c *Config) { c.Columns.AggregateID = "" }, "column-aggregate-id:"},
@@ -140,4 +143,16 @@ func TestConfigValidateReconnectBoth(t *testing.T) {
 	require.Len(t, got, 2, "%v", got)
 	require.True(t, strings.HasPrefix(got[0], "reconnect-max: -1s, must be positive"), got[0])
 	require.True(t, strings.HasPrefix(got[1], "reconnect-max: -1s is below reconnect-min 1m0s"), got[1])
+}
+
+func TestPublicationNamesOption(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ name, want string }{
+		{"outbox_relay", `'"outbox_relay"'`},
+		{"OutboxPub", `'"OutboxPub"'`},
+		{`Out'box "Pub", x\y`, `'"Out''box ""Pub"", x\y"'`},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, publicationNamesOption(tt.name), tt.name)
+	}
 }

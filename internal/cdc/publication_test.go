@@ -16,12 +16,20 @@ func TestJudgePublication(t *testing.T) {
 		want []string // substrings of the error; none means accepted
 	}{
 		{"plain table", publicationInfo{exists: true, insert: true, published: []publishedRel{self}}, nil},
-		{"before PostgreSQL 15: no column lists", publicationInfo{exists: true, insert: true,
-			published: []publishedRel{{role: roleSelf, qualified: `"public"."outbox"`}}}, nil},
-		{"no inserts", publicationInfo{exists: true, published: []publishedRel{self}},
-			[]string{"does not publish inserts", `SET (publish = 'insert')`}},
-		{"table missing", publicationInfo{exists: true, insert: true},
-			[]string{"does not include", `ADD TABLE "public"."outbox"`}},
+		{"before PostgreSQL 15: no column lists", publicationInfo{
+			exists: true, insert: true,
+			published: []publishedRel{{role: roleSelf, qualified: `"public"."outbox"`}},
+		}, nil},
+		{
+			"no inserts",
+			publicationInfo{exists: true, published: []publishedRel{self}},
+			[]string{"does not publish inserts", `SET (publish = 'insert')`},
+		},
+		{
+			"table missing",
+			publicationInfo{exists: true, insert: true},
+			[]string{"does not include", `ADD TABLE "public"."outbox"`},
+		},
 		{"partitions under their own names", publicationInfo{exists: true, insert: true, published: []publishedRel{
 			{role: roleDescendant, qualified: `"public"."outbox_2026"`}, {role: roleDescendant, qualified: `"public"."outbox_2027"`},
 		}}, []string{`"public"."outbox_2026", "public"."outbox_2027"`, `SET (publish_via_partition_root = true)`}},

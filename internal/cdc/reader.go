@@ -116,6 +116,10 @@ func (r *Reader) Run(ctx context.Context) error {
 			if errors.Is(err, ErrSlot) {
 				r.m.CDCSlotProblems.Inc()
 			}
+			var pubErr *PublicationError
+			if errors.As(err, &pubErr) {
+				r.m.CDCPublicationProblems.WithLabelValues(pubErr.Kind).Inc()
+			}
 			return err
 		}
 		if time.Since(started) > stableSession {
@@ -188,7 +192,7 @@ func (r *Reader) session(ctx context.Context) error {
 	err = pglogrepl.StartReplication(startCtx, s.conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
 		// Protocol 1 sends a transaction only after it commits, so no row
 		// of a transaction that may still abort ever reaches the relay.
-		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", r.cfg.Publication)},
+		PluginArgs: []string{"proto_version '1'", "publication_names " + publicationNamesOption(r.cfg.Publication)},
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %q: %w", r.cfg.Slot, err)
@@ -259,7 +263,18 @@ func (s *session) stream(ctx context.Context) error {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+			pgErr := pgconn.ErrorResponseToPgError(msg)
+			if missingPublication(pgErr) {
+				return s.publicationMissing(pgErr)
+			}
+			return fmt.Errorf("replication stream: %w", pgErr)
+		case *pgproto3.NoticeResponse:
+			// PostgreSQL 18 only warns that the publication is missing
+			// at this point in the WAL, then decodes nothing: stop here,
+			// before a keepalive can confirm past what it skips.
+			if notice := pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg)); missingPublication(notice) {
+				return s.publicationMissing(notice)
+			}
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: server ended the stream")
 		}

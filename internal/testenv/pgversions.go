@@ -104,7 +104,7 @@ func reachableBin(binDir string, owner *osUser) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("stage %s for user %s: %w", root, owner.name, err)
 		}
-		defer os.RemoveAll(tmp)
+		defer func() { _ = os.RemoveAll(tmp) }() // what is left is the staging dir only
 		into := filepath.Join(tmp, "pg")
 		if out, err := exec.Command("cp", "-al", root, into).CombinedOutput(); err != nil {
 			_ = os.RemoveAll(into)
