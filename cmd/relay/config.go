@@ -81,6 +81,8 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	d(&c.cdc.ReconnectMin, "reconnect-min", 250*time.Millisecond, "first delay before reconnecting to PostgreSQL")
 	d(&c.cdc.ReconnectMax, "reconnect-max", 15*time.Second, "longest delay between reconnects to PostgreSQL")
 	i(&c.cdc.EventBuffer, "event-buffer", 4096, "events buffered between reading and publishing")
+	d(&c.cdc.PublicationCheckInterval, "publication-check-interval", time.Second, "how often the running relay checks that its publication is unchanged; the slot is confirmed only up to the last check")
+	s(&c.cdc.AcceptPublication, "accept-publication", "", "digest of a changed publication to accept, from the error that reported the change, after checking that no insert was skipped (default none)")
 
 	// NATS
 	s(&c.sink.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated (required; default none)")

@@ -137,3 +137,64 @@ func recoverMissingPublication(t *testing.T, f *fixture) {
 	require.NoError(t, tx.Commit(ctx))
 	t.Logf("slot moved to %s, %d rows written again", moved, len(missing))
 }
+
+// TestPublicationChangedWhileRunningStopsTheRelay (trial W28, W27): the
+// outbox table dropped from the publication and added again, or a
+// partitioned outbox's publish_via_partition_root turned off and on, while
+// the relay runs: the insert made in between is never sent to the relay.
+// The relay stops with an error naming the change, and the slot is never
+// confirmed past that insert.
+func TestPublicationChangedWhileRunningStopsTheRelay(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		partitioned bool
+		off, on     string
+		want        []string
+	}{
+		{"drop and add the table (W28)", false,
+			`ALTER PUBLICATION outbox_relay DROP TABLE events`, `ALTER PUBLICATION outbox_relay ADD TABLE events`,
+			[]string{`"outbox_relay" changed while the relay ran`, "member"}},
+		{"publish_via_partition_root off and on (W27)", true,
+			`ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = false)`, `ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = true)`,
+			// The insert under the partition's name or the watch: whichever
+			// comes first stops the relay.
+			[]string{"publish_via_partition_root"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			if tt.partitioned {
+				partitionOutbox(t, f.pg, f.db)
+			}
+			relay := f.startRelay(t)
+			published := f.write(t, 2, "before")
+			f.waitStream(t, 2, 30*time.Second)
+
+			// As a migration would: off, one insert, on again, at once.
+			conn := f.pg.Connect(t, f.db)
+			ctx := context.Background()
+			_, err := conn.Exec(ctx, tt.off)
+			require.NoError(t, err)
+			before := f.currentWAL(t)
+			skipped := f.write(t, 1, "while-off")
+			_, err = conn.Exec(ctx, tt.on)
+			require.NoError(t, err)
+			f.write(t, 1, "after")
+
+			code, err := relay.Wait(60 * time.Second)
+			require.NoError(t, err, "the relay stops")
+			require.Equal(t, 1, code)
+			for _, w := range tt.want {
+				require.Contains(t, relay.Logs(), w)
+			}
+			require.LessOrEqual(t, uint64(f.confirmedLSN(t)), uint64(before), "the slot is not confirmed past the insert made in between")
+			// The insert after the change may have been published before
+			// the relay stopped; the one in between never reached it.
+			onStream := e2e.IDs(e2e.ReadStream(t, f.nc, "OUTBOX"))
+			require.Equal(t, published, onStream[:2])
+			require.NotContains(t, onStream, skipped[0])
+		})
+	}
+}

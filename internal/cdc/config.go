@@ -54,6 +54,13 @@ type Config struct {
 	// EventBuffer is how many events may wait between the reader and the
 	// publisher; it bounds memory and provides backpressure.
 	EventBuffer int
+	// PublicationCheckInterval is how often the running relay checks that
+	// its publication is unchanged; the slot is confirmed only up to the
+	// WAL position of the last check that found it so.
+	PublicationCheckInterval time.Duration
+	// AcceptPublication is the Digest of a publication fingerprint the
+	// operator acknowledged after a change (ReconcilePublication).
+	AcceptPublication string
 }
 
 // identifierPattern accepts what the relay will put unquoted into replication
@@ -91,6 +98,7 @@ func (c Config) Validate() error {
 		positive("slot-poll-interval", c.SlotPollInterval),
 		positive("reconnect-min", c.ReconnectMin),
 		positive("reconnect-max", c.ReconnectMax),
+		positive("publication-check-interval", c.PublicationCheckInterval),
 	)
 	if c.ReconnectMax < c.ReconnectMin {
 		errs = append(errs, fmt.Errorf("reconnect-max: %s is below reconnect-min %s", c.ReconnectMax, c.ReconnectMin))

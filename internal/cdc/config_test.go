@@ -24,6 +24,8 @@ func validConfig() Config {
 		ReconnectMin:       time.Second,
 		ReconnectMax:       30 * time.Second,
 		EventBuffer:        1024,
+
+		PublicationCheckInterval: time.Second,
 	}
 }
 
@@ -93,6 +95,7 @@ func TestConfigValidateOneProblem(t *testing.T) {
 		{"reconnect max below min", func(c *Config) { c.ReconnectMax = c.ReconnectMin / 2 }, "reconnect-max:"},
 		{"event buffer", func(c *Config) { c.EventBuffer = 0 }, "event-buffer:"},
 		{"negative event buffer", func(c *Config) { c.EventBuffer = -5 }, "event-buffer:"},
+		{"publication check interval", func(c *Config) { c.PublicationCheckInterval = 0 }, "publication-check-interval:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,7 +126,7 @@ func TestConfigValidateReportsAllProblems(t *testing.T) {
 		"publication",
 		"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload",
 		"status-interval", "connect-timeout", "replication-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
-		"event-buffer",
+		"publication-check-interval", "event-buffer",
 	}, got)
 	// The joined message lists them one per line.
 	require.Len(t, strings.Split(err.Error(), "\n"), len(errs))

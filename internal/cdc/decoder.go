@@ -98,9 +98,12 @@ type relationName struct {
 // of one replication session and is used by one goroutine.
 type decoder struct {
 	schema, table string
-	columns       Columns
-	relations     map[uint32]relation
-	insert        insertMessage // reused to avoid an allocation per row
+	// outboxOID is the outbox table's OID when the session started, 0 if
+	// unknown: the same relation under another name is the outbox renamed.
+	outboxOID uint32
+	columns   Columns
+	relations map[uint32]relation
+	insert    insertMessage // reused to avoid an allocation per row
 }
 
 func newDecoder(schema, table string, columns Columns) *decoder {
@@ -147,6 +150,11 @@ func (d *decoder) decode(data []byte) (change, error) {
 
 func (d *decoder) addRelation(r relationMessage) error {
 	rel := relation{name: relationName{id: r.id, namespace: r.namespace, name: r.name}, width: len(r.columns)}
+	if r.id == d.outboxOID && (r.namespace != d.schema || r.name != d.table) {
+		// Its rows would be ignored under the new name, and confirmed past.
+		return fmt.Errorf("the outbox table %s.%s (oid %d) arrives named %s.%s: it was renamed, and the relay would skip its rows; rename it back, or stop the relay and set --table once the rows under the old name are published: %w",
+			d.schema, d.table, r.id, r.namespace, r.name, ErrConfig)
+	}
 	if r.namespace == d.schema && r.name == d.table {
 		rel.outbox = true
 		names := d.columns.names()

@@ -491,3 +491,25 @@ func TestDecoderTrailingBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestDecoderOutboxRenamed: the outbox's relation arriving under another
+// name (renamed, or moved to another schema) is an error, not a foreign
+// table whose rows are ignored.
+func TestDecoderOutboxRenamed(t *testing.T) {
+	t.Parallel()
+	for _, name := range [][2]string{{"public", "outbox_old"}, {"archive", "outbox"}} {
+		d := newDecoder("public", "outbox", testColumns)
+		d.outboxOID = outboxRelID
+		_, err := d.decode(encRelation(outboxRelID, name[0], name[1], 'd', outboxCols))
+		require.ErrorIs(t, err, ErrConfig)
+		require.ErrorContains(t, err, "renamed")
+	}
+	// Another relation under the outbox's name (the table recreated) is the outbox.
+	d := newDecoder("public", "outbox", testColumns)
+	d.outboxOID = outboxRelID
+	_, err := d.decode(encRelation(outboxRelID+1, "public", "outbox", 'd', outboxCols))
+	require.NoError(t, err)
+	ch, err := d.decode(encInsert(outboxRelID+1, outboxRow()...))
+	require.NoError(t, err)
+	require.Equal(t, changeEvent, ch.kind)
+}

@@ -29,6 +29,10 @@ type SlotState struct {
 	SystemID string
 	// Database is the database the slot decodes.
 	Database string
+	// Publication is the fingerprint of the publication preflight
+	// validated: give it to Reader.SetPublicationBaseline and
+	// ReconcilePublication.
+	Publication PublicationFingerprint
 }
 
 // Preflight checks that PostgreSQL can feed the relay and explains every
@@ -57,6 +61,10 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	if err := ensurePublication(ctx, q, cfg, version, log); err != nil {
 		return SlotState{}, err
 	}
+	fingerprint, err := validatedFingerprint(ctx, q, cfg, version)
+	if err != nil {
+		return SlotState{}, err
+	}
 	sys, err := identify(ctx, cfg)
 	if err != nil {
 		return SlotState{}, err
@@ -66,6 +74,7 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 		return SlotState{}, err
 	}
 	state.SystemID = sys.SystemID
+	state.Publication = fingerprint
 	return state, nil
 }
 

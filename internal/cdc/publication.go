@@ -183,6 +183,34 @@ func ensurePublication(ctx context.Context, q querier, cfg Config, version int, 
 	return nil
 }
 
+// validatedFingerprint returns the fingerprint of the publication, checked
+// to deliver every outbox insert under the outbox's name, read before and
+// after the check: a change in between is retried.
+func validatedFingerprint(ctx context.Context, q querier, cfg Config, version int) (PublicationFingerprint, error) {
+	before, err := readFingerprint(ctx, q, cfg, version)
+	if err != nil {
+		return "", err
+	}
+	info, err := readPublication(ctx, q, cfg, version)
+	if err != nil {
+		return "", err
+	}
+	if !info.exists {
+		return "", fmt.Errorf("publication %q disappeared during preflight", cfg.Publication)
+	}
+	if err := judgePublication(cfg, info); err != nil {
+		return "", fmt.Errorf("%w: %w", err, ErrConfig)
+	}
+	after, err := readFingerprint(ctx, q, cfg, version)
+	if err != nil {
+		return "", err
+	}
+	if before != after {
+		return "", fmt.Errorf("publication %q changed during preflight", cfg.Publication)
+	}
+	return after, nil
+}
+
 // qualifiedTable is the outbox table as a quoted, schema-qualified name.
 func qualifiedTable(cfg Config) string { return pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize() }
 

@@ -38,6 +38,12 @@ type Reader struct {
 	open          *openTxn
 	lastCommitLSN pglogrepl.LSN
 
+	// baseline is the publication fingerprint preflight validated; ""
+	// makes the watch take its first reading as the baseline.
+	baseline PublicationFingerprint
+	// pubChanged receives the watch's error once the publication changed.
+	pubChanged chan error
+
 	// heartbeat (Unix nanoseconds) moves whenever the loop is alive:
 	// reading, reporting status, or waiting to reconnect.
 	heartbeat atomic.Int64
@@ -62,6 +68,8 @@ func NewReader(cfg Config, log *zap.Logger, m *metrics.Metrics) *Reader {
 		m:       m,
 		tracker: NewTracker(0),
 		events:  make(chan Event, cfg.EventBuffer),
+
+		pubChanged: make(chan error, 1),
 	}
 	m.SetOldestPendingAge(func() float64 {
 		oldest, ok := r.tracker.OldestPending()
@@ -95,17 +103,43 @@ func (r *Reader) Streaming() bool { return r.streaming.Load() }
 
 func (r *Reader) beat() { r.heartbeat.Store(time.Now().UnixNano()) }
 
+// SetPublicationBaseline gives the fingerprint of the publication
+// preflight validated (SlotState.Publication); the reader stops when the
+// publication differs from it. Without it, the reader's first check sets the
+// baseline. Call it before Run.
+func (r *Reader) SetPublicationBaseline(fp PublicationFingerprint) { r.baseline = fp }
+
 // Run reads the slot until ctx is done, reconnecting after failures. It
 // returns nil when ctx is done and an error only for a failure that retrying
-// cannot fix: a configuration mismatch (ErrConfig) or an unusable slot
-// (ErrSlot). It is the only user of the replication connection.
+// cannot fix: a configuration mismatch (ErrConfig, and ErrPublication for a
+// publication missing at a WAL position or changed) or an unusable slot
+// (ErrSlot). It is the only user of the replication connection. While it
+// runs it checks the publication every PublicationCheckInterval and confirms
+// only WAL decoded while the publication was the one validated.
 func (r *Reader) Run(ctx context.Context) error {
 	defer close(r.events)
+	r.tracker.Gate()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	watch := &publicationWatch{cfg: r.cfg, log: r.log, tracker: r.tracker, baseline: r.baseline, changed: r.pubChanged}
+	go func() {
+		defer close(watchDone)
+		watch.run(watchCtx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watchDone
+	}()
 	bo := backoff.Backoff{Min: r.cfg.ReconnectMin, Max: r.cfg.ReconnectMax}
 	for {
 		r.beat()
 		started := time.Now()
-		err := r.session(ctx)
+		var err error
+		select {
+		case err = <-r.pubChanged:
+		default:
+			err = r.session(ctx)
+		}
 		r.streaming.Store(false)
 		r.m.CDCConnected.Set(0)
 		r.beat()
@@ -160,9 +194,11 @@ func (r *Reader) session(ctx context.Context) error {
 
 	q := querier{conn: conn, timeout: r.cfg.QueryTimeout}
 	var database string
-	if err := q.row(ctx, `SELECT current_database()`).Scan(&database); err != nil {
+	var outboxOID uint32
+	if err := q.row(ctx, `SELECT current_database(), COALESCE(to_regclass($1)::oid, 0)`, qualifiedTable(r.cfg)).Scan(&database, &outboxOID); err != nil {
 		return fmt.Errorf("read current database: %w", err)
 	}
+	s.decoder.outboxOID = outboxOID
 	slot, exists, err := readSlot(ctx, q, r.cfg.Slot)
 	if err != nil {
 		return err
@@ -220,6 +256,11 @@ func (s *session) stream(ctx context.Context) error {
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		select {
+		case err := <-s.r.pubChanged:
+			return err
+		default:
 		}
 		if !now.Before(s.nextStatus) {
 			if err := s.sendStatus(); err != nil {
@@ -441,6 +482,9 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 		case <-ctx.Done():
 			timer.Stop()
 			return ctx.Err()
+		case err := <-s.r.pubChanged:
+			timer.Stop()
+			return err
 		case <-timer.C:
 			if err := s.sendStatus(); err != nil {
 				return err

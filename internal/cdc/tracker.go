@@ -16,6 +16,11 @@ type Tracker struct {
 	queue     []*txnEntry // open or unacknowledged transactions, commit order
 	confirmed pglogrepl.LSN
 	advanced  time.Time
+	// With gated set, Confirmed never reports past verified: the WAL
+	// position up to which the publication is known to have covered the
+	// outbox (see publicationWatch).
+	gated    bool
+	verified pglogrepl.LSN
 }
 
 // txnEntry is one transaction in flight: pending counts its events read but
@@ -89,11 +94,30 @@ func (t *Tracker) Idle(walEnd pglogrepl.LSN) bool {
 }
 
 // Confirmed returns the position that may be reported to PostgreSQL as
-// written, flushed and applied.
+// written, flushed and applied: the acknowledged prefix, and once Gate was
+// called never past the last position passed to Verified.
 func (t *Tracker) Confirmed() pglogrepl.LSN {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.gated {
+		return min(t.confirmed, t.verified)
+	}
 	return t.confirmed
+}
+
+// Gate makes Confirmed stop at the positions passed to Verified from now on.
+func (t *Tracker) Gate() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gated = true
+}
+
+// Verified records that WAL up to lsn was decoded with a publication that
+// covers the outbox; it never moves back.
+func (t *Tracker) Verified(lsn pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.verified = max(t.verified, lsn)
 }
 
 // LastAdvance returns when the confirmed position last moved forward.
@@ -155,4 +179,6 @@ func (t *Tracker) resume(lsn pglogrepl.LSN) {
 	if lsn > t.confirmed {
 		t.confirmed = lsn
 	}
+	// The slot's own position was confirmed, so verified, before.
+	t.verified = max(t.verified, lsn)
 }
