@@ -152,14 +152,18 @@ func TestPublicationChangedWhileRunningStopsTheRelay(t *testing.T) {
 		off, on     string
 		want        []string
 	}{
-		{"drop and add the table (W28)", false,
+		{
+			"drop and add the table (W28)", false,
 			`ALTER PUBLICATION outbox_relay DROP TABLE events`, `ALTER PUBLICATION outbox_relay ADD TABLE events`,
-			[]string{`"outbox_relay" changed while the relay ran`, "member"}},
-		{"publish_via_partition_root off and on (W27)", true,
+			[]string{`"outbox_relay" changed while the relay ran`, "member"},
+		},
+		{
+			"publish_via_partition_root off and on (W27)", true,
 			`ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = false)`, `ALTER PUBLICATION outbox_relay SET (publish_via_partition_root = true)`,
 			// The insert under the partition's name or the watch: whichever
 			// comes first stops the relay.
-			[]string{"publish_via_partition_root"}},
+			[]string{"publish_via_partition_root"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
