@@ -83,10 +83,10 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("slot: %q is not a valid slot name (lower-case letters, digits and _, at most 63)", c.Slot))
 	}
 	errs = append(errs, validPublication(c.Publication))
-	names := c.Columns.names()
+	alts := c.Columns.alternatives()
 	flags := [numColumns]string{"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload"}
 	for slot := range numColumns {
-		if required(slot) && names[slot] == "" {
+		if required(slot) && len(alts[slot]) == 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be empty", flags[slot]))
 		}
 	}

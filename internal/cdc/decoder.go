@@ -3,6 +3,8 @@ package cdc
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"unsafe"
 )
 
@@ -11,7 +13,10 @@ import (
 var ErrConfig = errors.New("configuration error")
 
 // Columns names the outbox table's columns. Headers and CreatedAt are optional:
-// an empty name means the table has no such column.
+// an empty name means the table has no such column. Each may list
+// alternatives, comma-separated ("kind,event_kind"): a relation uses the
+// first of them it has, so events written before and after a column rename
+// can both be read while both are in the slot.
 type Columns struct {
 	ID            string
 	AggregateType string
@@ -38,14 +43,43 @@ func (c Columns) names() [numColumns]string {
 	return [numColumns]string{c.ID, c.AggregateType, c.AggregateID, c.EventType, c.Payload, c.Headers, c.CreatedAt}
 }
 
-// missingFrom returns the configured columns that have is without.
-func (c Columns) missingFrom(have []string) []string {
-	var missing []string
-	for _, name := range c.names() {
-		if name != "" && !contains(have, name) {
-			missing = append(missing, name)
+// alternatives splits each configured column into its alternatives; an
+// unconfigured column has none.
+func (c Columns) alternatives() [numColumns][]string {
+	var alts [numColumns][]string
+	for slot, names := range c.names() {
+		for _, name := range strings.Split(names, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				alts[slot] = append(alts[slot], name)
+			}
 		}
 	}
+	return alts
+}
+
+// find returns, for each configured column, the index in have of its first
+// alternative there (-1 for an unconfigured column), and the configured
+// columns none of whose alternatives have holds, as "a or b".
+func (c Columns) find(have []string) (index [numColumns]int, missing []string) {
+	for slot, alts := range c.alternatives() {
+		index[slot] = -1
+		for _, name := range alts {
+			if i := slices.Index(have, name); i >= 0 {
+				index[slot] = i
+				break
+			}
+		}
+		if len(alts) > 0 && index[slot] < 0 {
+			missing = append(missing, strings.Join(alts, " or "))
+		}
+	}
+	return index, missing
+}
+
+// missingFrom returns the configured columns none of whose alternatives
+// have holds.
+func (c Columns) missingFrom(have []string) []string {
+	_, missing := c.find(have)
 	return missing
 }
 
@@ -58,7 +92,10 @@ type relation struct {
 	name   relationName
 	outbox bool
 	index  [numColumns]int // -1 when the column is not configured
-	width  int
+	// columns are the names the relation has for the configured columns
+	// (the alternative found).
+	columns [numColumns]string
+	width   int
 }
 
 // changeKind says what a decoded pgoutput message means to the reader.
@@ -157,26 +194,20 @@ func (d *decoder) addRelation(r relationMessage) error {
 	}
 	if r.namespace == d.schema && r.name == d.table {
 		rel.outbox = true
-		names := d.columns.names()
-		var missing []string
-		for slot, name := range names {
-			rel.index[slot] = -1
-			if name == "" {
-				continue
-			}
-			for i, c := range r.columns {
-				if c.name == name {
-					rel.index[slot] = i
-					break
-				}
-			}
-			if rel.index[slot] < 0 {
-				missing = append(missing, name)
-			}
+		have := make([]string, len(r.columns))
+		for i, c := range r.columns {
+			have[i] = c.name
 		}
+		var missing []string
+		rel.index, missing = d.columns.find(have)
 		if len(missing) > 0 {
-			return fmt.Errorf("outbox table %s.%s has no column %q (set the column flags to match the table): %w",
+			return fmt.Errorf("outbox table %s.%s has no column %q here (set the column flags to match the table; during a rename, list both names, e.g. --column-event-type=old,new): %w",
 				d.schema, d.table, missing, ErrConfig)
+		}
+		for slot, i := range rel.index {
+			if i >= 0 {
+				rel.columns[slot] = have[i]
+			}
 		}
 	}
 	d.relations[r.id] = rel
@@ -212,7 +243,7 @@ func (d *decoder) event(rel relation) (Event, string) {
 		defect string
 		text   [numColumns][]byte
 	)
-	names := d.columns.names()
+	names := rel.columns
 	for slot := range numColumns {
 		i := rel.index[slot]
 		if i < 0 {

@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -512,4 +513,49 @@ func TestDecoderOutboxRenamed(t *testing.T) {
 	ch, err := d.decode(encInsert(outboxRelID+1, outboxRow()...))
 	require.NoError(t, err)
 	require.Equal(t, changeEvent, ch.kind)
+}
+
+// TestDecoderColumnAlternatives: a column configured as "old,new" is read
+// from whichever name the relation has, so rows written before and after a
+// rename decode alike; a relation with neither is an error naming both.
+func TestDecoderColumnAlternatives(t *testing.T) {
+	t.Parallel()
+	cols := testColumns
+	cols.EventType = "event_type, kind"
+	d := newDecoder("public", "outbox", cols)
+	_, err := d.decode(encRelation(outboxRelID, "public", "outbox", 'd', outboxCols))
+	require.NoError(t, err)
+	ch, err := d.decode(encInsert(outboxRelID, outboxRow()...))
+	require.NoError(t, err)
+	require.Equal(t, outboxEvent(), ch.event)
+
+	renamed := slices.Clone(outboxCols)
+	renamed[3].name = "kind"
+	_, err = d.decode(encRelation(outboxRelID, "public", "outbox", 'd', renamed))
+	require.NoError(t, err)
+	ch, err = d.decode(encInsert(outboxRelID, outboxRow()...))
+	require.NoError(t, err)
+	require.Equal(t, outboxEvent(), ch.event)
+	// A defect names the column as the relation has it.
+	row := outboxRow()
+	row[3] = tupleCol{kind: 'n'}
+	ch, err = d.decode(encInsert(outboxRelID, row...))
+	require.NoError(t, err)
+	require.Equal(t, `column "kind" is NULL`, ch.event.Defect)
+
+	neither := slices.Clone(outboxCols)
+	neither[3].name = "type"
+	_, err = d.decode(encRelation(outboxRelID, "public", "outbox", 'd', neither))
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, `"event_type or kind"`)
+}
+
+func TestColumnsAlternatives(t *testing.T) {
+	t.Parallel()
+	c := Columns{ID: "id", EventType: " kind , event_kind ,", Headers: ""}
+	alts := c.alternatives()
+	require.Equal(t, []string{"kind", "event_kind"}, alts[colEventType])
+	require.Nil(t, alts[colHeaders])
+	require.Equal(t, []string{"kind or event_kind"}, c.missingFrom([]string{"id", "payload"}))
+	require.Equal(t, []string{"aggregate_type"}, Columns{AggregateType: "aggregate_type", EventType: "kind,event_kind"}.missingFrom([]string{"event_kind"}))
 }
