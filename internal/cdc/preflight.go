@@ -387,15 +387,6 @@ func (r *cancelRows) Close() {
 	r.cancel()
 }
 
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 func deref(s *string) string {
 	if s == nil {
 		return ""
