@@ -54,6 +54,10 @@ type Config struct {
 	// EventBuffer is how many events may wait between the reader and the
 	// publisher; it bounds memory and provides backpressure.
 	EventBuffer int
+	// EventBufferBytes bounds the bytes of events read and not yet
+	// acknowledged (payloads, headers and strings): the reader waits while
+	// they are over it. One event larger than it passes alone.
+	EventBufferBytes int64
 	// PublicationCheckInterval is how often the running relay checks that
 	// its publication is unchanged; the slot is confirmed only up to the
 	// WAL position of the last check that found it so.
@@ -102,6 +106,9 @@ func (c Config) Validate() error {
 	)
 	if c.ReconnectMax < c.ReconnectMin {
 		errs = append(errs, fmt.Errorf("reconnect-max: %s is below reconnect-min %s", c.ReconnectMax, c.ReconnectMin))
+	}
+	if c.EventBufferBytes < 1 {
+		errs = append(errs, fmt.Errorf("event-buffer-bytes: %d, must be at least 1", c.EventBufferBytes))
 	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event-buffer: %d, must be at least 1", c.EventBuffer))

@@ -24,6 +24,7 @@ func validConfig() Config {
 		ReconnectMin:       time.Second,
 		ReconnectMax:       30 * time.Second,
 		EventBuffer:        1024,
+		EventBufferBytes:   64 << 20,
 
 		PublicationCheckInterval: time.Second,
 	}
@@ -95,6 +96,7 @@ func TestConfigValidateOneProblem(t *testing.T) {
 		{"reconnect max below min", func(c *Config) { c.ReconnectMax = c.ReconnectMin / 2 }, "reconnect-max:"},
 		{"event buffer", func(c *Config) { c.EventBuffer = 0 }, "event-buffer:"},
 		{"negative event buffer", func(c *Config) { c.EventBuffer = -5 }, "event-buffer:"},
+		{"event buffer bytes", func(c *Config) { c.EventBufferBytes = 0 }, "event-buffer-bytes:"},
 		{"publication check interval", func(c *Config) { c.PublicationCheckInterval = 0 }, "publication-check-interval:"},
 	}
 	for _, tt := range tests {
@@ -126,7 +128,7 @@ func TestConfigValidateReportsAllProblems(t *testing.T) {
 		"publication",
 		"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload",
 		"status-interval", "connect-timeout", "replication-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
-		"publication-check-interval", "event-buffer",
+		"publication-check-interval", "event-buffer-bytes", "event-buffer",
 	}, got)
 	// The joined message lists them one per line.
 	require.Len(t, strings.Split(err.Error(), "\n"), len(errs))

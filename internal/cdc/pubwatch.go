@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/backoff"
@@ -165,8 +166,9 @@ type publicationWatch struct {
 	baseline PublicationFingerprint // "" until the first reading
 	version  int
 	conn     *pgx.Conn
-	// changed receives the error once the publication changed.
-	changed chan error
+	// stop ends the replication session with an error: fatal once the
+	// publication changed, retryable when the server shuts down.
+	stop func(error)
 }
 
 // run checks until ctx is done or the publication changed.
@@ -180,9 +182,16 @@ func (w *publicationWatch) run(ctx context.Context) {
 		var pubErr *PublicationError
 		switch {
 		case errors.As(err, &pubErr):
-			w.changed <- err
+			w.stop(err)
 			return
 		case err != nil && ctx.Err() == nil:
+			if shuttingDown(err) {
+				// A walsender waits, before the server can finish
+				// shutting down, for its client to confirm the WAL end,
+				// which this watch can no longer verify: end the session,
+				// and reconnect once the server is back.
+				w.stop(fmt.Errorf("publication check: the server is shutting down: %w", err))
+			}
 			// Verification waits; so does confirmation, never events.
 			w.close()
 			delay := bo.Next()
@@ -250,6 +259,14 @@ func (w *publicationWatch) check(ctx context.Context) error {
 	}
 	w.tracker.Verified(lsn)
 	return nil
+}
+
+// shuttingDown recognises the errors of a server shutting down or
+// restarting: the session terminated by the administrator, or a new one
+// refused while the server shuts down or starts.
+func shuttingDown(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03")
 }
 
 func (w *publicationWatch) close() {

@@ -102,6 +102,6 @@ func TestTrackerGatedByVerifiedPosition(t *testing.T) {
 	tr.Commit(txn, 700)
 	tr.Verified(900)
 	require.Equal(t, pglogrepl.LSN(500), tr.Confirmed(), "the pending transaction still holds it")
-	tr.Ack(txn)
+	require.NoError(t, tr.Ack(txn))
 	require.Equal(t, pglogrepl.LSN(700), tr.Confirmed())
 }

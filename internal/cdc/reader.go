@@ -41,8 +41,12 @@ type Reader struct {
 	// baseline is the publication fingerprint preflight validated; ""
 	// makes the watch take its first reading as the baseline.
 	baseline PublicationFingerprint
-	// pubChanged receives the watch's error once the publication changed.
-	pubChanged chan error
+	// fatal and restart receive errors from other goroutines that end the
+	// session: fatal ones (the publication changed, an event acknowledged
+	// twice) end Run too; restart ones (the server shutting down) do not.
+	fatal, restart chan error
+	// budget bounds the bytes of events read and not yet acknowledged.
+	budget *byteBudget
 
 	// heartbeat (Unix nanoseconds) moves whenever the loop is alive:
 	// reading, reporting status, or waiting to reconnect.
@@ -69,7 +73,9 @@ func NewReader(cfg Config, log *zap.Logger, m *metrics.Metrics) *Reader {
 		tracker: NewTracker(0),
 		events:  make(chan Event, cfg.EventBuffer),
 
-		pubChanged: make(chan error, 1),
+		fatal:   make(chan error, 1),
+		restart: make(chan error, 1),
+		budget: newByteBudget(cfg.EventBufferBytes),
 	}
 	m.SetOldestPendingAge(func() float64 {
 		oldest, ok := r.tracker.OldestPending()
@@ -86,9 +92,30 @@ func NewReader(cfg Config, log *zap.Logger, m *metrics.Metrics) *Reader {
 // It is closed when Run returns.
 func (r *Reader) Events() <-chan Event { return r.events }
 
-// Ack records that JetStream stored ev. It is safe for concurrent use, and
-// events may be acknowledged in any order; each event exactly once.
-func (r *Reader) Ack(ev Event) { r.tracker.Ack(ev.txn) }
+// Ack records that JetStream stored ev, or that it was skipped. It is safe
+// for concurrent use, and events may be acknowledged in any order; each
+// event exactly once. An event acknowledged again stops the reader with an
+// error naming it (ErrAck): the slot must not move on a miscount.
+func (r *Reader) Ack(ev Event) {
+	if err := r.tracker.Ack(ev.txn); err != nil {
+		r.stop(fmt.Errorf("event %s at %s: %w", ev.ID, ev.Position, err))
+		return
+	}
+	r.budget.release(ev.size)
+}
+
+// stop ends the session with err at the next opportunity, and Run too when
+// err is fatal (ErrConfig, ErrAck); the first error of each kind wins.
+func (r *Reader) stop(err error) {
+	ch := r.restart
+	if errors.Is(err, ErrConfig) || errors.Is(err, ErrAck) {
+		ch = r.fatal
+	}
+	select {
+	case ch <- err:
+	default:
+	}
+}
 
 // Tracker exposes the position tracker, for health checks and status.
 func (r *Reader) Tracker() *Tracker { return r.tracker }
@@ -121,7 +148,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	r.tracker.Gate()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
-	watch := &publicationWatch{cfg: r.cfg, log: r.log, tracker: r.tracker, baseline: r.baseline, changed: r.pubChanged}
+	watch := &publicationWatch{cfg: r.cfg, log: r.log, tracker: r.tracker, baseline: r.baseline, stop: r.stop}
 	go func() {
 		defer close(watchDone)
 		watch.run(watchCtx)
@@ -136,7 +163,8 @@ func (r *Reader) Run(ctx context.Context) error {
 		started := time.Now()
 		var err error
 		select {
-		case err = <-r.pubChanged:
+		case err = <-r.fatal:
+		case err = <-r.restart:
 		default:
 			err = r.session(ctx)
 		}
@@ -146,7 +174,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrConfig) || errors.Is(err, ErrSlot) {
+		if errors.Is(err, ErrConfig) || errors.Is(err, ErrSlot) || errors.Is(err, ErrAck) {
 			if errors.Is(err, ErrSlot) {
 				r.m.CDCSlotProblems.Inc()
 			}
@@ -258,7 +286,9 @@ func (s *session) stream(ctx context.Context) error {
 			return err
 		}
 		select {
-		case err := <-s.r.pubChanged:
+		case err := <-s.r.fatal:
+			return err
+		case err := <-s.r.restart:
 			return err
 		default:
 		}
@@ -457,10 +487,16 @@ func (s *session) checkRelation(ctx context.Context, rel relationName, lsn pglog
 		pgx.Identifier{cfg.Publication}.Sanitize(), ErrConfig)
 }
 
-// emit hands ev on. While the publisher is slow it keeps reporting status, so
-// a stalled NATS cannot make the server end the session on
-// wal_sender_timeout.
+// emit hands ev on, once its bytes fit the budget. While the publisher is
+// slow it keeps reporting status, so a stalled NATS cannot make the server
+// end the session on wal_sender_timeout.
 func (s *session) emit(ctx context.Context, ev Event) error {
+	ev.size = eventSize(&ev)
+	if !s.r.budget.take(ev.size) {
+		if err := s.waitBudget(ctx, ev.size); err != nil {
+			return err
+		}
+	}
 	select {
 	case s.r.events <- ev:
 		return nil
@@ -482,7 +518,10 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 		case <-ctx.Done():
 			timer.Stop()
 			return ctx.Err()
-		case err := <-s.r.pubChanged:
+		case err := <-s.r.fatal:
+			timer.Stop()
+			return err
+		case err := <-s.r.restart:
 			timer.Stop()
 			return err
 		case <-timer.C:
@@ -492,6 +531,30 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 			timer.Reset(time.Until(s.nextStatus))
 		}
 	}
+}
+
+// waitBudget waits until n bytes fit the budget and takes them, reporting
+// status meanwhile.
+func (s *session) waitBudget(ctx context.Context, n int64) error {
+	timer := time.NewTimer(time.Until(s.nextStatus))
+	defer timer.Stop()
+	for !s.r.budget.take(n) {
+		select {
+		case <-s.r.budget.freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-s.r.fatal:
+			return err
+		case err := <-s.r.restart:
+			return err
+		case <-timer.C:
+			if err := s.sendStatus(); err != nil {
+				return err
+			}
+			timer.Reset(time.Until(s.nextStatus))
+		}
+	}
+	return nil
 }
 
 // sendStatus reports the confirmed position as written, flushed and applied.
