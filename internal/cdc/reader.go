@@ -75,7 +75,7 @@ func NewReader(cfg Config, log *zap.Logger, m *metrics.Metrics) *Reader {
 
 		fatal:   make(chan error, 1),
 		restart: make(chan error, 1),
-		budget: newByteBudget(cfg.EventBufferBytes),
+		budget:  newByteBudget(cfg.EventBufferBytes),
 	}
 	m.SetOldestPendingAge(func() float64 {
 		oldest, ok := r.tracker.OldestPending()
