@@ -61,7 +61,7 @@ var associatedLSN = regexp.MustCompile(`LSN ([0-9A-Fa-f]+/[0-9A-Fa-f]+)`)
 
 // publicationMissing explains a publication missing at a WAL position.
 func (s *session) publicationMissing(e *pgconn.PgError) error {
-	position := fmt.Sprintf("after %s, the last commit read", s.r.lastCommitLSN)
+	position := fmt.Sprintf("after %s, the last commit read", s.r.filter.lastCommit)
 	if m := associatedLSN.FindStringSubmatch(e.Where); m != nil {
 		if lsn, err := pglogrepl.ParseLSN(m[1]); err == nil {
 			position = lsn.String()

@@ -31,12 +31,9 @@ type Reader struct {
 	tracker *Tracker
 	events  chan Event
 
-	// Transaction state that survives reconnects: after a reconnect
-	// PostgreSQL sends again every transaction that committed after the
-	// confirmed position, and these say which of them, and which of their
-	// rows, were already handed on.
-	open          *openTxn
-	lastCommitLSN pglogrepl.LSN
+	// filter says which transactions and rows a reconnected session sends
+	// again were already handed on; it survives reconnects.
+	filter replayFilter
 
 	// baseline is the publication fingerprint preflight validated; ""
 	// makes the watch take its first reading as the baseline.
@@ -52,16 +49,6 @@ type Reader struct {
 	// reading, reporting status, or waiting to reconnect.
 	heartbeat atomic.Int64
 	streaming atomic.Bool
-}
-
-// openTxn is a transaction whose Begin has been read and whose Commit has not.
-type openTxn struct {
-	entry      *txnEntry
-	commitLSN  pglogrepl.LSN
-	commitTime time.Time
-	xid        uint32
-	next       uint32 // index of the next row in this session's copy
-	forwarded  uint32 // rows handed on so far, over all sessions
 }
 
 // NewReader builds a Reader. Run it once.
@@ -203,7 +190,6 @@ type session struct {
 	conn       *pgconn.PgConn
 	decoder    *decoder
 	nextStatus time.Time
-	skipping   bool // inside a transaction already handed on in full
 	walEnd     pglogrepl.LSN
 	// statusTimer wakes emit to report status while it waits for the pump.
 	statusTimer *time.Timer
@@ -219,6 +205,7 @@ func (r *Reader) session(ctx context.Context) error {
 	}
 	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns), partitions: newPartitionCheck(r.cfg)}
 	defer s.close()
+	r.filter.SessionStarted()
 
 	q := querier{conn: conn, timeout: r.cfg.QueryTimeout}
 	var database string
@@ -365,7 +352,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 		s.observeWALEnd(ka.ServerWALEnd)
 		// Only with no transaction open in the stream and nothing read
 		// still unacknowledged does the WAL end hide no unsent event.
-		if s.r.open == nil && !s.skipping {
+		if s.r.filter.Idle() {
 			s.r.tracker.Idle(ka.ServerWALEnd)
 		}
 		if ka.ReplyRequested {
@@ -391,8 +378,8 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 // where names the position of a message for an error: the transaction it
 // belongs to, since Relation messages carry no position of their own.
 func (s *session) where(lsn pglogrepl.LSN) string {
-	if s.r.open != nil {
-		return fmt.Sprintf("in transaction %d committing at %s", s.r.open.xid, s.r.open.commitLSN)
+	if open := s.r.filter.open; open != nil {
+		return fmt.Sprintf("in transaction %d committing at %s", open.xid, open.commitLSN)
 	}
 	return fmt.Sprintf("at %s", lsn)
 }
@@ -407,36 +394,12 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 	case changeForeignInsert:
 		return s.checkRelation(ctx, ch.relation, lsn)
 	case changeBegin:
-		b := ch.begin
-		if b.finalLSN <= r.lastCommitLSN {
-			// Sent again after a reconnect, but handed on in full already.
-			s.skipping = true
-			return nil
-		}
-		s.skipping = false
-		if r.open != nil {
-			if r.open.commitLSN != b.finalLSN {
-				return fmt.Errorf("replication stream: transaction %d committing at %s began while %d committing at %s was still open",
-					b.xid, b.finalLSN, r.open.xid, r.open.commitLSN)
-			}
-			// The transaction cut short by the reconnect, from its start.
-			r.open.next = 0
-			return nil
-		}
-		r.open = &openTxn{entry: r.tracker.Begin(b.commitTime), commitLSN: b.finalLSN, commitTime: b.commitTime, xid: b.xid}
-		return nil
+		_, err := r.filter.Begin(ch.begin, func() *txnEntry { return r.tracker.Begin(ch.begin.commitTime) })
+		return err
 	case changeEvent:
-		if s.skipping {
-			return nil
-		}
-		txn := r.open
-		if txn == nil {
-			return fmt.Errorf("replication stream: insert at %s outside a transaction", lsn)
-		}
-		index := txn.next
-		txn.next++
-		if index < txn.forwarded {
-			return nil
+		verdict, txn, index, err := r.filter.Row(lsn)
+		if err != nil || verdict == replaySkip {
+			return err
 		}
 		ev := ch.event
 		ev.Position = Position{CommitLSN: txn.commitLSN, Index: index}
@@ -445,24 +408,23 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 		ev.LSN = lsn
 		ev.txn = txn.entry
 		r.tracker.Track(txn.entry)
-		txn.forwarded++
+		if err := s.emit(ctx, ev); err != nil {
+			// Not handed on: the next session sends it again.
+			r.tracker.Untrack(txn.entry)
+			return err
+		}
+		r.filter.Forwarded()
 		r.m.CDCEvents.Inc()
 		if ce := r.log.Check(zap.DebugLevel, "event read"); ce != nil {
 			ce.Write(zap.String("event_id", ev.ID), zap.Uint32("xid", txn.xid), zap.Stringer("lsn", lsn))
 		}
-		return s.emit(ctx, ev)
+		return nil
 	case changeCommit:
-		if s.skipping {
-			s.skipping = false
-			return nil
-		}
-		txn := r.open
-		if txn == nil {
-			return fmt.Errorf("replication stream: commit at %s outside a transaction", lsn)
+		verdict, txn, err := r.filter.Commit(lsn)
+		if err != nil || verdict == replaySkip {
+			return err
 		}
 		r.tracker.Commit(txn.entry, ch.commit.endLSN)
-		r.lastCommitLSN = txn.commitLSN
-		r.open = nil
 		if txn.forwarded > 0 {
 			r.m.CDCTransactions.Inc()
 			r.m.CDCLastCommitTimestamp.Set(float64(txn.commitTime.UnixNano()) / 1e9)
@@ -497,6 +459,15 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 			return err
 		}
 	}
+	if err := s.send(ctx, ev); err != nil {
+		s.r.budget.release(ev.size) // not handed on
+		return err
+	}
+	return nil
+}
+
+// send puts ev on the events channel, reporting status while it waits.
+func (s *session) send(ctx context.Context, ev Event) error {
 	select {
 	case s.r.events <- ev:
 		return nil

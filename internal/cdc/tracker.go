@@ -55,6 +55,14 @@ func (t *Tracker) Track(txn *txnEntry) {
 	t.mu.Unlock()
 }
 
+// Untrack takes back a Track of an event that was never handed on.
+func (t *Tracker) Untrack(txn *txnEntry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	txn.pending--
+	t.advanceLocked()
+}
+
 // Commit records that txn ends at endLSN; once all its events (and those of
 // every earlier transaction) are acknowledged, endLSN becomes confirmed.
 //

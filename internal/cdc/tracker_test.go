@@ -471,3 +471,18 @@ func TestTrackerManyEmptyTransactionsBehindAPendingOne(t *testing.T) {
 	require.Equal(t, pglogrepl.LSN(2_001_000), tr.Confirmed())
 	require.Equal(t, 0, tr.Pending())
 }
+
+// TestTrackerUntrack: an event tracked but never handed on (the session
+// ended while it waited) is taken back, so it does not hold the position.
+func TestTrackerUntrack(t *testing.T) {
+	t.Parallel()
+	tr := NewTracker(10)
+	a := tr.Begin(t0)
+	tr.Track(a)
+	tr.Track(a)
+	require.NoError(t, tr.Ack(a))
+	tr.Untrack(a)
+	require.Equal(t, pglogrepl.LSN(10), tr.Confirmed(), "not committed yet")
+	tr.Commit(a, 40)
+	require.Equal(t, pglogrepl.LSN(40), tr.Confirmed())
+}
