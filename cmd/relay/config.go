@@ -75,7 +75,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.cdc.FailoverSlot, "failover-slot", false, "create the slot as a failover slot that survives a failover to a standby (PostgreSQL 17+)")
 	d(&c.cdc.StatusInterval, "status-interval", 2*time.Second, "how often the confirmed position is reported to PostgreSQL; keep below wal_sender_timeout")
 	d(&c.cdc.ConnectTimeout, "connect-timeout", 10*time.Second, "timeout for connecting to PostgreSQL")
-	d(&c.cdc.ReplicationTimeout, "replication-timeout", time.Minute, "reconnect when nothing arrived on the replication connection for this long (a silent server or network)")
+	d(&c.cdc.ReplicationTimeout, "replication-timeout", 0, "reconnect when nothing arrived on the replication connection for this long (a silent server or network); must be above the server's wal_sender_timeout (default 0: twice wal_sender_timeout, at least 1m)")
 	d(&c.cdc.QueryTimeout, "query-timeout", 10*time.Second, "timeout for each PostgreSQL query")
 	d(&c.cdc.SlotPollInterval, "slot-poll-interval", 15*time.Second, "how often the slot's retained WAL and status are read")
 	d(&c.cdc.ReconnectMin, "reconnect-min", 250*time.Millisecond, "first delay before reconnecting to PostgreSQL")

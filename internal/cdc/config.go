@@ -33,7 +33,9 @@ type Config struct {
 	StatusInterval time.Duration
 	// ReplicationTimeout ends a replication session from which nothing
 	// arrived for this long (a server or network that went silent without
-	// closing the connection); halfway, a reply is requested.
+	// closing the connection); halfway, a reply is requested. It must be
+	// above the server's wal_sender_timeout; 0 derives it: twice
+	// wal_sender_timeout, at least a minute.
 	ReplicationTimeout time.Duration
 	// ConnectTimeout bounds establishing a connection; QueryTimeout bounds
 	// each query on a normal connection.
@@ -97,13 +99,16 @@ func (c Config) Validate() error {
 	errs = append(errs,
 		positive("status-interval", c.StatusInterval),
 		positive("connect-timeout", c.ConnectTimeout),
-		positive("replication-timeout", c.ReplicationTimeout),
+
 		positive("query-timeout", c.QueryTimeout),
 		positive("slot-poll-interval", c.SlotPollInterval),
 		positive("reconnect-min", c.ReconnectMin),
 		positive("reconnect-max", c.ReconnectMax),
 		positive("publication-check-interval", c.PublicationCheckInterval),
 	)
+	if c.ReplicationTimeout < 0 {
+		errs = append(errs, fmt.Errorf("replication-timeout: %s, must not be negative (0 derives it from wal_sender_timeout)", c.ReplicationTimeout))
+	}
 	if c.ReconnectMax < c.ReconnectMin {
 		errs = append(errs, fmt.Errorf("reconnect-max: %s is below reconnect-min %s", c.ReconnectMax, c.ReconnectMin))
 	}

@@ -51,6 +51,7 @@ func TestConfigValidateOK(t *testing.T) {
 		{"slot with digits and underscores", func(c *Config) { c.Slot = "0_relay_1" }},
 		{"reconnect min equals max", func(c *Config) { c.ReconnectMin, c.ReconnectMax = time.Second, time.Second }},
 		{"event buffer of one", func(c *Config) { c.EventBuffer = 1 }},
+		{"replication timeout derived", func(c *Config) { c.ReplicationTimeout = 0 }},
 		{"publication of 63 bytes, any characters", func(c *Config) { c.Publication = "Out'box \"Pub\", é" + strings.Repeat("p", 45) }},
 	}
 	for _, tt := range tests {
@@ -90,7 +91,7 @@ func TestConfigValidateOneProblem(t *testing.T) {
 		{"status interval", func(c *Config) { c.StatusInterval = 0 }, "status-interval:"},
 		{"negative status interval", func(c *Config) { c.StatusInterval = -time.Second }, "status-interval:"},
 		{"connect timeout", func(c *Config) { c.ConnectTimeout = 0 }, "connect-timeout:"},
-		{"replication timeout", func(c *Config) { c.ReplicationTimeout = 0 }, "replication-timeout:"},
+		{"replication timeout", func(c *Config) { c.ReplicationTimeout = -time.Second }, "replication-timeout:"},
 		{"query timeout", func(c *Config) { c.QueryTimeout = -1 }, "query-timeout:"},
 		{"slot poll interval", func(c *Config) { c.SlotPollInterval = 0 }, "slot-poll-interval:"},
 		{"reconnect max below min", func(c *Config) { c.ReconnectMax = c.ReconnectMin / 2 }, "reconnect-max:"},
@@ -127,7 +128,7 @@ func TestConfigValidateReportsAllProblems(t *testing.T) {
 		"slot",
 		"publication",
 		"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload",
-		"status-interval", "connect-timeout", "replication-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
+		"status-interval", "connect-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
 		"publication-check-interval", "event-buffer-bytes", "event-buffer",
 	}, got)
 	// The joined message lists them one per line.
@@ -159,5 +160,38 @@ func TestPublicationNamesOption(t *testing.T) {
 	}
 	for _, tt := range tests {
 		require.Equal(t, tt.want, publicationNamesOption(tt.name), tt.name)
+	}
+}
+
+func TestReplicationTimeout(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		configured, sender, want time.Duration
+		err                      string
+	}{
+		{0, 60 * time.Second, 2 * time.Minute, ""},
+		{0, 5 * time.Second, time.Minute, ""},
+		{0, 0, time.Minute, ""}, // wal_sender_timeout disabled
+		{90 * time.Second, 60 * time.Second, 90 * time.Second, ""},
+		{60 * time.Second, 60 * time.Second, 0, "replication-timeout: 1m0s is not above the server's wal_sender_timeout 1m0s"},
+		{30 * time.Second, 0, 30 * time.Second, ""},
+	}
+	for _, tt := range tests {
+		got, err := replicationTimeout(tt.configured, tt.sender)
+		if tt.err != "" {
+			require.ErrorContains(t, err, tt.err)
+			continue
+		}
+		require.NoError(t, err)
+		require.Equal(t, tt.want, got)
+	}
+}
+
+func TestSupportedVersion(t *testing.T) {
+	t.Parallel()
+	require.ErrorContains(t, supportedVersion(130015), "PostgreSQL 13.0 (server_version_num 130015) is not supported; the relay needs PostgreSQL 14 or later")
+	require.ErrorContains(t, supportedVersion(90624), "PostgreSQL 9.6")
+	for _, v := range []int{140000, 150018, 180004} {
+		require.NoError(t, supportedVersion(v))
 	}
 }

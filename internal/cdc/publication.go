@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 )
 
@@ -160,6 +161,13 @@ func ensurePublication(ctx context.Context, q querier, cfg Config, version int, 
 				cfg.Publication, create, ErrConfig)
 		}
 		if err := q.exec(ctx, create); err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == sqlstateInsufficientPrivilege {
+				if rights := publicationRights(ctx, q, cfg); rights != nil {
+					return rights
+				}
+				return fmt.Errorf("create publication %q: %w: %w", cfg.Publication, err, ErrConfig)
+			}
 			return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
 		}
 		log.Info("publication created", zap.String("publication", cfg.Publication), zap.String("table", qualified))
@@ -210,6 +218,9 @@ func validatedFingerprint(ctx context.Context, q querier, cfg Config, version in
 	}
 	return after, nil
 }
+
+// sqlstateInsufficientPrivilege: permission denied, must be owner.
+const sqlstateInsufficientPrivilege = "42501"
 
 // qualifiedTable is the outbox table as a quoted, schema-qualified name.
 func qualifiedTable(cfg Config) string { return pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize() }

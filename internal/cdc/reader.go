@@ -196,6 +196,8 @@ type session struct {
 	// partitions recognises partitions of the outbox among the other
 	// relations the stream describes.
 	partitions *partitionCheck
+	// replicationTimeout is the configured or derived ReplicationTimeout.
+	replicationTimeout time.Duration
 }
 
 func (r *Reader) session(ctx context.Context) error {
@@ -210,10 +212,16 @@ func (r *Reader) session(ctx context.Context) error {
 	q := querier{conn: conn, timeout: r.cfg.QueryTimeout}
 	var database string
 	var outboxOID uint32
-	if err := q.row(ctx, `SELECT current_database(), COALESCE(to_regclass($1)::oid, 0)`, qualifiedTable(r.cfg)).Scan(&database, &outboxOID); err != nil {
+	var senderTimeoutMS int64
+	if err := q.row(ctx, `SELECT current_database(), COALESCE(to_regclass($1)::oid, 0),
+			(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout')`,
+		qualifiedTable(r.cfg)).Scan(&database, &outboxOID, &senderTimeoutMS); err != nil {
 		return fmt.Errorf("read current database: %w", err)
 	}
 	s.decoder.outboxOID = outboxOID
+	if s.replicationTimeout, err = replicationTimeout(r.cfg.ReplicationTimeout, time.Duration(senderTimeoutMS)*time.Millisecond); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrConfig)
+	}
 	slot, exists, err := readSlot(ctx, q, r.cfg.Slot)
 	if err != nil {
 		return err
@@ -299,10 +307,10 @@ func (s *session) stream(ctx context.Context) error {
 			if pgconn.Timeout(err) {
 				s.r.beat()
 				silent := now.Sub(lastReceived)
-				if silent > s.r.cfg.ReplicationTimeout {
+				if silent > s.replicationTimeout {
 					return fmt.Errorf("replication stream: nothing received for %s", silent.Round(time.Second))
 				}
-				if silent > s.r.cfg.ReplicationTimeout/2 && !pinged {
+				if silent > s.replicationTimeout/2 && !pinged {
 					// Ask the server to answer, as PostgreSQL's own
 					// walreceiver does, before giving the session up.
 					pinged = true
