@@ -40,6 +40,14 @@ func partitionOutbox(t *testing.T, pg *testenv.Postgres, db string) {
 		day(-1), day(-1), day(2)))
 }
 
+// stopRelay stops the relay with SIGTERM and expects a clean exit.
+func stopRelay(t *testing.T, r *e2e.Relay) {
+	t.Helper()
+	code, err := r.Stop(30 * time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 0, code, "SIGTERM exits 0")
+}
+
 // writeAt commits one transaction of n events created at createdAt.
 func (f *fixture) writeAt(t *testing.T, n int, tag, createdAt string) []string {
 	t.Helper()
@@ -79,9 +87,7 @@ func TestPartitionedOutboxPublishesEveryEvent(t *testing.T) {
 
 	// Rows still unread when their partition is detached and dropped: the
 	// relay reads them from the WAL, not from the table.
-	code, err := relay.Stop(30 * time.Second)
-	require.NoError(t, err)
-	require.Equal(t, 0, code)
+	stopRelay(t, relay)
 	f.writeAt(t, 2, "next-unread", day(4))
 	f.pg.Exec(t, f.db, `ALTER TABLE events DETACH PARTITION events_next; DROP TABLE events_next`)
 	f.write(t, 1, "cur-after")

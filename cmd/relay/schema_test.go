@@ -20,9 +20,7 @@ func TestRenamingAMappedColumn(t *testing.T) {
 	relay := f.startRelay(t)
 	f.write(t, 2, "published")
 	f.waitStream(t, 2, 30*time.Second)
-	code, err := relay.Stop(30 * time.Second)
-	require.NoError(t, err)
-	require.Equal(t, 0, code)
+	stopRelay(t, relay)
 
 	f.write(t, 2, "old-name")
 	f.pg.Exec(t, f.db, `ALTER TABLE events RENAME COLUMN event_type TO kind`)
@@ -32,7 +30,7 @@ func TestRenamingAMappedColumn(t *testing.T) {
 	// With only the new name, the relay stops on the rows under the old
 	// one, and says where and what to do.
 	stuck := e2e.StartRelay(t, f.bin, f.env("RELAY_COLUMN_EVENT_TYPE", "kind"))
-	code, err = stuck.Wait(60 * time.Second)
+	code, err := stuck.Wait(60 * time.Second)
 	require.NoError(t, err)
 	require.Equal(t, 1, code)
 	require.Contains(t, stuck.Logs(), "committing at")
