@@ -443,9 +443,10 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 }
 
 // checkRelation stops the relay when a relation that is not the outbox by
-// name, and that an insert came for, is a partition of it: the publication sends the partition's rows
-// under the partition's name (publish_via_partition_root is off), and
-// ignoring them would confirm the slot past events never published.
+// name, and that an insert came for, is a partition of it: the publication
+// sends the partition's rows under the partition's name
+// (publish_via_partition_root is off), and ignoring them would confirm the
+// slot past events never published.
 func (s *session) checkRelation(ctx context.Context, rel relationName, lsn pglogrepl.LSN) error {
 	is, err := s.partitions.of(ctx, rel.id)
 	if err != nil || !is {
