@@ -123,6 +123,10 @@ func (t *Tracker) Idle(walEnd pglogrepl.LSN) bool {
 func (t *Tracker) Confirmed() pglogrepl.LSN {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.outputLocked()
+}
+
+func (t *Tracker) outputLocked() pglogrepl.LSN {
 	if t.gated {
 		return min(t.confirmed, t.verified)
 	}
@@ -141,10 +145,14 @@ func (t *Tracker) Gate() {
 func (t *Tracker) Verified(lsn pglogrepl.LSN) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	before := t.outputLocked()
 	t.verified = max(t.verified, lsn)
+	if t.outputLocked() > before {
+		t.advanced = time.Now()
+	}
 }
 
-// LastAdvance returns when the confirmed position last moved forward.
+// LastAdvance returns when the position Confirmed reports last moved forward.
 func (t *Tracker) LastAdvance() time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -190,8 +198,11 @@ func (t *Tracker) advanceLocked() {
 
 func (t *Tracker) setConfirmedLocked(lsn pglogrepl.LSN) {
 	if lsn > t.confirmed {
+		before := t.outputLocked()
 		t.confirmed = lsn
-		t.advanced = time.Now()
+		if t.outputLocked() > before {
+			t.advanced = time.Now()
+		}
 	}
 }
 
