@@ -96,11 +96,11 @@ func ReconcilePublication(ctx context.Context, store PublicationFingerprintStore
 // readFingerprint reads the publication's fingerprint in one statement, so
 // from one snapshot; "" when the publication does not exist.
 func readFingerprint(ctx context.Context, q querier, cfg Config, version int) (PublicationFingerprint, error) {
-	rels := `SELECT 'member ' || r.prrelid::regclass::text || '=' || r.oid || '/' || r.xmin FROM pg_publication_rel r
+	rels := `SELECT 'member ' || (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = r.prrelid) || '=' || r.oid || '/' || r.xmin FROM pg_publication_rel r
 			WHERE r.prpubid = p.oid AND r.prrelid IN (SELECT relid FROM tree)`
 	namespaces := `SELECT NULL::text WHERE false`
 	if version >= 150000 {
-		rels = `SELECT 'member ' || r.prrelid::regclass::text || '=' || r.oid || '/' || r.xmin
+		rels = `SELECT 'member ' || (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = r.prrelid) || '=' || r.oid || '/' || r.xmin
 				|| '/filter:' || md5(COALESCE(r.prqual::text, '')) || '/columns:' || COALESCE(r.prattrs::text, 'all')
 			FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid IN (SELECT relid FROM tree)`
 		namespaces = `SELECT 'schema ' || pn.pnnspid::regnamespace::text || '=' || pn.oid || '/' || pn.xmin
@@ -115,7 +115,7 @@ func readFingerprint(ctx context.Context, q querier, cfg Config, version int) (P
 			UNION ALL SELECT 'publish_insert=' || p.pubinsert
 			UNION ALL SELECT 'publish_via_partition_root=' || p.pubviaroot
 			UNION ALL SELECT 'all_tables=' || p.puballtables
-			UNION ALL SELECT 'table=' || c.oid || '/' || c.oid::regclass::text || '/partition:' || c.relispartition
+			UNION ALL SELECT 'table=' || c.oid || '/' || (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_namespace n WHERE n.oid = c.relnamespace) || '/partition:' || c.relispartition
 				FROM outbox JOIN pg_class c ON c.oid = outbox.oid
 			UNION ALL `+rels+`
 			UNION ALL `+namespaces+`

@@ -48,6 +48,11 @@ func TestPublicationFingerprintOnRealServers(t *testing.T) {
 			first, err := validatedFingerprint(ctx, q, cfg, version)
 			require.NoError(t, err)
 			require.Equal(t, first, fingerprint(), "stable while nothing changes")
+			_, err = conn.Exec(ctx, `SET search_path = pg_catalog`)
+			require.NoError(t, err)
+			require.Equal(t, first, fingerprint(), "the same from a session with another search_path")
+			_, err = conn.Exec(ctx, `RESET search_path`)
+			require.NoError(t, err)
 			pg.Exec(t, "app", `INSERT INTO outbox (id) VALUES (gen_random_uuid()); ALTER PUBLICATION outbox_pub ADD TABLE other`)
 			require.Equal(t, first, fingerprint(), "inserts and other tables do not count")
 
