@@ -129,6 +129,7 @@ func TestPublicationThatWouldHideEventsIsRefused(t *testing.T) {
 	tests := []struct {
 		name        string
 		partitioned bool
+		pg15        bool // row filters and column lists came with PostgreSQL 15
 		setup       string
 		env         []string
 		want        []string
@@ -141,12 +142,12 @@ func TestPublicationThatWouldHideEventsIsRefused(t *testing.T) {
 			notWant: "ADD TABLE",
 		},
 		{
-			name:  "row filter",
+			name: "row filter", pg15: true,
 			setup: `CREATE PUBLICATION outbox_relay FOR TABLE events WHERE (event_type <> 'internal') WITH (publish = 'insert')`,
 			want:  []string{"row filter", "event_type"},
 		},
 		{
-			name:  "column list without a mapped column",
+			name: "column list without a mapped column", pg15: true,
 			setup: `CREATE PUBLICATION outbox_relay FOR TABLE events (id, aggregate_type, aggregate_id, event_type, payload, created_at) WITH (publish = 'insert')`,
 			want:  []string{"column list", "headers"},
 		},
@@ -159,6 +160,10 @@ func TestPublicationThatWouldHideEventsIsRefused(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.pg15 && f.pg.Version(t) < 150000 {
+				t.Logf("PostgreSQL %d has no such publications", f.pg.Version(t))
+				return
+			}
 			db := fmt.Sprintf("refused%d", i)
 			f.pg.CreateDatabase(t, db)
 			e2e.SetupOutbox(t, f.pg, db)

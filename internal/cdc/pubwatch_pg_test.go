@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,6 +87,9 @@ func TestPublicationFingerprintOnRealServers(t *testing.T) {
 				busy, err := publicationInFlux(ctx, q, cfg)
 				require.NoError(t, err)
 				require.False(t, busy)
+				if version < 150000 && (strings.HasPrefix(change, "ALTER PUBLICATION outbox_pub SET") || strings.HasPrefix(change, "ALTER PUBLICATION outbox_pub RENAME")) {
+					continue // PostgreSQL 14 holds no lock for these (see publicationInFlux)
+				}
 				other := pg.Connect(t, "app")
 				tx, err := other.Begin(ctx)
 				require.NoError(t, err)
