@@ -244,7 +244,19 @@ func (w *publicationWatch) check(ctx context.Context) error {
 	if err != nil || busy {
 		return err // verify next round
 	}
-	fp, err := readFingerprint(ctx, q, w.cfg, w.version)
+	var fp PublicationFingerprint
+	if w.baseline == "" {
+		// No baseline from preflight: take one only from a publication
+		// that delivers the outbox, checked now.
+		fp, err = validatedFingerprint(ctx, q, w.cfg, w.version)
+		if errors.Is(err, ErrConfig) {
+			return &PublicationError{Kind: PublicationChanged, err: fmt.Errorf(
+				"%w; WAL after %s may have been decoded without it covering %s, so the relay stopped without confirming past it",
+				err, w.tracker.Confirmed(), qualifiedTable(w.cfg))}
+		}
+	} else {
+		fp, err = readFingerprint(ctx, q, w.cfg, w.version)
+	}
 	if err != nil {
 		return err
 	}

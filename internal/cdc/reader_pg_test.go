@@ -55,6 +55,10 @@ func TestReaderStopsOnPublicationProblems(t *testing.T) {
 				cfg.PublicationCheckInterval = 200 * time.Millisecond
 				m := metrics.New("test", "test")
 				r := NewReader(cfg, zaptest.NewLogger(t), m)
+				// As the relay does: the baseline is what preflight validated.
+				state, err := Preflight(context.Background(), cfg, zaptest.NewLogger(t), func(string, string) error { return nil })
+				require.NoError(t, err)
+				r.SetPublicationBaseline(state.Publication)
 				var read atomic.Int32
 				go func() {
 					for ev := range r.Events() {
@@ -71,7 +75,6 @@ func TestReaderStopsOnPublicationProblems(t *testing.T) {
 					pg.Exec(t, "app", tt.running)
 					pg.Exec(t, "app", insert)
 				}
-				var err error
 				select {
 				case err = <-done:
 				case <-ctx.Done():
