@@ -270,10 +270,10 @@ func (w *publicationWatch) check(ctx context.Context) error {
 	}
 	if fp != w.baseline {
 		return &PublicationError{Kind: PublicationChanged, err: fmt.Errorf(
-			"publication: %q changed while the relay ran (%s); WAL after %s may have been decoded without it covering %s, so the relay stopped without confirming past %s. "+
+			"publication: %q changed while the relay ran (%s); WAL between %s and %s may have been decoded without it covering %s, so the relay stopped without confirming past %s. "+
 				"Check that no insert was skipped in between, and republish any that was (see the README, \"The publication changed\"); "+
 				"benign changes (ALTER PUBLICATION ... OWNER TO, SET (publish = 'insert, update')) stop the relay too",
-			w.cfg.Publication, w.baseline.diff(fp), w.tracker.Confirmed(), qualifiedTable(w.cfg), w.tracker.Confirmed())}
+			w.cfg.Publication, w.baseline.diff(fp), w.tracker.Confirmed(), lsn, qualifiedTable(w.cfg), w.tracker.Confirmed())}
 	}
 	w.tracker.Verified(lsn)
 	return nil
