@@ -305,8 +305,7 @@ func inProcessConfigs(dbURL, natsURL, stream string, tmpl relay.Template) (cdc.C
 		Publication: publication, Slot: relaySlot,
 		StatusInterval: 2 * time.Second, ConnectTimeout: 10 * time.Second, QueryTimeout: 10 * time.Second,
 		SlotPollInterval: 15 * time.Second, ReconnectMin: 250 * time.Millisecond, ReconnectMax: 15 * time.Second,
-		ReplicationTimeout: time.Minute,
-		EventBuffer:        4096,
+		EventBuffer: 4096, EventBufferBytes: 64 << 20, PublicationCheckInterval: time.Second,
 	}
 	sinkCfg := sink.Config{
 		NATSURL: natsURL, Stream: stream, StateBucket: "outbox-relay", CreateStream: true, StreamSubjects: tmpl.StreamSubjects(),

@@ -153,6 +153,10 @@ func chaosEnv() map[string]string {
 		"RELAY_RETRY_MAX":            "1s",
 		"RELAY_LEADER_LEASE_TIMEOUT": "5s",
 		"RELAY_LOG_LEVEL":            "info",
+		// Above the test cluster's default wal_sender_timeout (60s) yet
+		// short enough for walsender-freeze's 90s target; the default
+		// would be twice wal_sender_timeout.
+		"RELAY_REPLICATION_TIMEOUT": "75s",
 	}
 }
 

@@ -81,12 +81,15 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.cdc.FailoverSlot, "failover-slot", false, "create the slot as a failover slot that survives a failover to a standby (PostgreSQL 17+)")
 	d(&c.cdc.StatusInterval, "status-interval", 2*time.Second, "how often the confirmed position is reported to PostgreSQL; keep below wal_sender_timeout")
 	d(&c.cdc.ConnectTimeout, "connect-timeout", 10*time.Second, "timeout for connecting to PostgreSQL")
-	d(&c.cdc.ReplicationTimeout, "replication-timeout", time.Minute, "reconnect when nothing arrived on the replication connection for this long (a silent server or network)")
+	d(&c.cdc.ReplicationTimeout, "replication-timeout", 0, "reconnect when nothing arrived on the replication connection for this long (a silent server or network); must be above the server's wal_sender_timeout (default 0: twice wal_sender_timeout, at least 1m)")
 	d(&c.cdc.QueryTimeout, "query-timeout", 10*time.Second, "timeout for each PostgreSQL query")
 	d(&c.cdc.SlotPollInterval, "slot-poll-interval", 15*time.Second, "how often the slot's retained WAL and status are read")
 	d(&c.cdc.ReconnectMin, "reconnect-min", 250*time.Millisecond, "first delay before reconnecting to PostgreSQL")
 	d(&c.cdc.ReconnectMax, "reconnect-max", 15*time.Second, "longest delay between reconnects to PostgreSQL")
 	i(&c.cdc.EventBuffer, "event-buffer", 4096, "events buffered between reading and publishing")
+	fs.Int64Var(&c.cdc.EventBufferBytes, "event-buffer-bytes", 64<<20, "bytes of events (payloads, headers, ids) read and not yet acknowledged by JetStream, wherever they wait; reading pauses above it, and one larger event passes alone")
+	d(&c.cdc.PublicationCheckInterval, "publication-check-interval", time.Second, "how often the running relay checks that its publication is unchanged; the slot is confirmed only up to the last check")
+	s(&c.cdc.AcceptPublication, "accept-publication", "", "digest of a changed publication to accept, from the error that reported the change, after checking that no insert was skipped (default none)")
 
 	// NATS
 	s(&c.sink.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated (required; default none)")

@@ -492,7 +492,7 @@ func TestMonitoringFilesAreConsistent(t *testing.T) {
 	want := []string{
 		"OutboxRelayDown", "OutboxRelayNoLeader", "OutboxRelayStalled", "OutboxRelayLagHigh",
 		"OutboxRelayRetainedWALHigh", "OutboxRelaySlotWALStatus", "OutboxRelaySlotMissing",
-		"OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected",
+		"OutboxRelayPublicationProblem", "OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected",
 		"OutboxRelayBlocked", "OutboxRelayEventsReordered", "OutboxRelayUnverifiedReplays", "OutboxRelayMarkNotSaved",
 	}
 	var names []string

@@ -157,6 +157,14 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		return nil, err
 	}
 	marks := relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin(slot.SystemID, slot.Database, cfg.cdc.Slot), log.Named("pump"))
+	// A publication changed while no relay ran would have kept inserts
+	// from the slot: compare with the one the last start validated.
+	pubStore := publicationStore{store: store, key: "publication." + relay.MarkKey(cfg.cdc.Publication, marks.Origin())}
+	if _, err := retry(ctx, log, "check the publication's history", cfg, func() (struct{}, error) {
+		return struct{}{}, cdc.ReconcilePublication(ctx, pubStore, cfg.cdc, slot.Publication)
+	}, cdc.ErrConfig); err != nil {
+		return nil, err
+	}
 	if slot.Created {
 		// From now on a dropped slot is detected even if the stream's
 		// retention removes every message of this relay.
@@ -181,6 +189,7 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	}
 	publisher.FailOnDisconnect(nc.Disconnected)
 	reader := cdc.NewReader(cfg.cdc, log.Named("cdc"), m)
+	reader.SetPublicationBaseline(slot.Publication)
 	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
 	health.Attach(relay.Probes{
 		Heartbeat:     reader.Heartbeat,
@@ -223,6 +232,22 @@ func slotNeverExisted(ctx context.Context, marks *relay.Watermark) error {
 		return errors.New("the relay recorded this slot before (in its state bucket), so it existed and was dropped; events committed since may be missing. See the README's slot recovery section")
 	}
 	return fmt.Errorf("the relay published events of this slot up to %s, so it existed and was dropped; events committed since may be missing. See the README's slot recovery section", mark.Position)
+}
+
+// publicationStore keeps the fingerprint of the publication a slot decodes
+// in the state bucket.
+type publicationStore struct {
+	store *sink.StateStore
+	key   string
+}
+
+func (s publicationStore) Load(ctx context.Context) (cdc.PublicationFingerprint, bool, error) {
+	data, ok, err := s.store.Load(ctx, s.key)
+	return cdc.PublicationFingerprint(data), ok, err
+}
+
+func (s publicationStore) Save(ctx context.Context, fp cdc.PublicationFingerprint) error {
+	return s.store.Save(ctx, s.key, []byte(fp))
 }
 
 // registerSlot records a slot created just now in the state bucket.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -32,7 +33,9 @@ type Config struct {
 	StatusInterval time.Duration
 	// ReplicationTimeout ends a replication session from which nothing
 	// arrived for this long (a server or network that went silent without
-	// closing the connection); halfway, a reply is requested.
+	// closing the connection); halfway, a reply is requested. It must be
+	// above the server's wal_sender_timeout; 0 derives it: twice
+	// wal_sender_timeout, at least a minute.
 	ReplicationTimeout time.Duration
 	// ConnectTimeout bounds establishing a connection; QueryTimeout bounds
 	// each query on a normal connection.
@@ -53,6 +56,17 @@ type Config struct {
 	// EventBuffer is how many events may wait between the reader and the
 	// publisher; it bounds memory and provides backpressure.
 	EventBuffer int
+	// EventBufferBytes bounds the bytes of events read and not yet
+	// acknowledged (payloads, headers and strings): the reader waits while
+	// they are over it. One event larger than it passes alone.
+	EventBufferBytes int64
+	// PublicationCheckInterval is how often the running relay checks that
+	// its publication is unchanged; the slot is confirmed only up to the
+	// WAL position of the last check that found it so.
+	PublicationCheckInterval time.Duration
+	// AcceptPublication is the Digest of a publication fingerprint the
+	// operator acknowledged after a change (ReconcilePublication).
+	AcceptPublication string
 }
 
 // identifierPattern accepts what the relay will put unquoted into replication
@@ -74,32 +88,53 @@ func (c Config) Validate() error {
 	if !identifierPattern.MatchString(c.Slot) {
 		errs = append(errs, fmt.Errorf("slot: %q is not a valid slot name (lower-case letters, digits and _, at most 63)", c.Slot))
 	}
-	if c.Publication == "" {
-		errs = append(errs, errors.New("publication: must not be empty"))
-	}
-	names := c.Columns.names()
+	errs = append(errs, validPublication(c.Publication))
+	alts := c.Columns.alternatives()
 	flags := [numColumns]string{"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload"}
 	for slot := range numColumns {
-		if required(slot) && names[slot] == "" {
+		if required(slot) && len(alts[slot]) == 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be empty", flags[slot]))
 		}
 	}
 	errs = append(errs,
 		positive("status-interval", c.StatusInterval),
 		positive("connect-timeout", c.ConnectTimeout),
-		positive("replication-timeout", c.ReplicationTimeout),
+
 		positive("query-timeout", c.QueryTimeout),
 		positive("slot-poll-interval", c.SlotPollInterval),
 		positive("reconnect-min", c.ReconnectMin),
 		positive("reconnect-max", c.ReconnectMax),
+		positive("publication-check-interval", c.PublicationCheckInterval),
 	)
+	if c.ReplicationTimeout < 0 {
+		errs = append(errs, fmt.Errorf("replication-timeout: %s, must not be negative (0 derives it from wal_sender_timeout)", c.ReplicationTimeout))
+	}
 	if c.ReconnectMax < c.ReconnectMin {
 		errs = append(errs, fmt.Errorf("reconnect-max: %s is below reconnect-min %s", c.ReconnectMax, c.ReconnectMin))
+	}
+	if c.EventBufferBytes < 1 {
+		errs = append(errs, fmt.Errorf("event-buffer-bytes: %d, must be at least 1", c.EventBufferBytes))
 	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event-buffer: %d, must be at least 1", c.EventBuffer))
 	}
 	return errors.Join(errs...)
+}
+
+// validPublication accepts what PostgreSQL can store as a publication name
+// unchanged: a name longer than NAMEDATALEN-1 bytes would be truncated on
+// CREATE PUBLICATION and then never found under the configured name. Any
+// other character is fine: the relay quotes the name wherever it uses it.
+func validPublication(name string) error {
+	switch {
+	case name == "":
+		return errors.New("publication: must not be empty")
+	case len(name) > 63:
+		return fmt.Errorf("publication: %q is %d bytes long, PostgreSQL keeps at most 63", name, len(name))
+	case strings.ContainsRune(name, 0):
+		return fmt.Errorf("publication: %q contains a NUL byte", name)
+	}
+	return nil
 }
 
 func positive(name string, d time.Duration) error {

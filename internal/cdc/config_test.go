@@ -24,6 +24,9 @@ func validConfig() Config {
 		ReconnectMin:       time.Second,
 		ReconnectMax:       30 * time.Second,
 		EventBuffer:        1024,
+		EventBufferBytes:   64 << 20,
+
+		PublicationCheckInterval: time.Second,
 	}
 }
 
@@ -48,6 +51,8 @@ func TestConfigValidateOK(t *testing.T) {
 		{"slot with digits and underscores", func(c *Config) { c.Slot = "0_relay_1" }},
 		{"reconnect min equals max", func(c *Config) { c.ReconnectMin, c.ReconnectMax = time.Second, time.Second }},
 		{"event buffer of one", func(c *Config) { c.EventBuffer = 1 }},
+		{"replication timeout derived", func(c *Config) { c.ReplicationTimeout = 0 }},
+		{"publication of 63 bytes, any characters", func(c *Config) { c.Publication = "Out'box \"Pub\", é" + strings.Repeat("p", 45) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,6 +81,8 @@ func TestConfigValidateOneProblem(t *testing.T) {
 		{"slot of 64 characters", func(c *Config) { c.Slot = strings.Repeat("s", 64) }, "slot:"},
 		{"slot with newline", func(c *Config) { c.Slot = "slot\n" }, "slot:"},
 		{"publication", func(c *Config) { c.Publication = "" }, "publication:"},
+		{"publication of 64 bytes", func(c *Config) { c.Publication = strings.Repeat("p", 64) }, "publication:"},
+		{"publication with NUL", func(c *Config) { c.Publication = "a\x00b" }, "publication:"},
 		{"column id", func(c *Config) { c.Columns.ID = "" }, "column-id:"},
 		{"column aggregate type", func(c *Config) { c.Columns.AggregateType = "" }, "column-aggregate-type:"},
 		{"column aggregate id", func(c *Config) { c.Columns.AggregateID = "" }, "column-aggregate-id:"},
@@ -84,12 +91,14 @@ func TestConfigValidateOneProblem(t *testing.T) {
 		{"status interval", func(c *Config) { c.StatusInterval = 0 }, "status-interval:"},
 		{"negative status interval", func(c *Config) { c.StatusInterval = -time.Second }, "status-interval:"},
 		{"connect timeout", func(c *Config) { c.ConnectTimeout = 0 }, "connect-timeout:"},
-		{"replication timeout", func(c *Config) { c.ReplicationTimeout = 0 }, "replication-timeout:"},
+		{"replication timeout", func(c *Config) { c.ReplicationTimeout = -time.Second }, "replication-timeout:"},
 		{"query timeout", func(c *Config) { c.QueryTimeout = -1 }, "query-timeout:"},
 		{"slot poll interval", func(c *Config) { c.SlotPollInterval = 0 }, "slot-poll-interval:"},
 		{"reconnect max below min", func(c *Config) { c.ReconnectMax = c.ReconnectMin / 2 }, "reconnect-max:"},
 		{"event buffer", func(c *Config) { c.EventBuffer = 0 }, "event-buffer:"},
 		{"negative event buffer", func(c *Config) { c.EventBuffer = -5 }, "event-buffer:"},
+		{"event buffer bytes", func(c *Config) { c.EventBufferBytes = 0 }, "event-buffer-bytes:"},
+		{"publication check interval", func(c *Config) { c.PublicationCheckInterval = 0 }, "publication-check-interval:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,8 +128,8 @@ func TestConfigValidateReportsAllProblems(t *testing.T) {
 		"slot",
 		"publication",
 		"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload",
-		"status-interval", "connect-timeout", "replication-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
-		"event-buffer",
+		"status-interval", "connect-timeout", "query-timeout", "slot-poll-interval", "reconnect-min", "reconnect-max",
+		"publication-check-interval", "event-buffer-bytes", "event-buffer",
 	}, got)
 	// The joined message lists them one per line.
 	require.Len(t, strings.Split(err.Error(), "\n"), len(errs))
@@ -140,4 +149,49 @@ func TestConfigValidateReconnectBoth(t *testing.T) {
 	require.Len(t, got, 2, "%v", got)
 	require.True(t, strings.HasPrefix(got[0], "reconnect-max: -1s, must be positive"), got[0])
 	require.True(t, strings.HasPrefix(got[1], "reconnect-max: -1s is below reconnect-min 1m0s"), got[1])
+}
+
+func TestPublicationNamesOption(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ name, want string }{
+		{"outbox_relay", `'"outbox_relay"'`},
+		{"OutboxPub", `'"OutboxPub"'`},
+		{`Out'box "Pub", x\y`, `'"Out''box ""Pub"", x\y"'`},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, publicationNamesOption(tt.name), tt.name)
+	}
+}
+
+func TestReplicationTimeout(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		configured, sender, want time.Duration
+		err                      string
+	}{
+		{0, 60 * time.Second, 2 * time.Minute, ""},
+		{0, 5 * time.Second, time.Minute, ""},
+		{0, 0, time.Minute, ""}, // wal_sender_timeout disabled
+		{90 * time.Second, 60 * time.Second, 90 * time.Second, ""},
+		{60 * time.Second, 60 * time.Second, 0, "replication-timeout: 1m0s is not above the server's wal_sender_timeout 1m0s"},
+		{30 * time.Second, 0, 30 * time.Second, ""},
+	}
+	for _, tt := range tests {
+		got, err := replicationTimeout(tt.configured, tt.sender)
+		if tt.err != "" {
+			require.ErrorContains(t, err, tt.err)
+			continue
+		}
+		require.NoError(t, err)
+		require.Equal(t, tt.want, got)
+	}
+}
+
+func TestSupportedVersion(t *testing.T) {
+	t.Parallel()
+	require.ErrorContains(t, supportedVersion(130015), "PostgreSQL 13.0 (server_version_num 130015) is not supported; the relay needs PostgreSQL 14 or later")
+	require.ErrorContains(t, supportedVersion(90624), "PostgreSQL 9.6")
+	for _, v := range []int{140000, 150018, 180004} {
+		require.NoError(t, supportedVersion(v))
+	}
 }

@@ -3,6 +3,8 @@ package cdc
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"unsafe"
 )
 
@@ -11,7 +13,10 @@ import (
 var ErrConfig = errors.New("configuration error")
 
 // Columns names the outbox table's columns. Headers and CreatedAt are optional:
-// an empty name means the table has no such column.
+// an empty name means the table has no such column. Each may list
+// alternatives, comma-separated ("kind,event_kind"): a relation uses the
+// first of them it has, so events written before and after a column rename
+// can both be read while both are in the slot.
 type Columns struct {
 	ID            string
 	AggregateType string
@@ -38,15 +43,59 @@ func (c Columns) names() [numColumns]string {
 	return [numColumns]string{c.ID, c.AggregateType, c.AggregateID, c.EventType, c.Payload, c.Headers, c.CreatedAt}
 }
 
+// alternatives splits each configured column into its alternatives; an
+// unconfigured column has none.
+func (c Columns) alternatives() [numColumns][]string {
+	var alts [numColumns][]string
+	for slot, names := range c.names() {
+		for _, name := range strings.Split(names, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				alts[slot] = append(alts[slot], name)
+			}
+		}
+	}
+	return alts
+}
+
+// find returns, for each configured column, the index in have of its first
+// alternative there (-1 for an unconfigured column), and the configured
+// columns none of whose alternatives have holds, as "a or b".
+func (c Columns) find(have []string) (index [numColumns]int, missing []string) {
+	for slot, alts := range c.alternatives() {
+		index[slot] = -1
+		for _, name := range alts {
+			if i := slices.Index(have, name); i >= 0 {
+				index[slot] = i
+				break
+			}
+		}
+		if len(alts) > 0 && index[slot] < 0 {
+			missing = append(missing, strings.Join(alts, " or "))
+		}
+	}
+	return index, missing
+}
+
+// missingFrom returns the configured columns none of whose alternatives
+// have holds.
+func (c Columns) missingFrom(have []string) []string {
+	_, missing := c.find(have)
+	return missing
+}
+
 // required reports whether the column at slot i must exist and be non-NULL.
 func required(i int) bool { return i != colHeaders && i != colCreatedAt }
 
 // relation is what the decoder keeps of a Relation message: whether it is the
 // outbox table and, if so, where each configured column sits in its tuples.
 type relation struct {
+	name   relationName
 	outbox bool
 	index  [numColumns]int // -1 when the column is not configured
-	width  int
+	// columns are the names the relation has for the configured columns
+	// (the alternative found).
+	columns [numColumns]string
+	width   int
 }
 
 // changeKind says what a decoded pgoutput message means to the reader.
@@ -57,6 +106,13 @@ const (
 	changeBegin
 	changeCommit
 	changeEvent
+	// changeRelation describes a relation that is not the outbox by name.
+	changeRelation
+	// changeForeignInsert is an insert into a relation that is not the
+	// outbox by name; the reader checks whether it is a partition of the
+	// outbox. (With publish_via_partition_root, a partition's Relation
+	// message is sent too, but its inserts come under the root's OID.)
+	changeForeignInsert
 )
 
 // change is a decoded pgoutput message.
@@ -65,15 +121,26 @@ type change struct {
 	begin  beginMessage
 	commit commitMessage
 	event  Event // for changeEvent; positions are filled in by the reader
+	// relation is the relation of a changeRelation or changeForeignInsert.
+	relation relationName
+}
+
+// relationName identifies a relation of a Relation message.
+type relationName struct {
+	id              uint32
+	namespace, name string
 }
 
 // decoder turns pgoutput messages into changes. It keeps the relation cache
 // of one replication session and is used by one goroutine.
 type decoder struct {
 	schema, table string
-	columns       Columns
-	relations     map[uint32]relation
-	insert        insertMessage // reused to avoid an allocation per row
+	// outboxOID is the outbox table's OID when the session started, 0 if
+	// unknown: the same relation under another name is the outbox renamed.
+	outboxOID uint32
+	columns   Columns
+	relations map[uint32]relation
+	insert    insertMessage // reused to avoid an allocation per row
 }
 
 func newDecoder(schema, table string, columns Columns) *decoder {
@@ -100,7 +167,13 @@ func (d *decoder) decode(data []byte) (change, error) {
 		if err != nil {
 			return change{}, err
 		}
-		return change{}, d.addRelation(r)
+		if err := d.addRelation(r); err != nil {
+			return change{}, err
+		}
+		if rel := d.relations[r.id]; !rel.outbox {
+			return change{kind: changeRelation, relation: rel.name}, nil
+		}
+		return change{}, nil
 	case kindInsert:
 		return d.decodeInsert(body)
 	case kindOrigin, kindType, kindUpdate, kindDelete, kindTruncate, kindMessage:
@@ -113,29 +186,28 @@ func (d *decoder) decode(data []byte) (change, error) {
 }
 
 func (d *decoder) addRelation(r relationMessage) error {
-	rel := relation{width: len(r.columns)}
+	rel := relation{name: relationName{id: r.id, namespace: r.namespace, name: r.name}, width: len(r.columns)}
+	if r.id == d.outboxOID && (r.namespace != d.schema || r.name != d.table) {
+		// Its rows would be ignored under the new name, and confirmed past.
+		return fmt.Errorf("the outbox table %s.%s (oid %d) arrives named %s.%s: it was renamed, and the relay would skip its rows; rename it back, or stop the relay and set --table once the rows under the old name are published: %w",
+			d.schema, d.table, r.id, r.namespace, r.name, ErrConfig)
+	}
 	if r.namespace == d.schema && r.name == d.table {
 		rel.outbox = true
-		names := d.columns.names()
-		var missing []string
-		for slot, name := range names {
-			rel.index[slot] = -1
-			if name == "" {
-				continue
-			}
-			for i, c := range r.columns {
-				if c.name == name {
-					rel.index[slot] = i
-					break
-				}
-			}
-			if rel.index[slot] < 0 {
-				missing = append(missing, name)
-			}
+		have := make([]string, len(r.columns))
+		for i, c := range r.columns {
+			have[i] = c.name
 		}
+		var missing []string
+		rel.index, missing = d.columns.find(have)
 		if len(missing) > 0 {
-			return fmt.Errorf("outbox table %s.%s has no column %q (set the column flags to match the table): %w",
+			return fmt.Errorf("outbox table %s.%s has no column %q here (set the column flags to match the table; during a rename, list both names, e.g. --column-event-type=old,new): %w",
 				d.schema, d.table, missing, ErrConfig)
+		}
+		for slot, i := range rel.index {
+			if i >= 0 {
+				rel.columns[slot] = have[i]
+			}
 		}
 	}
 	d.relations[r.id] = rel
@@ -151,7 +223,7 @@ func (d *decoder) decodeInsert(body []byte) (change, error) {
 		return change{}, fmt.Errorf("decode insert: relation %d was never described", d.insert.relationID)
 	}
 	if !rel.outbox {
-		return change{}, nil
+		return change{kind: changeForeignInsert, relation: rel.name}, nil
 	}
 	if len(d.insert.values) != rel.width {
 		return change{}, fmt.Errorf("decode insert: %d columns, relation has %d", len(d.insert.values), rel.width)
@@ -171,7 +243,7 @@ func (d *decoder) event(rel relation) (Event, string) {
 		defect string
 		text   [numColumns][]byte
 	)
-	names := d.columns.names()
+	names := rel.columns
 	for slot := range numColumns {
 		i := rel.index[slot]
 		if i < 0 {

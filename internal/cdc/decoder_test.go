@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -239,10 +240,14 @@ func TestDecoderOtherRelationsIgnored(t *testing.T) {
 			// Other tables may lack every outbox column: no error.
 			ch, err := d.decode(encRelation(otherRelID, tt.namespace, tt.table, 'd', []relCol{{name: "n", oid: oidInt8}}))
 			require.NoError(t, err)
-			require.Equal(t, changeIgnored, ch.kind)
+			other := relationName{id: otherRelID, namespace: tt.namespace, name: tt.table}
+			require.Equal(t, changeRelation, ch.kind)
+			require.Equal(t, other, ch.relation)
+			// The reader checks whether it is a partition of the outbox.
 			ch, err = d.decode(encInsert(otherRelID, txt("1")))
 			require.NoError(t, err)
-			require.Equal(t, changeIgnored, ch.kind)
+			require.Equal(t, changeForeignInsert, ch.kind)
+			require.Equal(t, other, ch.relation)
 			require.Equal(t, Event{}, ch.event)
 			// The outbox relation is still known.
 			ch, err = d.decode(encInsert(outboxRelID, outboxRow()...))
@@ -272,7 +277,7 @@ func TestDecoderRelationRedescribed(t *testing.T) {
 	require.NoError(t, err)
 	ch, err = d.decode(encInsert(outboxRelID, outboxRow()...))
 	require.NoError(t, err)
-	require.Equal(t, changeIgnored, ch.kind)
+	require.Equal(t, changeForeignInsert, ch.kind)
 }
 
 func TestDecoderRowDefects(t *testing.T) {
@@ -486,4 +491,71 @@ func TestDecoderTrailingBytes(t *testing.T) {
 			require.True(t, strings.HasPrefix(err.Error(), "decode "), err.Error())
 		})
 	}
+}
+
+// TestDecoderOutboxRenamed: the outbox's relation arriving under another
+// name (renamed, or moved to another schema) is an error, not a foreign
+// table whose rows are ignored.
+func TestDecoderOutboxRenamed(t *testing.T) {
+	t.Parallel()
+	for _, name := range [][2]string{{"public", "outbox_old"}, {"archive", "outbox"}} {
+		d := newDecoder("public", "outbox", testColumns)
+		d.outboxOID = outboxRelID
+		_, err := d.decode(encRelation(outboxRelID, name[0], name[1], 'd', outboxCols))
+		require.ErrorIs(t, err, ErrConfig)
+		require.ErrorContains(t, err, "renamed")
+	}
+	// Another relation under the outbox's name (the table recreated) is the outbox.
+	d := newDecoder("public", "outbox", testColumns)
+	d.outboxOID = outboxRelID
+	_, err := d.decode(encRelation(outboxRelID+1, "public", "outbox", 'd', outboxCols))
+	require.NoError(t, err)
+	ch, err := d.decode(encInsert(outboxRelID+1, outboxRow()...))
+	require.NoError(t, err)
+	require.Equal(t, changeEvent, ch.kind)
+}
+
+// TestDecoderColumnAlternatives: a column configured as "old,new" is read
+// from whichever name the relation has, so rows written before and after a
+// rename decode alike; a relation with neither is an error naming both.
+func TestDecoderColumnAlternatives(t *testing.T) {
+	t.Parallel()
+	cols := testColumns
+	cols.EventType = "event_type, kind"
+	d := newDecoder("public", "outbox", cols)
+	_, err := d.decode(encRelation(outboxRelID, "public", "outbox", 'd', outboxCols))
+	require.NoError(t, err)
+	ch, err := d.decode(encInsert(outboxRelID, outboxRow()...))
+	require.NoError(t, err)
+	require.Equal(t, outboxEvent(), ch.event)
+
+	renamed := slices.Clone(outboxCols)
+	renamed[3].name = "kind"
+	_, err = d.decode(encRelation(outboxRelID, "public", "outbox", 'd', renamed))
+	require.NoError(t, err)
+	ch, err = d.decode(encInsert(outboxRelID, outboxRow()...))
+	require.NoError(t, err)
+	require.Equal(t, outboxEvent(), ch.event)
+	// A defect names the column as the relation has it.
+	row := outboxRow()
+	row[3] = tupleCol{kind: 'n'}
+	ch, err = d.decode(encInsert(outboxRelID, row...))
+	require.NoError(t, err)
+	require.Equal(t, `column "kind" is NULL`, ch.event.Defect)
+
+	neither := slices.Clone(outboxCols)
+	neither[3].name = "type"
+	_, err = d.decode(encRelation(outboxRelID, "public", "outbox", 'd', neither))
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, `"event_type or kind"`)
+}
+
+func TestColumnsAlternatives(t *testing.T) {
+	t.Parallel()
+	c := Columns{ID: "id", EventType: " kind , event_kind ,", Headers: ""}
+	alts := c.alternatives()
+	require.Equal(t, []string{"kind", "event_kind"}, alts[colEventType])
+	require.Nil(t, alts[colHeaders])
+	require.Equal(t, []string{"kind or event_kind"}, c.missingFrom([]string{"id", "payload"}))
+	require.Equal(t, []string{"aggregate_type"}, Columns{AggregateType: "aggregate_type", EventType: "kind,event_kind"}.missingFrom([]string{"event_kind"}))
 }

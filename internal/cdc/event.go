@@ -55,4 +55,6 @@ type Event struct {
 	Position Position
 
 	txn *txnEntry
+	// size is what the event took from the reader's byte budget.
+	size int64
 }

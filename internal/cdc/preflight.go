@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,6 +30,10 @@ type SlotState struct {
 	SystemID string
 	// Database is the database the slot decodes.
 	Database string
+	// Publication is the fingerprint of the publication preflight
+	// validated: give it to Reader.SetPublicationBaseline and
+	// ReconcilePublication.
+	Publication PublicationFingerprint
 }
 
 // Preflight checks that PostgreSQL can feed the relay and explains every
@@ -47,10 +52,18 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	defer closeConn(conn, cfg.ConnectTimeout)
 
 	q := querier{conn: conn, timeout: cfg.QueryTimeout}
-	if err := checkServer(ctx, q, cfg); err != nil {
+	version, err := serverVersion(ctx, q)
+	if err != nil {
 		return SlotState{}, err
 	}
-	if err := ensurePublication(ctx, q, cfg, log); err != nil {
+	if err := checkServer(ctx, q, cfg, version); err != nil {
+		return SlotState{}, err
+	}
+	if err := ensurePublication(ctx, q, cfg, version, log); err != nil {
+		return SlotState{}, err
+	}
+	fingerprint, err := validatedFingerprint(ctx, q, cfg, version)
+	if err != nil {
 		return SlotState{}, err
 	}
 	sys, err := identify(ctx, cfg)
@@ -62,6 +75,7 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 		return SlotState{}, err
 	}
 	state.SystemID = sys.SystemID
+	state.Publication = fingerprint
 	return state, nil
 }
 
@@ -76,18 +90,26 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 	}
 	defer closeConn(conn, cfg.ConnectTimeout)
 	q := querier{conn: conn, timeout: cfg.QueryTimeout}
+	version, err := serverVersion(ctx, q)
+	if err != nil {
+		return nil, err
+	}
 	var notes []string
 	var errs []error
-	if err := checkServer(ctx, q, cfg); err != nil {
+	if err := checkServer(ctx, q, cfg, version); err != nil {
 		errs = append(errs, err)
 	} else {
 		notes = append(notes, "postgres: wal_level = logical, role may replicate, table and columns present")
 	}
 	dry := cfg
 	dry.CreatePublication, dry.CreateSlot = false, false
-	if err := ensurePublication(ctx, q, dry, zap.NewNop()); err != nil {
+	if err := ensurePublication(ctx, q, dry, version, zap.NewNop()); err != nil {
 		if cfg.CreatePublication && isMissing(ctx, q, `SELECT 1 FROM pg_publication WHERE pubname = $1`, cfg.Publication) {
-			notes = append(notes, fmt.Sprintf("publication %q: missing, will be created on start", cfg.Publication))
+			if err := publicationRights(ctx, q, cfg); err != nil {
+				errs = append(errs, err)
+			} else {
+				notes = append(notes, fmt.Sprintf("publication %q: missing, will be created on start", cfg.Publication))
+			}
 		} else {
 			errs = append(errs, err)
 		}
@@ -128,15 +150,23 @@ func isMissing(ctx context.Context, q querier, sql string, args ...any) bool {
 
 // checkServer gathers every server, role and table problem before reporting,
 // so a user fixes them in one round.
-func checkServer(ctx context.Context, q querier, cfg Config) error {
+func checkServer(ctx context.Context, q querier, cfg Config, version int) error {
 	var walLevel string
 	var replication bool
-	err := q.row(ctx, `SELECT current_setting('wal_level'), r.rolreplication OR r.rolsuper
-		FROM pg_roles r WHERE r.rolname = current_user`).Scan(&walLevel, &replication)
+	var senderTimeoutMS int64
+	err := q.row(ctx, `SELECT current_setting('wal_level'), r.rolreplication OR r.rolsuper,
+			(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout')
+		FROM pg_roles r WHERE r.rolname = current_user`).Scan(&walLevel, &replication, &senderTimeoutMS)
 	if err != nil {
 		return fmt.Errorf("read server settings: %w", err)
 	}
 	var errs []error
+	if err := supportedVersion(version); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := replicationTimeout(cfg.ReplicationTimeout, time.Duration(senderTimeoutMS)*time.Millisecond); err != nil {
+		errs = append(errs, err)
+	}
 	if walLevel != "logical" {
 		errs = append(errs, fmt.Errorf("server: wal_level is %q; set wal_level = logical in postgresql.conf and restart PostgreSQL", walLevel))
 	}
@@ -164,55 +194,90 @@ func checkTable(ctx context.Context, q querier, cfg Config) error {
 	if !canSelect {
 		return fmt.Errorf("table: the role may not read %s; run GRANT SELECT ON %s TO <role>", qualified, qualified)
 	}
-	rows, err := q.query(ctx, `SELECT a.attname FROM pg_attribute a
-		WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`, qualified)
+	rows, err := q.query(ctx, `SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text FROM pg_attribute a
+		JOIN pg_type t ON t.oid = a.atttypid
+		WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, qualified)
 	if err != nil {
 		return fmt.Errorf("read columns of %s: %w", qualified, err)
 	}
-	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("read columns of %s: %w", qualified, err)
-	}
-	var missing []string
-	for _, name := range cfg.Columns.names() {
-		if name != "" && !contains(have, name) {
-			missing = append(missing, name)
+	var have, types, typnames []string
+	for rows.Next() {
+		var name, typ, typname string
+		if err := rows.Scan(&name, &typ, &typname); err != nil {
+			rows.Close()
+			return fmt.Errorf("read columns of %s: %w", qualified, err)
 		}
+		have, types, typnames = append(have, name), append(types, typ), append(typnames, typname)
 	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read columns of %s: %w", qualified, err)
+	}
+	index, missing := cfg.Columns.find(have)
 	if len(missing) > 0 {
 		return fmt.Errorf("table: %s has no column %s; set the --column-* flags to the table's column names",
 			qualified, strings.Join(missing, ", "))
 	}
+	// created_at is rendered as an RFC 3339 time; other types have no
+	// such rendering.
+	if i := index[colCreatedAt]; i >= 0 && !slices.Contains([]string{"timestamptz", "timestamp", "date"}, typnames[i]) {
+		return fmt.Errorf("table: column %s of %s is of type %s; --column-created-at needs timestamptz, timestamp or date (or set it empty)",
+			pgx.Identifier{have[i]}.Sanitize(), qualified, types[i])
+	}
 	return nil
 }
 
-func ensurePublication(ctx context.Context, q querier, cfg Config, log *zap.Logger) error {
-	var exists, insert bool
-	var includesTable bool
-	err := q.row(ctx, `SELECT true, p.pubinsert,
-		EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3)
-		FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication, cfg.Schema, cfg.Table).Scan(&exists, &insert, &includesTable)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
-	}
-	qualified := pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
-	if !exists {
-		if !cfg.CreatePublication {
-			return fmt.Errorf("publication: %q does not exist; create it with CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert'), or allow --create-publication: %w",
-				cfg.Publication, pgx.Identifier{cfg.Publication}.Sanitize(), qualified, ErrConfig)
-		}
-		stmt := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pgx.Identifier{cfg.Publication}.Sanitize(), qualified)
-		if err := q.exec(ctx, stmt); err != nil {
-			return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
-		}
-		log.Info("publication created", zap.String("publication", cfg.Publication), zap.String("table", qualified))
-		return nil
-	}
-	if !insert || !includesTable {
-		return fmt.Errorf("publication: %q must publish inserts of %s; run ALTER PUBLICATION %s ADD TABLE %s and SET (publish = 'insert'): %w",
-			cfg.Publication, qualified, pgx.Identifier{cfg.Publication}.Sanitize(), qualified, ErrConfig)
+// supportedVersion refuses servers older than PostgreSQL 14 (the relay's
+// leader election and pgoutput options need it).
+func supportedVersion(version int) error {
+	if version < 140000 {
+		return fmt.Errorf("server: PostgreSQL %d.%d (server_version_num %d) is not supported; the relay needs PostgreSQL 14 or later",
+			version/10000, version%10000/100, version)
 	}
 	return nil
+}
+
+// replicationTimeout is the --replication-timeout to use with a server
+// whose wal_sender_timeout is sender (0 when disabled): configured, when
+// set, which must be above sender (the server ends a silent session after
+// sender, and answers a ping only after half of it, so a shorter timeout
+// would give up on sessions the server keeps), or else twice sender and at
+// least a minute.
+func replicationTimeout(configured, sender time.Duration) (time.Duration, error) {
+	if configured == 0 {
+		return max(time.Minute, 2*sender), nil
+	}
+	if sender > 0 && configured <= sender {
+		return 0, fmt.Errorf("replication-timeout: %s is not above the server's wal_sender_timeout %s; raise it (leave it unset for twice wal_sender_timeout)",
+			configured, sender)
+	}
+	return configured, nil
+}
+
+// publicationRights explains, with the statements that fix it, why the
+// role cannot create the publication: CREATE on the database and ownership
+// of the table are needed. nil when it can.
+func publicationRights(ctx context.Context, q querier, cfg Config) error {
+	var role, database string
+	var canCreate, owns bool
+	err := q.row(ctx, `SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+			COALESCE((SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = to_regclass($1)), false)`,
+		qualifiedTable(cfg)).Scan(&role, &database, &canCreate, &owns)
+	if err != nil {
+		return fmt.Errorf("read the role's rights: %w", err)
+	}
+	if canCreate && owns {
+		return nil
+	}
+	var need []string
+	if !canCreate {
+		need = append(need, fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s", pgx.Identifier{database}.Sanitize(), pgx.Identifier{role}.Sanitize()))
+	}
+	if !owns {
+		need = append(need, fmt.Sprintf("ALTER TABLE %s OWNER TO %s", qualifiedTable(cfg), pgx.Identifier{role}.Sanitize()))
+	}
+	return fmt.Errorf("publication: %q does not exist and role %q may not create it; run %s, or have the table's owner run CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert', publish_via_partition_root = true) and set --create-publication=false: %w",
+		cfg.Publication, role, strings.Join(need, " and "), pgx.Identifier{cfg.Publication}.Sanitize(), qualifiedTable(cfg), ErrConfig)
 }
 
 // slotRow is one row of pg_replication_slots.
@@ -403,15 +468,6 @@ type cancelRows struct {
 func (r *cancelRows) Close() {
 	r.Rows.Close()
 	r.cancel()
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func deref(s *string) string {

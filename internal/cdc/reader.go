@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -30,28 +31,25 @@ type Reader struct {
 	tracker *Tracker
 	events  chan Event
 
-	// Transaction state that survives reconnects: after a reconnect
-	// PostgreSQL sends again every transaction that committed after the
-	// confirmed position, and these say which of them, and which of their
-	// rows, were already handed on.
-	open          *openTxn
-	lastCommitLSN pglogrepl.LSN
+	// filter says which transactions and rows a reconnected session sends
+	// again were already handed on; it survives reconnects.
+	filter replayFilter
+
+	// baseline is the publication fingerprint preflight validated; ""
+	// makes the watch take its first reading as the baseline.
+	baseline PublicationFingerprint
+	// fatal and restart receive errors from other goroutines that end the
+	// session: fatal ones (the publication changed, an event acknowledged
+	// twice) end Run too; restart ones (the server shutting down) do not.
+	fatal, restart chan error
+	// budget bounds the bytes of events read and not yet acknowledged.
+	budget *byteBudget
 
 	// heartbeat (Unix nanoseconds) moves whenever the loop is alive:
 	// reading, reporting status, or waiting to reconnect.
 	heartbeat atomic.Int64
 	streaming atomic.Bool
 	retired   atomic.Bool // see Retire
-}
-
-// openTxn is a transaction whose Begin has been read and whose Commit has not.
-type openTxn struct {
-	entry      *txnEntry
-	commitLSN  pglogrepl.LSN
-	commitTime time.Time
-	xid        uint32
-	next       uint32 // index of the next row in this session's copy
-	forwarded  uint32 // rows handed on so far, over all sessions
 }
 
 // NewReader builds a Reader. Run it once.
@@ -62,6 +60,10 @@ func NewReader(cfg Config, log *zap.Logger, m *metrics.Metrics) *Reader {
 		m:       m,
 		tracker: NewTracker(0),
 		events:  make(chan Event, cfg.EventBuffer),
+
+		fatal:   make(chan error, 1),
+		restart: make(chan error, 1),
+		budget:  newByteBudget(cfg.EventBufferBytes),
 	}
 	m.SetOldestPendingAge(func() float64 {
 		oldest, ok := r.tracker.OldestPending()
@@ -78,9 +80,30 @@ func NewReader(cfg Config, log *zap.Logger, m *metrics.Metrics) *Reader {
 // It is closed when Run returns.
 func (r *Reader) Events() <-chan Event { return r.events }
 
-// Ack records that JetStream stored ev. It is safe for concurrent use, and
-// events may be acknowledged in any order; each event exactly once.
-func (r *Reader) Ack(ev Event) { r.tracker.Ack(ev.txn) }
+// Ack records that JetStream stored ev, or that it was skipped. It is safe
+// for concurrent use, and events may be acknowledged in any order; each
+// event exactly once. An event acknowledged again stops the reader with an
+// error naming it (ErrAck): the slot must not move on a miscount.
+func (r *Reader) Ack(ev Event) {
+	if err := r.tracker.Ack(ev.txn); err != nil {
+		r.stop(fmt.Errorf("event %s at %s: %w", ev.ID, ev.Position, err))
+		return
+	}
+	r.budget.release(ev.size)
+}
+
+// stop ends the session with err at the next opportunity, and Run too when
+// err is fatal (ErrConfig, ErrAck); the first error of each kind wins.
+func (r *Reader) stop(err error) {
+	ch := r.restart
+	if errors.Is(err, ErrConfig) || errors.Is(err, ErrAck) {
+		ch = r.fatal
+	}
+	select {
+	case ch <- err:
+	default:
+	}
+}
 
 // Tracker exposes the position tracker, for health checks and status.
 func (r *Reader) Tracker() *Tracker { return r.tracker }
@@ -104,27 +127,58 @@ func (r *Reader) beat() { r.heartbeat.Store(time.Now().UnixNano()) }
 // at any time, also concurrently with Run.
 func (r *Reader) Retire() { r.retired.Store(true) }
 
+// SetPublicationBaseline gives the fingerprint of the publication
+// preflight validated (SlotState.Publication); the reader stops when the
+// publication differs from it. Without it, the reader's first check sets the
+// baseline. Call it before Run.
+func (r *Reader) SetPublicationBaseline(fp PublicationFingerprint) { r.baseline = fp }
+
 // Run reads the slot until ctx is done, reconnecting after failures. It
 // returns nil when ctx is done (or, once retired, its session is over) and
 // an error only for a failure that retrying cannot fix: a configuration
-// mismatch (ErrConfig) or an unusable slot (ErrSlot). It is the only user of
-// the replication connection.
+// mismatch (ErrConfig, and ErrPublication for a publication missing at a WAL
+// position or changed) or an unusable slot (ErrSlot). It is the only user of
+// the replication connection. While it runs it checks the publication every
+// PublicationCheckInterval and confirms only WAL decoded while the
+// publication was the one validated.
 func (r *Reader) Run(ctx context.Context) error {
 	defer close(r.events)
+	r.tracker.Gate()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	watch := &publicationWatch{cfg: r.cfg, log: r.log, tracker: r.tracker, baseline: r.baseline, stop: r.stop}
+	go func() {
+		defer close(watchDone)
+		watch.run(watchCtx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watchDone
+	}()
 	bo := backoff.Backoff{Min: r.cfg.ReconnectMin, Max: r.cfg.ReconnectMax}
 	for {
 		r.beat()
 		started := time.Now()
-		err := r.session(ctx)
+		var err error
+		select {
+		case err = <-r.fatal:
+		case err = <-r.restart:
+		default:
+			err = r.session(ctx)
+		}
 		r.streaming.Store(false)
 		r.m.CDCConnected.Set(0)
 		r.beat()
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrConfig) || errors.Is(err, ErrSlot) {
+		if errors.Is(err, ErrConfig) || errors.Is(err, ErrSlot) || errors.Is(err, ErrAck) {
 			if errors.Is(err, ErrSlot) {
 				r.m.CDCSlotProblems.Inc()
+			}
+			var pubErr *PublicationError
+			if errors.As(err, &pubErr) {
+				r.m.CDCPublicationProblems.WithLabelValues(pubErr.Kind).Inc()
 			}
 			return err
 		}
@@ -150,10 +204,14 @@ type session struct {
 	conn       *pgconn.PgConn
 	decoder    *decoder
 	nextStatus time.Time
-	skipping   bool // inside a transaction already handed on in full
 	walEnd     pglogrepl.LSN
 	// statusTimer wakes emit to report status while it waits for the pump.
 	statusTimer *time.Timer
+	// partitions recognises partitions of the outbox among the other
+	// relations the stream describes.
+	partitions *partitionCheck
+	// replicationTimeout is the configured or derived ReplicationTimeout.
+	replicationTimeout time.Duration
 }
 
 func (r *Reader) session(ctx context.Context) error {
@@ -161,13 +219,22 @@ func (r *Reader) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns)}
+	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns), partitions: newPartitionCheck(r.cfg)}
 	defer s.close()
+	r.filter.SessionStarted()
 
 	q := querier{conn: conn, timeout: r.cfg.QueryTimeout}
 	var database string
-	if err := q.row(ctx, `SELECT current_database()`).Scan(&database); err != nil {
+	var outboxOID uint32
+	var senderTimeoutMS int64
+	if err := q.row(ctx, `SELECT current_database(), COALESCE(to_regclass($1)::oid, 0),
+			(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout')`,
+		qualifiedTable(r.cfg)).Scan(&database, &outboxOID, &senderTimeoutMS); err != nil {
 		return fmt.Errorf("read current database: %w", err)
+	}
+	s.decoder.outboxOID = outboxOID
+	if s.replicationTimeout, err = replicationTimeout(r.cfg.ReplicationTimeout, time.Duration(senderTimeoutMS)*time.Millisecond); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrConfig)
 	}
 	slot, exists, err := readSlot(ctx, q, r.cfg.Slot)
 	if err != nil {
@@ -201,7 +268,7 @@ func (r *Reader) session(ctx context.Context) error {
 	err = pglogrepl.StartReplication(startCtx, s.conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
 		// Protocol 1 sends a transaction only after it commits, so no row
 		// of a transaction that may still abort ever reaches the relay.
-		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", r.cfg.Publication)},
+		PluginArgs: []string{"proto_version '1'", "publication_names " + publicationNamesOption(r.cfg.Publication)},
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %q: %w", r.cfg.Slot, err)
@@ -230,6 +297,13 @@ func (s *session) stream(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		select {
+		case err := <-s.r.fatal:
+			return err
+		case err := <-s.r.restart:
+			return err
+		default:
+		}
 		if !now.Before(s.nextStatus) {
 			if err := s.sendStatus(); err != nil {
 				return err
@@ -250,10 +324,10 @@ func (s *session) stream(ctx context.Context) error {
 			if pgconn.Timeout(err) {
 				s.r.beat()
 				silent := now.Sub(lastReceived)
-				if silent > s.r.cfg.ReplicationTimeout {
+				if silent > s.replicationTimeout {
 					return fmt.Errorf("replication stream: nothing received for %s", silent.Round(time.Second))
 				}
-				if silent > s.r.cfg.ReplicationTimeout/2 && !pinged {
+				if silent > s.replicationTimeout/2 && !pinged {
 					// Ask the server to answer, as PostgreSQL's own
 					// walreceiver does, before giving the session up.
 					pinged = true
@@ -272,7 +346,18 @@ func (s *session) stream(ctx context.Context) error {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+			pgErr := pgconn.ErrorResponseToPgError(msg)
+			if missingPublication(pgErr) {
+				return s.publicationMissing(pgErr)
+			}
+			return fmt.Errorf("replication stream: %w", pgErr)
+		case *pgproto3.NoticeResponse:
+			// PostgreSQL 18 only warns that the publication is missing
+			// at this point in the WAL, then decodes nothing: stop here,
+			// before a keepalive can confirm past what it skips.
+			if notice := pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg)); missingPublication(notice) {
+				return s.publicationMissing(notice)
+			}
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: server ended the stream")
 		}
@@ -292,7 +377,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 		s.observeWALEnd(ka.ServerWALEnd)
 		// Only with no transaction open in the stream and nothing read
 		// still unacknowledged does the WAL end hide no unsent event.
-		if s.r.open == nil && !s.skipping {
+		if s.r.filter.Idle() {
 			s.r.tracker.Idle(ka.ServerWALEnd)
 		}
 		if ka.ReplyRequested {
@@ -307,7 +392,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 		s.observeWALEnd(xld.ServerWALEnd)
 		ch, err := s.decoder.decode(xld.WALData)
 		if err != nil {
-			return fmt.Errorf("replication stream at %s: %w", xld.WALStart, err)
+			return fmt.Errorf("replication stream %s: %w", s.where(xld.WALStart), err)
 		}
 		return s.apply(ctx, ch, xld.WALStart)
 	default:
@@ -315,40 +400,31 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 	}
 }
 
+// where names the position of a message for an error: the transaction it
+// belongs to, since Relation messages carry no position of their own.
+func (s *session) where(lsn pglogrepl.LSN) string {
+	if open := s.r.filter.open; open != nil {
+		return fmt.Sprintf("in transaction %d committing at %s", open.xid, open.commitLSN)
+	}
+	return fmt.Sprintf("at %s", lsn)
+}
+
 func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error {
 	r := s.r
 	switch ch.kind {
-	case changeBegin:
-		b := ch.begin
-		if b.finalLSN <= r.lastCommitLSN {
-			// Sent again after a reconnect, but handed on in full already.
-			s.skipping = true
-			return nil
-		}
-		s.skipping = false
-		if r.open != nil {
-			if r.open.commitLSN != b.finalLSN {
-				return fmt.Errorf("replication stream: transaction %d committing at %s began while %d committing at %s was still open",
-					b.xid, b.finalLSN, r.open.xid, r.open.commitLSN)
-			}
-			// The transaction cut short by the reconnect, from its start.
-			r.open.next = 0
-			return nil
-		}
-		r.open = &openTxn{entry: r.tracker.Begin(b.commitTime), commitLSN: b.finalLSN, commitTime: b.commitTime, xid: b.xid}
+	case changeRelation:
+		// Described again: it may have been attached or detached since.
+		s.partitions.forget(ch.relation.id)
 		return nil
+	case changeForeignInsert:
+		return s.checkRelation(ctx, ch.relation, lsn)
+	case changeBegin:
+		_, err := r.filter.Begin(ch.begin, func() *txnEntry { return r.tracker.Begin(ch.begin.commitTime) })
+		return err
 	case changeEvent:
-		if s.skipping {
-			return nil
-		}
-		txn := r.open
-		if txn == nil {
-			return fmt.Errorf("replication stream: insert at %s outside a transaction", lsn)
-		}
-		index := txn.next
-		txn.next++
-		if index < txn.forwarded {
-			return nil
+		verdict, txn, index, err := r.filter.Row(lsn)
+		if err != nil || verdict == replaySkip {
+			return err
 		}
 		ev := ch.event
 		ev.Position = Position{CommitLSN: txn.commitLSN, Index: index}
@@ -357,24 +433,23 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 		ev.LSN = lsn
 		ev.txn = txn.entry
 		r.tracker.Track(txn.entry)
-		txn.forwarded++
+		if err := s.emit(ctx, ev); err != nil {
+			// Not handed on: the next session sends it again.
+			r.tracker.Untrack(txn.entry)
+			return err
+		}
+		r.filter.Forwarded()
 		r.m.CDCEvents.Inc()
 		if ce := r.log.Check(zap.DebugLevel, "event read"); ce != nil {
 			ce.Write(zap.String("event_id", ev.ID), zap.Uint32("xid", txn.xid), zap.Stringer("lsn", lsn))
 		}
-		return s.emit(ctx, ev)
+		return nil
 	case changeCommit:
-		if s.skipping {
-			s.skipping = false
-			return nil
-		}
-		txn := r.open
-		if txn == nil {
-			return fmt.Errorf("replication stream: commit at %s outside a transaction", lsn)
+		verdict, txn, err := r.filter.Commit(lsn)
+		if err != nil || verdict == replaySkip {
+			return err
 		}
 		r.tracker.Commit(txn.entry, ch.commit.endLSN)
-		r.lastCommitLSN = txn.commitLSN
-		r.open = nil
 		if txn.forwarded > 0 {
 			r.m.CDCTransactions.Inc()
 			r.m.CDCLastCommitTimestamp.Set(float64(txn.commitTime.UnixNano()) / 1e9)
@@ -384,10 +459,41 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 	return nil
 }
 
-// emit hands ev on. While the publisher is slow it keeps reporting status, so
-// a stalled NATS cannot make the server end the session on
-// wal_sender_timeout.
+// checkRelation stops the relay when a relation that is not the outbox by
+// name, and that an insert came for, is a partition of it: the publication
+// sends the partition's rows under the partition's name
+// (publish_via_partition_root is off), and ignoring them would confirm the
+// slot past events never published.
+func (s *session) checkRelation(ctx context.Context, rel relationName, lsn pglogrepl.LSN) error {
+	is, err := s.partitions.of(ctx, rel.id)
+	if err != nil || !is {
+		return err
+	}
+	cfg := s.r.cfg
+	return fmt.Errorf("replication stream %s: relation %s (oid %d) is a partition of the outbox %s, and publication %q sends its rows under the partition's name, which the relay would not publish; run ALTER PUBLICATION %s SET (publish_via_partition_root = true), or set --table to the partitioned table the publication publishes via its root: %w",
+		s.where(lsn), pgx.Identifier{rel.namespace, rel.name}.Sanitize(), rel.id, qualifiedTable(cfg), cfg.Publication,
+		pgx.Identifier{cfg.Publication}.Sanitize(), ErrConfig)
+}
+
+// emit hands ev on, once its bytes fit the budget. While the publisher is
+// slow it keeps reporting status, so a stalled NATS cannot make the server
+// end the session on wal_sender_timeout.
 func (s *session) emit(ctx context.Context, ev Event) error {
+	ev.size = eventSize(&ev)
+	if !s.r.budget.take(ev.size) {
+		if err := s.waitBudget(ctx, ev.size); err != nil {
+			return err
+		}
+	}
+	if err := s.send(ctx, ev); err != nil {
+		s.r.budget.release(ev.size) // not handed on
+		return err
+	}
+	return nil
+}
+
+// send puts ev on the events channel, reporting status while it waits.
+func (s *session) send(ctx context.Context, ev Event) error {
 	select {
 	case s.r.events <- ev:
 		return nil
@@ -409,6 +515,12 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 		case <-ctx.Done():
 			timer.Stop()
 			return ctx.Err()
+		case err := <-s.r.fatal:
+			timer.Stop()
+			return err
+		case err := <-s.r.restart:
+			timer.Stop()
+			return err
 		case <-timer.C:
 			if err := s.sendStatus(); err != nil {
 				return err
@@ -416,6 +528,30 @@ func (s *session) emit(ctx context.Context, ev Event) error {
 			timer.Reset(time.Until(s.nextStatus))
 		}
 	}
+}
+
+// waitBudget waits until n bytes fit the budget and takes them, reporting
+// status meanwhile.
+func (s *session) waitBudget(ctx context.Context, n int64) error {
+	timer := time.NewTimer(time.Until(s.nextStatus))
+	defer timer.Stop()
+	for !s.r.budget.take(n) {
+		select {
+		case <-s.r.budget.freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-s.r.fatal:
+			return err
+		case err := <-s.r.restart:
+			return err
+		case <-timer.C:
+			if err := s.sendStatus(); err != nil {
+				return err
+			}
+			timer.Reset(time.Until(s.nextStatus))
+		}
+	}
+	return nil
 }
 
 // sendStatus reports the confirmed position as written, flushed and applied.
@@ -486,4 +622,5 @@ func (s *session) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	_ = s.conn.Close(ctx) // the session is over either way
+	s.partitions.close()
 }

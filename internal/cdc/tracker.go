@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -16,6 +17,11 @@ type Tracker struct {
 	queue     []*txnEntry // open or unacknowledged transactions, commit order
 	confirmed pglogrepl.LSN
 	advanced  time.Time
+	// With gated set, Confirmed never reports past verified: the WAL
+	// position up to which the publication is known to have covered the
+	// outbox (see publicationWatch).
+	gated    bool
+	verified pglogrepl.LSN
 }
 
 // txnEntry is one transaction in flight: pending counts its events read but
@@ -49,29 +55,52 @@ func (t *Tracker) Track(txn *txnEntry) {
 	t.mu.Unlock()
 }
 
+// Untrack takes back a Track of an event that was never handed on.
+func (t *Tracker) Untrack(txn *txnEntry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	txn.pending--
+	t.advanceLocked()
+}
+
 // Commit records that txn ends at endLSN; once all its events (and those of
 // every earlier transaction) are acknowledged, endLSN becomes confirmed.
+//
+// A transaction with nothing pending behind another one is folded into it:
+// the earlier one's end moves to endLSN, which it may confirm once its own
+// events are acknowledged, since nothing in between waits. So the queue
+// holds at most one entry per transaction with events in flight, however
+// many transactions without outbox rows (PostgreSQL 14 and older send
+// every write transaction) pass behind a pending one.
 func (t *Tracker) Commit(txn *txnEntry, endLSN pglogrepl.LSN) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	txn.endLSN = endLSN
 	txn.committed = true
+	if n := len(t.queue); n >= 2 && t.queue[n-1] == txn && txn.pending == 0 && t.queue[n-2].committed {
+		t.queue[n-2].endLSN = endLSN
+		t.queue[n-1] = nil
+		t.queue = t.queue[:n-1]
+	}
 	t.advanceLocked()
 }
 
+// ErrAck marks an acknowledgement of an event that is not pending: a bug
+// that would let the slot move past events not yet stored. The relay stops.
+var ErrAck = errors.New("acknowledgement of an event that is not pending")
+
 // Ack marks one event of txn as stored by JetStream. Calls may come in any
-// order and from any goroutine.
-func (t *Tracker) Ack(txn *txnEntry) {
+// order and from any goroutine. Acknowledging an event that is not pending
+// (twice, say) changes nothing and returns an error wrapping ErrAck.
+func (t *Tracker) Ack(txn *txnEntry) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if txn.pending <= 0 {
-		// An ack for an event that is not pending would let the slot move
-		// past events not yet stored; refusing it keeps the bug visible in
-		// tests rather than losing events in production.
-		panic("cdc: Ack of an event that is not pending")
+		return ErrAck
 	}
 	txn.pending--
 	t.advanceLocked()
+	return nil
 }
 
 // Idle confirms walEnd, the server's WAL end from a keepalive, when nothing is
@@ -89,14 +118,41 @@ func (t *Tracker) Idle(walEnd pglogrepl.LSN) bool {
 }
 
 // Confirmed returns the position that may be reported to PostgreSQL as
-// written, flushed and applied.
+// written, flushed and applied: the acknowledged prefix, and once Gate was
+// called never past the last position passed to Verified.
 func (t *Tracker) Confirmed() pglogrepl.LSN {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.outputLocked()
+}
+
+func (t *Tracker) outputLocked() pglogrepl.LSN {
+	if t.gated {
+		return min(t.confirmed, t.verified)
+	}
 	return t.confirmed
 }
 
-// LastAdvance returns when the confirmed position last moved forward.
+// Gate makes Confirmed stop at the positions passed to Verified from now on.
+func (t *Tracker) Gate() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gated = true
+}
+
+// Verified records that WAL up to lsn was decoded with a publication that
+// covers the outbox; it never moves back.
+func (t *Tracker) Verified(lsn pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	before := t.outputLocked()
+	t.verified = max(t.verified, lsn)
+	if t.outputLocked() > before {
+		t.advanced = time.Now()
+	}
+}
+
+// LastAdvance returns when the position Confirmed reports last moved forward.
 func (t *Tracker) LastAdvance() time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -142,8 +198,11 @@ func (t *Tracker) advanceLocked() {
 
 func (t *Tracker) setConfirmedLocked(lsn pglogrepl.LSN) {
 	if lsn > t.confirmed {
+		before := t.outputLocked()
 		t.confirmed = lsn
-		t.advanced = time.Now()
+		if t.outputLocked() > before {
+			t.advanced = time.Now()
+		}
 	}
 }
 
@@ -155,4 +214,6 @@ func (t *Tracker) resume(lsn pglogrepl.LSN) {
 	if lsn > t.confirmed {
 		t.confirmed = lsn
 	}
+	// The slot's own position was confirmed, so verified, before.
+	t.verified = max(t.verified, lsn)
 }

@@ -28,7 +28,7 @@ func BenchmarkTrackerTrackAck(b *testing.B) {
 				lsn += 100
 				tr.Commit(e, lsn)
 				for range n {
-					tr.Ack(e)
+					_ = tr.Ack(e)
 				}
 				done += n
 			}
@@ -51,7 +51,7 @@ func BenchmarkTrackerWindow(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		if e := ring[i%window]; e != nil {
-			tr.Ack(e)
+			_ = tr.Ack(e)
 		}
 		e := tr.Begin(ts)
 		tr.Track(e)

@@ -51,12 +51,20 @@ type Event struct {
 	EventType     string
 	Payload       string
 	Headers       string // JSON object or "" for NULL
+	// CreatedAt is the created_at value (timestamptz text); "" for now().
+	CreatedAt string
 }
 
 // Writer writes outbox transactions and records their commit order.
 type Writer struct {
 	pool *pgxpool.Pool
+	// eventType is the name of the event type column.
+	eventType string
 }
+
+// SetEventTypeColumn makes later writes use name for the event type column
+// (the outbox's column renamed). Call it while no write is running.
+func (w *Writer) SetEventTypeColumn(name string) { w.eventType = name }
 
 // NewWriter connects a pool of up to conns connections to url.
 func NewWriter(t testing.TB, url string, conns int) *Writer {
@@ -73,7 +81,7 @@ func NewWriter(t testing.TB, url string, conns int) *Writer {
 		t.Fatalf("connect writer: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return &Writer{pool: pool}
+	return &Writer{pool: pool, eventType: "event_type"}
 }
 
 // Write inserts events in one transaction and commits it, or rolls it back
@@ -85,7 +93,7 @@ func (w *Writer) Write(ctx context.Context, events []Event, rollback bool) ([]st
 		return nil, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // no-op after commit
-	ids, err := insertEvents(ctx, tx, events)
+	ids, err := insertEvents(ctx, tx, events, w.eventType)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +111,7 @@ func (w *Writer) Write(ctx context.Context, events []Event, rollback bool) ([]st
 	return ids, tx.Commit(ctx)
 }
 
-func insertEvents(ctx context.Context, tx pgx.Tx, events []Event) ([]string, error) {
+func insertEvents(ctx context.Context, tx pgx.Tx, events []Event, eventType string) ([]string, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
@@ -112,19 +120,25 @@ func insertEvents(ctx context.Context, tx pgx.Tx, events []Event) ([]string, err
 	evTypes := make([]string, len(events))
 	payloads := make([]string, len(events))
 	headers := make([]*string, len(events))
+	created := make([]*string, len(events))
 	for i, e := range events {
 		types[i], aggIDs[i], evTypes[i], payloads[i] = e.AggregateType, e.AggregateID, e.EventType, e.Payload
 		if e.Headers != "" {
 			h := e.Headers
 			headers[i] = &h
 		}
+		if e.CreatedAt != "" {
+			c := e.CreatedAt
+			created[i] = &c
+		}
 	}
 	// One statement; WITH ORDINALITY keeps the rows in the order given, so
 	// insertion order is the order of events.
-	rows, err := tx.Query(ctx, `INSERT INTO events (aggregate_type, aggregate_id, event_type, payload, headers)
-		SELECT t, a, e, p::jsonb, h::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-			WITH ORDINALITY AS u(t, a, e, p, h, n) ORDER BY n
-		RETURNING id::text`, types, aggIDs, evTypes, payloads, headers)
+	rows, err := tx.Query(ctx, `INSERT INTO events (aggregate_type, aggregate_id, `+pgx.Identifier{eventType}.Sanitize()+`, payload, headers, created_at)
+		SELECT t, a, e, p::jsonb, h::jsonb, COALESCE(c::timestamptz, now())
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+			WITH ORDINALITY AS u(t, a, e, p, h, c, n) ORDER BY n
+		RETURNING id::text`, types, aggIDs, evTypes, payloads, headers, created)
 	if err != nil {
 		return nil, err
 	}

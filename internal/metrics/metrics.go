@@ -29,6 +29,12 @@ var BlockedReasons = []string{"stream_missing"}
 // does not exist.
 var SlotWALStatuses = []string{"reserved", "extended", "unreserved", "lost", "missing"}
 
+// PublicationProblemKinds is the fixed label set of
+// outbox_relay_cdc_publication_problems_total{kind}: "missing" (the
+// publication did not exist at a WAL position) and "changed" (its catalog
+// rows changed while the relay ran, or since it last ran).
+var PublicationProblemKinds = []string{"missing", "changed"}
+
 // latencyBuckets covers sub-millisecond publishes up to minutes-long outages.
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 
@@ -51,6 +57,7 @@ type Metrics struct {
 	CDCSlotSafeWALSize     prometheus.Gauge
 	CDCSlotWALStatus       *prometheus.GaugeVec
 	CDCSlotProblems        prometheus.Counter
+	CDCPublicationProblems *prometheus.CounterVec
 
 	// sink: JetStream publishing.
 	SinkPublished       prometheus.Counter
@@ -103,6 +110,8 @@ func New(version, commit string) *Metrics {
 		CDCSlotWALStatus: f.gaugeVec("cdc", "slot_wal_status", "1 for the slot's current pg_replication_slots.wal_status (\"missing\" when the slot does not exist), 0 for the others.",
 			"status"),
 		CDCSlotProblems: f.counter("cdc", "slot_problems_total", "Times the slot was found missing, lost or inconsistent with the stream; the relay stops on each."),
+		CDCPublicationProblems: f.counterVec("cdc", "publication_problems_total",
+			"Times WAL was found decoded, or possibly decoded, without the publication covering the outbox, by kind (missing at a WAL position, changed); the relay stops on each.", "kind"),
 
 		SinkPublished:       f.counter("sink", "published_total", "Messages JetStream acknowledged as stored (duplicates excluded)."),
 		SinkDuplicates:      f.counter("sink", "duplicates_total", "Publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id."),
@@ -140,6 +149,9 @@ func New(version, commit string) *Metrics {
 	}
 	for _, r := range BlockedReasons {
 		m.PumpBlocked.WithLabelValues(r)
+	}
+	for _, k := range PublicationProblemKinds {
+		m.CDCPublicationProblems.WithLabelValues(k)
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: "cdc", Name: "oldest_pending_age_seconds",

@@ -55,6 +55,7 @@ const (
 type PostgresOption func(*postgresConfig)
 
 type postgresConfig struct {
+	binDir   string
 	settings []pgSetting
 	hba      []string
 	files    []pgFile
@@ -75,6 +76,14 @@ func WithPostgresConfig(key, value string) PostgresOption {
 	return func(c *postgresConfig) {
 		c.settings = append(c.settings, pgSetting{key: key, value: value})
 	}
+}
+
+// WithPostgresBin runs the server binaries in dir (initdb, postgres) instead
+// of those of PG_BIN or /usr/lib/postgresql/15/bin: another major version,
+// say, from PostgresBinFor. The test fails, never skips, when they are
+// missing.
+func WithPostgresBin(dir string) PostgresOption {
+	return func(c *postgresConfig) { c.binDir = dir }
 }
 
 // WithPostgresHBA puts lines at the top of pg_hba.conf, before the generated
@@ -166,12 +175,19 @@ func NewPostgres(opts ...PostgresOption) (p *Postgres, err error) {
 		o(&cfg)
 	}
 
-	binDir, err := findPostgresBin()
-	if err != nil {
-		return nil, fmt.Errorf("start postgres: %w", err)
+	binDir := cfg.binDir
+	if binDir == "" {
+		if binDir, err = findPostgresBin(); err != nil {
+			return nil, fmt.Errorf("start postgres: %w", err)
+		}
+	} else if missing := missingPGBinaries(binDir); len(missing) > 0 {
+		return nil, fmt.Errorf("start postgres: %s lacks %s (scripts/install-postgres.sh <major> installs them)", binDir, strings.Join(missing, ", "))
 	}
 	owner, err := serverUser()
 	if err != nil {
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	if binDir, err = reachableBin(binDir, owner); err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
 	dir, err := makeClusterDir(owner)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,4 +167,31 @@ func TestNATSClusterLeaderFailover(t *testing.T) {
 
 	cl.StartNode(t, old)
 	require.NotNil(t, cl.Node(old))
+}
+
+// TestPostgresOtherMajor starts PostgreSQL 18 from the binaries
+// scripts/install-postgres.sh caches, and checks what the relay's tests
+// rely on: the version, logical decoding with pgoutput and, when the tests
+// run as root, a server running as the OS user postgres.
+func TestPostgresOtherMajor(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 18)))
+	require.GreaterOrEqual(t, pg.Version(t), 180000)
+	ctx := context.Background()
+	c := pg.Connect(t, "postgres")
+	var version int
+	require.NoError(t, c.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version))
+	require.GreaterOrEqual(t, version, 180000)
+	pg.Exec(t, "postgres", `CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t`)
+	pg.Exec(t, "postgres", `SELECT pg_create_logical_replication_slot('s', 'pgoutput')`)
+	pg.Exec(t, "postgres", `INSERT INTO t VALUES (1)`)
+	var changes int
+	require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM pg_logical_slot_peek_binary_changes('s', NULL, NULL,
+		'proto_version', '1', 'publication_names', 'p')`).Scan(&changes))
+	require.Equal(t, 4, changes, "begin, relation, insert, commit")
+	if os.Geteuid() == 0 {
+		data, err := os.Stat(pg.DataDir())
+		require.NoError(t, err)
+		require.NotZero(t, data.Sys().(*syscall.Stat_t).Uid, "the data directory belongs to the server user, not root")
+	}
 }
