@@ -174,3 +174,10 @@ func (f *fixture) produce(ctx context.Context, total int, tag string) <-chan str
 	}()
 	return done
 }
+
+// unescaped undoes JSON string escapes of quotes and backslashes in a log or
+// a command's output, so that a test can look for a quoted name the way the
+// relay writes it in an error ("public"."events").
+func unescaped(s string) string {
+	return strings.NewReplacer(`\\`, `\`, `\"`, `"`).Replace(s)
+}

@@ -174,6 +174,7 @@ func TestPublicationThatWouldHideEventsIsRefused(t *testing.T) {
 			env := f.env(append([]string{"RELAY_POSTGRES_URL", f.pg.URL(db)}, tt.env...)...)
 			for _, cmd := range []string{"check", "run"} {
 				code, out := runCommand(t, f.bin, env, cmd)
+				out = unescaped(out)
 				require.Equal(t, 1, code, "%s: %s", cmd, out)
 				for _, w := range tt.want {
 					require.Contains(t, out, w, cmd)

@@ -63,6 +63,7 @@ func TestPreflightRefusesWhatCannotWork(t *testing.T) {
 			for _, cmd := range []string{"check", "run"} {
 				start := time.Now()
 				code, out := runCommand(t, f.bin, env, cmd)
+				out = unescaped(out)
 				require.Equal(t, 1, code, "%s: %s", cmd, out)
 				for _, w := range tt.want {
 					require.Contains(t, out, w, cmd)

@@ -71,11 +71,20 @@ func TestPublicationMissingAtAWALPositionStopsTheRelay(t *testing.T) {
 			f.pg.Exec(t, f.db, `CREATE PUBLICATION outbox_relay FOR TABLE events WITH (publish = 'insert', publish_via_partition_root = true)`)
 			f.write(t, 1, "after")
 
-			stopped := e2e.StartRelay(t, f.bin, f.env())
-			code, err := stopped.Wait(60 * time.Second)
+			// The start notices first that the publication is not the one
+			// the last start validated; once the operator accepts it, the
+			// reader finds where it was missing.
+			refused := e2e.StartRelay(t, f.bin, f.env())
+			code, err := refused.Wait(60 * time.Second)
+			require.NoError(t, err, "the relay refuses to start on a publication changed while it was down")
+			require.Equal(t, 1, code)
+			digest := regexp.MustCompile(`--accept-publication=([0-9a-f]+)`).FindStringSubmatch(refused.Logs())
+			require.NotNil(t, digest, "the error names how to accept the change")
+			stopped := e2e.StartRelay(t, f.bin, f.env("RELAY_ACCEPT_PUBLICATION", digest[1]))
+			code, err = stopped.Wait(60 * time.Second)
 			require.NoError(t, err, "the relay stops instead of retrying or skipping")
 			require.Equal(t, 1, code)
-			logs := stopped.Logs()
+			logs := stopped.LogText()
 			for _, want := range []string{`"outbox_relay" did not exist at WAL position`, "README", "pg_replication_slot_advance"} {
 				require.Contains(t, logs, want)
 			}

@@ -29,9 +29,10 @@ func TestRetiredReaderLetsGoOfTheSlot(t *testing.T) {
 			Payload: "payload", Headers: "headers", CreatedAt: "created_at",
 		},
 		Publication: "outbox_relay", Slot: "outbox_relay", CreatePublication: true, CreateSlot: true,
-		StatusInterval: 200 * time.Millisecond, ReplicationTimeout: time.Minute, ConnectTimeout: 5 * time.Second,
+		StatusInterval: 200 * time.Millisecond, ReplicationTimeout: 2 * time.Minute, ConnectTimeout: 5 * time.Second,
 		QueryTimeout: 5 * time.Second, SlotPollInterval: time.Second, ReconnectMin: 50 * time.Millisecond,
 		ReconnectMax: 200 * time.Millisecond, TakeOverActiveSlot: true, EventBuffer: 16,
+		EventBufferBytes: 1 << 20, PublicationCheckInterval: 200 * time.Millisecond,
 	}
 	require.NoError(t, cfg.Validate())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -140,6 +140,13 @@ func (r *Relay) Pid() int { return r.cmd.Process.Pid }
 // Logs returns everything the relay wrote so far.
 func (r *Relay) Logs() string { return r.logs.String() }
 
+// LogText returns the log with JSON string escapes of quotes and
+// backslashes undone, for tests that look for a message the relay quotes
+// (most errors quote names: "public"."events").
+func (r *Relay) LogText() string {
+	return strings.NewReplacer(`\\`, `\`, `\"`, `"`).Replace(r.logs.String())
+}
+
 // Signal sends sig.
 func (r *Relay) Signal(sig syscall.Signal) {
 	_ = r.cmd.Process.Signal(sig) // it may have exited already
