@@ -225,3 +225,76 @@ func chaosWorkQueue(t *testing.T, s *scene) {
 	s.runFaults(specs, s.plan.repeat)
 	s.finish()
 }
+
+// chaosPartitioned: the outbox is partitioned by created_at into ten-second
+// partitions, so the load moves to a new partition every ten seconds; old
+// ones are detached and dropped while the relay runs, new ones created.
+func chaosPartitioned(t *testing.T, s *scene) {
+	s.result.Description = "the outbox table is partitioned by created_at into ten-second partitions, as teams partition to drop old events; the load moves to a new partition every ten seconds while old partitions are detached and dropped (events of a dropped partition may still be unpublished: the relay reads them from the WAL) and new ones created, besides relay kills and stops and PostgreSQL and NATS restarts. The relay creates the publication (published via the partition root)"
+	s.result.Setup = "PostgreSQL (partitioned outbox), 1 NATS server, 1–2 relays"
+	ns := testenv.StartNATS(t)
+	s.nc = ns.Connect(t)
+	s.env["RELAY_NATS_URL"] = ns.URL()
+	s.env["RELAY_CREATE_STREAM"] = "true"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var b strings.Builder
+	b.WriteString(`DROP TABLE events;
+		CREATE TABLE events (
+			id uuid NOT NULL DEFAULT gen_random_uuid(), aggregate_type text NOT NULL, aggregate_id text NOT NULL,
+			event_type text NOT NULL, payload jsonb NOT NULL, headers jsonb,
+			created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (id, created_at)
+		) PARTITION BY RANGE (created_at);
+		CREATE TABLE events_before PARTITION OF events FOR VALUES FROM ('2000-01-01') TO (date_trunc('minute', now()) - interval '1 minute');`)
+	// One partition every ten seconds, from a minute ago for longer than
+	// a full run lasts; a rotation adds one more at the end.
+	const span = 10 * time.Second
+	const partitions = 400
+	for i := range partitions {
+		fmt.Fprintf(&b, "\nCREATE TABLE events_p%04d PARTITION OF events FOR VALUES FROM (date_trunc('minute', now()) + interval '%d seconds') TO (date_trunc('minute', now()) + interval '%d seconds');",
+			i, (i-6)*int(span.Seconds()), (i-5)*int(span.Seconds()))
+	}
+	_, err := s.admin.Exec(ctx, b.String())
+	require.NoError(t, err)
+	next := partitions // the index of the next partition a rotation creates
+	s.startRelay(nil, nil)
+	s.settle()
+	s.startLoad()
+
+	specs := []faultSpec{
+		relaySigkill(),
+		relaySigterm(),
+		{"postgres-fast-restart", pgRestart("fast")},
+		natsRestart(ns),
+		{"partition-rotate", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
+			s.settle()
+			// The newest partition whose range has ended: it holds events
+			// written seconds ago, which the relay may not have published
+			// yet.
+			var name string
+			err := s.admin.QueryRow(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+				WHERE i.inhparent = 'events'::regclass AND c.relname LIKE 'events_p%'
+				  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \('' ?([^'']+)''\)'))[1]::timestamptz <= now()
+				ORDER BY c.relname DESC LIMIT 1`).Scan(&name)
+			require.NoError(t, err)
+			f.Target = name
+			inject()
+			rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
+			defer rcancel()
+			var rows int
+			require.NoError(t, s.admin.QueryRow(rctx, fmt.Sprintf(`SELECT count(*) FROM %s`, name)).Scan(&rows))
+			var end string
+			require.NoError(t, s.admin.QueryRow(rctx, `SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \('' ?([^'']+)''\)'))[1]::timestamptz)::text
+				FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass`).Scan(&end))
+			_, err = s.admin.Exec(rctx, fmt.Sprintf(`ALTER TABLE events DETACH PARTITION %s; DROP TABLE %s;
+				CREATE TABLE events_p%04d PARTITION OF events FOR VALUES FROM ('%s') TO ('%s'::timestamptz + interval '10 seconds')`,
+				name, name, next, end, end))
+			require.NoError(t, err)
+			f.Detail = fmt.Sprintf("detached and dropped it with %d events in it", rows)
+			next++
+			heal()
+		}},
+	}
+	s.runFaults(specs, s.plan.repeat)
+	s.finish()
+}

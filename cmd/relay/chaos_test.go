@@ -117,6 +117,10 @@ func TestChaos(t *testing.T) {
 		t.Parallel()
 		chaosWorkQueue(t, newScene(t, "work-queue", seed, plan, report))
 	})
+	t.Run("partitioned", func(t *testing.T) {
+		t.Parallel()
+		chaosPartitioned(t, newScene(t, "partitioned", seed, plan, report))
+	})
 }
 
 // chaosPlan sizes a run.
