@@ -278,3 +278,48 @@ func TestPublishWithoutReply(t *testing.T) {
 	require.Equal(t, 11.0, testutil.ToFloat64(s.m.SinkPublished))
 	require.Zero(t, testutil.ToFloat64(s.m.SinkInflight))
 }
+
+// TestPublishesFailAtOnceWhenTheConnectionDrops: publishes in flight when
+// the connection to NATS drops fail as soon as it drops, not after the
+// publish timeout (no PubAck can come: the reply's interest went with the
+// connection); publishes made while disconnected fail at once (no reconnect
+// buffer to send them long after the relay gave up on them).
+func TestPublishesFailAtOnceWhenTheConnectionDrops(t *testing.T) {
+	for _, failFast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fail on disconnect %t", failFast), func(t *testing.T) {
+			s, conn, ns := testSink(t, 6*time.Second, 0)
+			if failFast {
+				s.FailOnDisconnect(conn.Disconnected)
+			}
+			// A listener that never answers: the publishes stay in flight.
+			other := ns.Connect(t)
+			_, err := other.Subscribe("silent.x", func(*nats.Msg) {})
+			require.NoError(t, err)
+			require.NoError(t, other.Flush())
+			ctx := context.Background()
+			var pending []Pending
+			for i := range 5 {
+				p, err := s.Publish(ctx, Message{Subject: "silent.x", ID: fmt.Sprint(i), Data: []byte("x")})
+				require.NoError(t, err)
+				pending = append(pending, p)
+			}
+			require.NoError(t, conn.Flush())
+			ns.Stop(t)
+			start := time.Now()
+			for _, p := range pending {
+				_, err := waitAck(t, p)
+				require.Error(t, err)
+			}
+			if !failFast {
+				require.GreaterOrEqual(t, time.Since(start), 4*time.Second, "without the signal the publishes wait out their timeout")
+				return
+			}
+			require.Less(t, time.Since(start), 3*time.Second, "in-flight publishes must not wait out the publish timeout")
+			_, err = s.Publish(ctx, Message{Subject: "outbox.a", ID: "while-down", Data: []byte("x")})
+			require.Error(t, err, "a publish while disconnected fails at once")
+			kind, class := Classify(err)
+			require.NoError(t, class)
+			require.Equal(t, "connection", kind, "%v", err)
+		})
+	}
+}
