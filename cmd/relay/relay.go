@@ -188,7 +188,9 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		return nil, err
 	}
 	publisher.FailOnDisconnect(nc.Disconnected)
-	reader := cdc.NewReader(cfg.cdc, log.Named("cdc"), m)
+	cdcCfg := cfg.cdc
+	cdcCfg.MaxRowBytes = nc.MaxPayload()
+	reader := cdc.NewReader(cdcCfg, log.Named("cdc"), m)
 	reader.SetPublicationBaseline(slot.Publication)
 	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
 	health.Attach(relay.Probes{

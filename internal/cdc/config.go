@@ -56,6 +56,10 @@ type Config struct {
 	// EventBuffer is how many events may wait between the reader and the
 	// publisher; it bounds memory and provides backpressure.
 	EventBuffer int
+	// MaxRowBytes, when positive, is the most payload and headers of a row
+	// can take together and still be published (NATS's max_payload): a
+	// larger row is read without them (Event.Omitted).
+	MaxRowBytes int64
 	// EventBufferBytes bounds the bytes of events read and not yet
 	// acknowledged (payloads, headers and strings): the reader waits while
 	// they are over it. One event larger than it passes alone.

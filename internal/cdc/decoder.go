@@ -141,6 +141,9 @@ type decoder struct {
 	columns   Columns
 	relations map[uint32]relation
 	insert    insertMessage // reused to avoid an allocation per row
+	// maxRow, when positive, leaves out payload and headers of larger
+	// rows (Event.Omitted).
+	maxRow int64
 }
 
 func newDecoder(schema, table string, columns Columns) *decoder {
@@ -263,6 +266,15 @@ func (d *decoder) event(rel relation) (Event, string) {
 			}
 		}
 	}
+	// A row no message can carry is poison whatever happens next: do not
+	// copy a column larger than any message, only remember its size.
+	var payloadOmitted, headersOmitted int
+	if d.maxRow > 0 && int64(len(text[colPayload])) > d.maxRow {
+		payloadOmitted, text[colPayload] = len(text[colPayload]), nil
+	}
+	if d.maxRow > 0 && int64(len(text[colHeaders])) > d.maxRow {
+		headersOmitted, text[colHeaders] = len(text[colHeaders]), nil
+	}
 	// One allocation holds every value: the row is copied out of the
 	// connection's buffer once, and strings are views of the copy, which
 	// nothing writes to afterwards.
@@ -293,5 +305,6 @@ func (d *decoder) event(rel relation) (Event, string) {
 	ev.Payload = view(text[colPayload])
 	ev.Headers = view(text[colHeaders])
 	ev.CreatedAt = str(text[colCreatedAt])
+	ev.PayloadOmitted, ev.HeadersOmitted = payloadOmitted, headersOmitted
 	return ev, defect
 }

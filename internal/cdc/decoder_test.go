@@ -559,3 +559,23 @@ func TestColumnsAlternatives(t *testing.T) {
 	require.Equal(t, []string{"kind or event_kind"}, c.missingFrom([]string{"id", "payload"}))
 	require.Equal(t, []string{"aggregate_type"}, Columns{AggregateType: "aggregate_type", EventType: "kind,event_kind"}.missingFrom([]string{"event_kind"}))
 }
+
+// A row whose payload and headers no message can carry is read without
+// them: the event says how large they were, and holds none of it.
+func TestDecoderLeavesOutRowsNoMessageCanCarry(t *testing.T) {
+	t.Parallel()
+	d := outboxDecoder(t)
+	d.maxRow = 40
+	ch, err := d.decode(encInsert(outboxRelID, outboxRow()...))
+	require.NoError(t, err, "payload and headers are 29 bytes: kept")
+	require.Equal(t, outboxEvent(), ch.event)
+
+	row := outboxRow()
+	row[4] = txt(`{"blob": "` + strings.Repeat("x", 100) + `"}`)
+	ch, err = d.decode(encInsert(outboxRelID, row...))
+	require.NoError(t, err)
+	want := outboxEvent()
+	want.Payload, want.PayloadOmitted = nil, 112
+	require.Equal(t, want, ch.event, "the headers fit and are kept")
+	require.Less(t, eventSize(&ch.event), int64(eventOverhead+100), "nothing large is held")
+}

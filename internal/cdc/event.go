@@ -47,6 +47,12 @@ type Event struct {
 	// Defect says why the row can never become a valid message (a NULL in a
 	// required column, say); empty for a good row.
 	Defect string
+	// PayloadOmitted and HeadersOmitted, when not 0, are the sizes of the
+	// payload and headers columns, left out when the row was read (Payload
+	// or Headers is nil then): each was larger than any message the server
+	// takes (Config.MaxRowBytes), so the row can never be published, and
+	// holding it would only cost memory.
+	PayloadOmitted, HeadersOmitted int
 
 	CommitTime time.Time
 	XID        uint32

@@ -220,6 +220,7 @@ func (r *Reader) session(ctx context.Context) error {
 		return err
 	}
 	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns), partitions: newPartitionCheck(r.cfg)}
+	s.decoder.maxRow = r.cfg.MaxRowBytes
 	defer s.close()
 	r.filter.SessionStarted()
 

@@ -268,6 +268,11 @@ func (mp *Mapper) message(ev *cdc.Event) (sink.Message, error) {
 	if ev.Defect != "" {
 		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: ev.Defect}
 	}
+	if ev.PayloadOmitted > 0 || ev.HeadersOmitted > 0 {
+		return sink.Message{}, &PoisonError{Reason: "too_large", Detail: fmt.Sprintf(
+			"payload %d bytes, headers column %d bytes (with more than the server's max_payload left out when read): no message can carry them",
+			len(ev.Payload)+ev.PayloadOmitted, len(ev.Headers)+ev.HeadersOmitted)}
+	}
 	if err := checkID(ev.ID); err != nil {
 		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
 	}
@@ -326,6 +331,13 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 		if !rowHeaders && len(ev.Headers) > 0 {
 			header.Set(HeaderHeadersOmitted, strconv.Itoa(len(ev.Headers)))
 		}
+		// Left out when the row was read: larger than any message.
+		if ev.HeadersOmitted > 0 {
+			header.Set(HeaderHeadersOmitted, strconv.Itoa(ev.HeadersOmitted))
+		}
+		if ev.PayloadOmitted > 0 {
+			header.Set(HeaderPayloadOmitted, strconv.Itoa(ev.PayloadOmitted))
+		}
 		return header
 	}
 	// An id that cannot be a Nats-Msg-Id as it is (see checkID) is not
@@ -336,7 +348,7 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 		id = ""
 	}
 	withBody := func(header nats.Header, body bool) sink.Message {
-		if !body {
+		if !body && ev.PayloadOmitted == 0 {
 			header.Set(HeaderPayloadOmitted, strconv.Itoa(len(ev.Payload)))
 			return sink.Message{Subject: subject, ID: id, Header: header}
 		}
@@ -345,7 +357,7 @@ func (mp *Mapper) DeadLetter(ev *cdc.Event, subject string, reason *PoisonError,
 	// The body is the event; the row's headers are extras: keep the body
 	// rather than the headers.
 	for _, keep := range []struct{ headers, body bool }{{true, true}, {false, true}, {true, false}, {false, false}} {
-		if keep.headers || len(ev.Headers) > 0 {
+		if keep.headers || len(ev.Headers) > 0 || ev.HeadersOmitted > 0 {
 			if msg := withBody(build(keep.headers), keep.body); Fits(msg, maxPayload) {
 				return msg
 			}
