@@ -388,18 +388,19 @@ func (w *Watermark) lastMsgID(ctx context.Context, info sink.StreamInfo) (string
 	return w.log.LastMsgID(ctx, subject)
 }
 
-// probeSubject returns a literal subject the stream captures.
+// probeSubject returns a literal subject the stream captures: its first
+// subject, each wildcard token filled in.
 func probeSubject(subjects []string) (string, bool) {
-	for _, s := range subjects {
-		toks := strings.Split(s, ".")
-		for i, t := range toks {
-			if t == "*" || t == ">" {
-				toks[i] = "outbox-relay-probe"
-			}
-		}
-		return strings.Join(toks, "."), true
+	if len(subjects) == 0 {
+		return "", false
 	}
-	return "", false
+	toks := strings.Split(subjects[0], ".")
+	for i, t := range toks {
+		if t == "*" || t == ">" {
+			toks[i] = "outbox-relay-probe"
+		}
+	}
+	return strings.Join(toks, "."), true
 }
 
 // merge returns the further of what this process knows (known) and the
