@@ -268,19 +268,19 @@ func chaosPartitioned(t *testing.T, s *scene) {
 		natsRestart(ns),
 		{"partition-rotate", func(s *scene, f *chaos.Fault, inject, heal func() time.Time) {
 			s.settle()
+			rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
+			defer rcancel()
 			// The newest partition whose range has ended: it holds events
 			// written seconds ago, which the relay may not have published
 			// yet.
 			var name string
-			err := s.admin.QueryRow(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+			err := s.admin.QueryRow(rctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 				WHERE i.inhparent = 'events'::regclass AND c.relname LIKE 'events_p%'
 				  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \('' ?([^'']+)''\)'))[1]::timestamptz <= now()
 				ORDER BY c.relname DESC LIMIT 1`).Scan(&name)
 			require.NoError(t, err)
 			f.Target = name
 			inject()
-			rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
-			defer rcancel()
 			var rows int
 			require.NoError(t, s.admin.QueryRow(rctx, fmt.Sprintf(`SELECT count(*) FROM %s`, name)).Scan(&rows))
 			var end string
