@@ -120,6 +120,15 @@ func (f *replayFilter) Commit(lsn pglogrepl.LSN) (replayVerdict, *openTxn, error
 // sent again from its Begin.
 func (f *replayFilter) SessionStarted() { f.skipping = false }
 
+// HighWater returns the commit LSN of the last transaction whose rows were
+// handed on, in full or in part (0: none).
+func (f *replayFilter) HighWater() pglogrepl.LSN {
+	if f.open != nil && f.open.forwarded > 0 {
+		return max(f.lastCommit, f.open.commitLSN)
+	}
+	return f.lastCommit
+}
+
 // Idle reports whether no transaction is open or being skipped: only then
 // does the server's WAL end hide no unsent event.
 func (f *replayFilter) Idle() bool { return f.open == nil && !f.skipping }
