@@ -130,3 +130,82 @@ func divergedStandby(t *testing.T, overrides ...string) {
 	require.Less(t, confirmedLSN, published, "the slot was not confirmed past the new transactions")
 	require.Equal(t, 205, e2e.StreamCount(f.nc, "OUTBOX"), "nothing was published from the diverged server")
 }
+
+// TestFailoverSlotFollowsThePromotedStandby: on PostgreSQL 17 the relay's
+// failover slot, synchronised to a standby that synchronized_standby_slots
+// names, survives the primary's death. While events are written all along,
+// the primary is killed and the standby promoted; the relay, configured with
+// a multi-host URL, follows on its own, and the stream holds every event the
+// promoted server committed (its own commit log, which the standby received
+// with the WAL) once, in commit order. Before that, a standby that falls
+// behind holds the relay back, which the metric and the log say.
+func TestFailoverSlotFollowsThePromotedStandby(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 17)))
+	standby := testenv.StartStandby(t, f.pg, testenv.WithStandbyConfig("sync_replication_slots", "on"))
+	// On the primary only: the promoted standby has no standby of its own.
+	f.pg.Exec(t, "postgres", `ALTER SYSTEM SET synchronized_standby_slots = 'standby1'`)
+	f.pg.Exec(t, "postgres", `SELECT pg_reload_conf()`)
+	url := multiHostURL(f.pg, standby.Postgres, f.db)
+	// The commit log the stream is compared with is the one of whichever
+	// server accepts writes: after the failover, the promoted standby's.
+	f.writer = e2e.NewWriter(t, url, 4)
+	env := []string{"RELAY_POSTGRES_URL", url, "RELAY_FAILOVER_SLOT", "true", "RELAY_SLOT_POLL_INTERVAL", "1s"}
+	r := f.startRelay(t, env...)
+
+	f.write(t, 5, "first")
+	f.waitStream(t, 5, 30*time.Second)
+	waitSlotSynced(t, standby, f.db)
+	code, out := runCommand(t, f.bin, f.env(env...), "status")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "failover:            true")
+	require.Contains(t, out, "synced:              false")
+	require.Contains(t, out, "standby slot standby1: attached")
+	require.Contains(t, out, "timeline:            1 (the relay last streamed from 1)")
+	code, out = runCommand(t, f.bin, f.env(env...), "check")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "failover-slot: synchronized_standby_slots names 1 standby slot(s), each with its standby attached")
+
+	// A standby that receives nothing holds the relay back.
+	standby.PauseWAL(t)
+	f.write(t, 3, "held")
+	require.Eventually(t, func() bool { return r.Metrics()["outbox_relay_cdc_waiting_for_standby"] == 1 }, 30*time.Second, 100*time.Millisecond,
+		"the metric shows the walsender waiting for the standby")
+	require.Contains(t, r.LogText(), `the walsender holds changes back until a standby in synchronized_standby_slots confirms them`)
+	require.Contains(t, r.LogText(), `"standby1"`, "the log names the standby's slot")
+	require.Equal(t, 5, e2e.StreamCount(f.nc, "OUTBOX"), "nothing the standby lacks is published")
+	standby.ResumeWAL(t)
+	f.waitStream(t, 8, 30*time.Second)
+	require.Eventually(t, func() bool { return r.Metrics()["outbox_relay_cdc_waiting_for_standby"] == 0 }, 30*time.Second, 100*time.Millisecond)
+
+	// The failover, while events flow.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := f.produce(ctx, 4000, "flow")
+	f.waitStream(t, 200, 60*time.Second)
+	f.pg.Stop(t, "immediate")
+	standby.Promote(t)
+	promoted := len(f.writer.Committed(t))
+	require.Eventually(t, func() bool { return len(f.writer.Committed(t)) > promoted+300 }, 2*time.Minute, 200*time.Millisecond,
+		"the writer goes on on the promoted standby")
+	cancel()
+	<-done
+
+	expected := f.writer.Committed(t)
+	require.Eventually(t, func() bool { return e2e.StreamCount(f.nc, "OUTBOX") >= len(expected) }, 2*time.Minute, 100*time.Millisecond,
+		"the relay follows the failover and publishes what the promoted standby commits")
+	f.verify(t)
+	require.False(t, r.Exited(), "the relay rode the failover out")
+	m := r.Metrics()
+	t.Logf("%d events on the stream; %v replayed events skipped, %v duplicates, %v reconnects",
+		len(expected), m["outbox_relay_pump_skipped_total"], m["outbox_relay_sink_duplicates_total"], m["outbox_relay_cdc_reconnects_total"])
+
+	code, out = runCommand(t, f.bin, f.env(env...), "status")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "failover:            true")
+	require.Contains(t, out, "synced:              true", "the slot is the standby's synchronised copy")
+	require.Contains(t, out, "timeline:            2 (the relay last streamed from 2)")
+	code, out = runCommand(t, f.bin, f.env(env...), "check")
+	require.Equal(t, 0, code, "a promoted server without standbys is a warning, not a refusal: %s", out)
+	require.Contains(t, out, "warn  failover-slot: synchronized_standby_slots is empty")
+}

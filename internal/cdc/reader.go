@@ -425,8 +425,15 @@ func (s *session) stream(ctx context.Context) error {
 			// PostgreSQL 18 only warns that the publication is missing
 			// at this point in the WAL, then decodes nothing: stop here,
 			// before a keepalive can confirm past what it skips.
-			if notice := pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg)); missingPublication(notice) {
+			notice := pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg))
+			if missingPublication(notice) {
 				return s.publicationMissing(notice)
+			}
+			if heldBackNotice(notice) {
+				// Said once per wait; the slot monitor sees it end.
+				s.r.m.CDCWaitingForStandby.Set(1)
+				s.r.log.Warn("the walsender holds changes back until a standby in synchronized_standby_slots confirms them",
+					zap.String("slot", s.r.cfg.Slot), zap.Error(notice))
 			}
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: server ended the stream")

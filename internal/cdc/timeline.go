@@ -101,6 +101,19 @@ func ReadServerWAL(ctx context.Context, conn *pgconn.PgConn) (ServerWAL, error) 
 	return wal, nil
 }
 
+// ServerHistory is ReadServerWAL on a replication connection of its own,
+// for one-off commands.
+func ServerHistory(ctx context.Context, cfg Config) (ServerWAL, error) {
+	conn, err := connect(ctx, cfg, true)
+	if err != nil {
+		return ServerWAL{}, err
+	}
+	defer closeConn(conn, cfg.ConnectTimeout)
+	qctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
+	defer cancel()
+	return ReadServerWAL(qctx, conn.PgConn())
+}
+
 // parseHistory reads a timeline history file: a line per ancestor timeline,
 // "<timeline>\t<switch point>\t<reason>", and comments starting with #.
 func parseHistory(content []byte) (map[int32]pglogrepl.LSN, error) {
