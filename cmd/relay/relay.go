@@ -176,6 +176,11 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 			return nil, err
 		}
 	}
+	if _, err := retry(ctx, log, "check for an unfinished recovery", cfg, func() (struct{}, error) {
+		return struct{}{}, recoveryFinished(ctx, store, cfg.sink.Stream, marks.Origin())
+	}, cdc.ErrSlot); err != nil {
+		return nil, err
+	}
 	// A server that lacks WAL the relay published (a failover to a lagging
 	// standby) is refused: the reader compares it with the mark.
 	published, err := retry(ctx, log, "read the high-water mark", cfg, func() (pglogrepl.LSN, error) {
@@ -185,13 +190,7 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		return nil, err
 	}
 	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
-	pumpCfg := cfg.pump
-	// A dead letter must fit the server and the stream it goes to; the
-	// relay's own stream is the one it knows.
-	pumpCfg.MaxPayload = nc.MaxPayload()
-	if stream.MaxMsgSize > 0 && int64(stream.MaxMsgSize) < pumpCfg.MaxPayload {
-		pumpCfg.MaxPayload = int64(stream.MaxMsgSize)
-	}
+	pumpCfg := pumpConfig(cfg, nc, stream)
 
 	publisher, err := sink.New(nc.Conn, cfg.sink, m)
 	if err != nil {
@@ -219,6 +218,18 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		}),
 		close: func() { _ = publisher.Close() }, // nothing is in flight any more
 	}, nil
+}
+
+// pumpConfig is the pump's configuration for publishing to stream: a dead
+// letter must fit the server and the stream it goes to, and the relay's own
+// stream is the one it knows.
+func pumpConfig(cfg *config, nc *sink.Connection, stream sink.StreamState) relay.Config {
+	pumpCfg := cfg.pump
+	pumpCfg.MaxPayload = nc.MaxPayload()
+	if stream.MaxMsgSize > 0 && int64(stream.MaxMsgSize) < pumpCfg.MaxPayload {
+		pumpCfg.MaxPayload = int64(stream.MaxMsgSize)
+	}
+	return pumpCfg
 }
 
 // origin identifies where positions come from: the cluster, the database
