@@ -120,3 +120,60 @@ func writeAgain(t *testing.T, f *fixture, n int, tag string) {
 		return err == nil
 	}, time.Minute, 100*time.Millisecond, "write on the promoted standby")
 }
+
+// TestRecoverAfterDivergedFailover: on PostgreSQL 16 the relay published
+// events a lagging standby never received, and the standby was promoted.
+// relay recover refuses to recreate the slot under its old name (positions
+// the new timeline reuses would hide new events behind the high-water mark)
+// and, as the README says, recovers under a new name: every event the
+// promoted server committed reaches the stream once, in commit order; the
+// events published from the old primary only stay on the stream, as they
+// were.
+func TestRecoverAfterDivergedFailover(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 16)))
+	standby := testenv.StartStandby(t, f.pg)
+	url := multiHostURL(f.pg, standby.Postgres, f.db)
+	f.writer = e2e.NewWriter(t, url, 2)
+	env := []string{"RELAY_POSTGRES_URL", url}
+	r := f.startRelay(t, env...)
+	f.write(t, 5, "shared")
+	f.waitStream(t, 5, 30*time.Second)
+	standby.CatchUp(t)
+
+	standby.PauseWAL(t)
+	var lost []string
+	for i := range 10 {
+		lost = append(lost, f.write(t, 5, tagf("lost-%d", i))...)
+	}
+	f.waitStream(t, 55, 30*time.Second)
+	r.Kill()
+	f.pg.Stop(t, "immediate")
+	standby.Promote(t)
+	for i := range 3 {
+		writeAgain(t, f, 2, tagf("promoted-%d", i))
+	}
+
+	code, out := runCommand(t, f.bin, f.env(env...), "recover")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, out, "diverged")
+	require.Contains(t, out, "--recover-previous-slot=outbox_relay")
+
+	renamed := append(env, "RELAY_SLOT", "relay2", "RELAY_RECOVER_PREVIOUS_SLOT", "outbox_relay")
+	code, out = runCommand(t, f.bin, f.env(renamed...), "recover")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "warning: timeline: the server's WAL diverged")
+	require.Contains(t, out, "to publish: 6")
+	f.startRelay(t, renamed...)
+	for i := range 3 {
+		writeAgain(t, f, 2, tagf("after-%d", i))
+	}
+
+	expected := f.writer.Committed(t)
+	require.Eventually(t, func() bool { return e2e.StreamCount(f.nc, "OUTBOX") >= len(expected)+len(lost) }, time.Minute, 100*time.Millisecond)
+	stored := e2e.IDs(e2e.ReadStream(t, f.nc, "OUTBOX"))
+	require.Equal(t, lost, stored[5:55], "what was published from the old primary stays as it was")
+	kept := append(append([]string{}, stored[:5]...), stored[55:]...)
+	v := e2e.Compare(expected, kept)
+	require.True(t, v.OK(), "stream vs the promoted server's commit log: %s", v)
+}
