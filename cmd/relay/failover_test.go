@@ -22,6 +22,20 @@ func multiHostURL(primary, standby *testenv.Postgres, db string) string {
 		primary.Port(), standby.Port(), db)
 }
 
+// newFailoverFixture is a fixture whose PostgreSQL of the given major
+// version has a streaming standby, with the relay's settings naming both
+// servers (the primary first) and a writer that writes to whichever accepts
+// writes, so that the commit log compared with the stream is the promoted
+// standby's after a failover.
+func newFailoverFixture(t *testing.T, major int, opts ...testenv.StandbyOption) (*fixture, *testenv.Standby, []string) {
+	t.Helper()
+	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, major)))
+	standby := testenv.StartStandby(t, f.pg, opts...)
+	url := multiHostURL(f.pg, standby.Postgres, f.db)
+	f.writer = e2e.NewWriter(t, url, 2)
+	return f, standby, []string{"RELAY_POSTGRES_URL", url}
+}
+
 // pgValue runs a query returning one value on pg over its Unix socket; ok is
 // false when the query fails (a server down or in recovery, say).
 func pgValue[T any](pg *testenv.Postgres, db, sql string, args ...any) (T, bool) {
@@ -77,9 +91,8 @@ func TestDivergedStandbyStopsTheRelay(t *testing.T) {
 }
 
 func divergedStandby(t *testing.T, overrides ...string) {
-	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 17)))
-	standby := testenv.StartStandby(t, f.pg, testenv.WithStandbyConfig("sync_replication_slots", "on"))
-	r := f.startRelay(t, append([]string{"RELAY_POSTGRES_URL", multiHostURL(f.pg, standby.Postgres, f.db), "RELAY_FAILOVER_SLOT", "true"}, overrides...)...)
+	f, standby, env := newFailoverFixture(t, 17, testenv.WithStandbyConfig("sync_replication_slots", "on"))
+	r := f.startRelay(t, append(append(env, "RELAY_FAILOVER_SLOT", "true"), overrides...)...)
 
 	f.write(t, 5, "synced")
 	f.waitStream(t, 5, 30*time.Second)
@@ -141,16 +154,11 @@ func divergedStandby(t *testing.T, overrides ...string) {
 // behind holds the relay back, which the metric and the log say.
 func TestFailoverSlotFollowsThePromotedStandby(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 17)))
-	standby := testenv.StartStandby(t, f.pg, testenv.WithStandbyConfig("sync_replication_slots", "on"))
+	f, standby, env := newFailoverFixture(t, 17, testenv.WithStandbyConfig("sync_replication_slots", "on"))
 	// On the primary only: the promoted standby has no standby of its own.
 	f.pg.Exec(t, "postgres", `ALTER SYSTEM SET synchronized_standby_slots = 'standby1'`)
 	f.pg.Exec(t, "postgres", `SELECT pg_reload_conf()`)
-	url := multiHostURL(f.pg, standby.Postgres, f.db)
-	// The commit log the stream is compared with is the one of whichever
-	// server accepts writes: after the failover, the promoted standby's.
-	f.writer = e2e.NewWriter(t, url, 4)
-	env := []string{"RELAY_POSTGRES_URL", url, "RELAY_FAILOVER_SLOT", "true", "RELAY_SLOT_POLL_INTERVAL", "1s"}
+	env = append(env, "RELAY_FAILOVER_SLOT", "true", "RELAY_SLOT_POLL_INTERVAL", "1s")
 	r := f.startRelay(t, env...)
 
 	f.write(t, 5, "first")

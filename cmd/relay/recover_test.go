@@ -13,7 +13,6 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/e2e"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
-	"github.com/outbox-relay/outbox-relay/internal/testenv"
 )
 
 // TestRecoverAfterFailover: on PostgreSQL 16 a failover loses the slot. The
@@ -27,11 +26,7 @@ import (
 // writer at a time, so creation order is commit order).
 func TestRecoverAfterFailover(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 16)))
-	standby := testenv.StartStandby(t, f.pg)
-	url := multiHostURL(f.pg, standby.Postgres, f.db)
-	f.writer = e2e.NewWriter(t, url, 2)
-	env := []string{"RELAY_POSTGRES_URL", url}
+	f, standby, env := newFailoverFixture(t, 16)
 	r := f.startRelay(t, env...)
 	for i := range 4 {
 		f.write(t, 5, tagf("published-%d", i))
@@ -131,11 +126,7 @@ func writeAgain(t *testing.T, f *fixture, n int, tag string) {
 // were.
 func TestRecoverAfterDivergedFailover(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 16)))
-	standby := testenv.StartStandby(t, f.pg)
-	url := multiHostURL(f.pg, standby.Postgres, f.db)
-	f.writer = e2e.NewWriter(t, url, 2)
-	env := []string{"RELAY_POSTGRES_URL", url}
+	f, standby, env := newFailoverFixture(t, 16)
 	r := f.startRelay(t, env...)
 	f.write(t, 5, "shared")
 	f.waitStream(t, 5, 30*time.Second)
@@ -159,7 +150,7 @@ func TestRecoverAfterDivergedFailover(t *testing.T) {
 	require.Contains(t, out, "diverged")
 	require.Contains(t, out, "--recover-previous-slot=outbox_relay")
 
-	renamed := append(env, "RELAY_SLOT", "relay2", "RELAY_RECOVER_PREVIOUS_SLOT", "outbox_relay")
+	renamed := append(append([]string{}, env...), "RELAY_SLOT", "relay2", "RELAY_RECOVER_PREVIOUS_SLOT", "outbox_relay")
 	code, out = runCommand(t, f.bin, f.env(renamed...), "recover")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "warning: timeline: the server's WAL diverged")
