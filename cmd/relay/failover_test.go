@@ -151,14 +151,25 @@ func divergedStandby(t *testing.T, overrides ...string) {
 // a multi-host URL, follows on its own, and the stream holds every event the
 // promoted server committed (its own commit log, which the standby received
 // with the WAL) once, in commit order. Before that, a standby that falls
-// behind holds the relay back, which the metric and the log say.
+// behind holds the relay back, which the metric and the log say. With
+// leader election the relay starts over on the promoted server; without, its
+// reader reconnects there and resets its replay state for the new timeline.
 func TestFailoverSlotFollowsThePromotedStandby(t *testing.T) {
 	t.Parallel()
+	for _, election := range []string{"true", "false"} {
+		t.Run("leader-election="+election, func(t *testing.T) {
+			t.Parallel()
+			failoverSlot(t, election)
+		})
+	}
+}
+
+func failoverSlot(t *testing.T, election string) {
 	f, standby, env := newFailoverFixture(t, 17, testenv.WithStandbyConfig("sync_replication_slots", "on"))
 	// On the primary only: the promoted standby has no standby of its own.
 	f.pg.Exec(t, "postgres", `ALTER SYSTEM SET synchronized_standby_slots = 'standby1'`)
 	f.pg.Exec(t, "postgres", `SELECT pg_reload_conf()`)
-	env = append(env, "RELAY_FAILOVER_SLOT", "true", "RELAY_SLOT_POLL_INTERVAL", "1s")
+	env = append(env, "RELAY_FAILOVER_SLOT", "true", "RELAY_SLOT_POLL_INTERVAL", "1s", "RELAY_LEADER_ELECTION", election)
 	r := f.startRelay(t, env...)
 
 	f.write(t, 5, "first")
@@ -204,6 +215,9 @@ func TestFailoverSlotFollowsThePromotedStandby(t *testing.T) {
 		"the relay follows the failover and publishes what the promoted standby commits")
 	f.verify(t)
 	require.False(t, r.Exited(), "the relay rode the failover out")
+	if election == "false" {
+		require.Contains(t, r.LogText(), "the server switched timelines (a failover)", "the same reader followed the failover")
+	}
 	m := r.Metrics()
 	t.Logf("%d events on the stream; %v replayed events skipped, %v duplicates, %v reconnects",
 		len(expected), m["outbox_relay_pump_skipped_total"], m["outbox_relay_sink_duplicates_total"], m["outbox_relay_cdc_reconnects_total"])
