@@ -159,13 +159,21 @@ func TestTimelineSwitchState(t *testing.T) {
 		tr.Verified(700)
 		require.Equal(t, pglogrepl.LSN(600), tr.Confirmed())
 	})
-	t.Run("rows handed on count only once handed on", func(t *testing.T) {
+	t.Run("rows count once handed on", func(t *testing.T) {
 		t.Parallel()
 		var f replayFilter
 		_, err := f.Begin(beginMessage{finalLSN: 200}, func() *txnEntry { return &txnEntry{} })
 		require.NoError(t, err)
+		_, _, _, err = f.Row(150)
+		require.NoError(t, err)
+		f.Forwarded()
 		_, _, err = f.Commit(250)
 		require.NoError(t, err)
+		_, err = f.Begin(beginMessage{finalLSN: 300}, func() *txnEntry { return &txnEntry{} })
+		require.NoError(t, err)
+		_, _, err = f.Commit(350)
+		require.NoError(t, err)
+		require.Equal(t, pglogrepl.LSN(200), f.HighWater(), "a transaction without outbox rows does not count")
 		_, err = f.Begin(beginMessage{finalLSN: 500}, func() *txnEntry { return &txnEntry{} })
 		require.NoError(t, err)
 		require.Equal(t, pglogrepl.LSN(200), f.HighWater(), "nothing of the open transaction was handed on")
