@@ -40,11 +40,12 @@ type SlotState struct {
 // problem it finds, naming the setting and the fix: wal_level, the role's
 // REPLICATION attribute, the outbox table and its columns, the publication and
 // the slot, and with FailoverSlot what a failover needs (it makes an existing
-// slot a failover slot, and warns about the rest). It creates the publication, then the slot, when they are missing
-// and the configuration allows it; the publication must exist first, or the
-// slot's first changes can be decoded without it. Before creating a slot it
-// asks mayCreate, given the system identifier and database, which can refuse
-// (when the stream shows the slot existed before, say).
+// slot a failover slot, and warns about the rest). It creates the
+// publication, then the slot, when they are missing and the configuration
+// allows it; the publication must exist first, or the slot's first changes
+// can be decoded without it. Before creating a slot it asks mayCreate, given
+// the system identifier and database, which can refuse (when the stream
+// shows the slot existed before, say).
 func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(systemID, database string) error) (SlotState, error) {
 	conn, err := connect(ctx, cfg, false)
 	if err != nil {
