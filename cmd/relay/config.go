@@ -38,6 +38,10 @@ type config struct {
 	logLevel       string
 	logFormat      string
 	stallTimeout   time.Duration
+
+	// relay recover only.
+	recoverPreviousSlot string
+	recoverMaxTxnAge    time.Duration
 }
 
 // envName maps a flag name to its environment variable: --nats-url reads
@@ -131,6 +135,10 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.pprof, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the HTTP address")
 	s(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	s(&c.logFormat, "log-format", "json", "log format: json or console")
+
+	// relay recover
+	s(&c.recoverPreviousSlot, "recover-previous-slot", "", "relay recover: the slot whose events the stream holds, when the slot to create is given another name (after a failover to a standby that lacked published WAL) (default: --slot)")
+	d(&c.recoverMaxTxnAge, "recover-max-transaction-age", time.Hour, "relay recover: the longest an outbox transaction stays open; rows created up to this long before the last event published are compared with the stream")
 	return fs
 }
 
@@ -266,6 +274,12 @@ func (c *config) finish() error {
 	}
 	if c.stallTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("stall-timeout: %s, must be positive", c.stallTimeout))
+	}
+	if c.recoverPreviousSlot == "" {
+		c.recoverPreviousSlot = c.cdc.Slot
+	}
+	if c.recoverMaxTxnAge <= 0 {
+		errs = append(errs, fmt.Errorf("recover-max-transaction-age: %s, must be positive", c.recoverMaxTxnAge))
 	}
 	if c.httpAddr == "" {
 		errs = append(errs, errors.New("http-addr: must not be empty"))

@@ -167,6 +167,7 @@ Usage:
   relay [run] [flags]   relay events (the default command)
   relay check [flags]   run the preflight checks of PostgreSQL and NATS, and exit
   relay status [flags]  print the slot, the lag and the stream, and whether they agree
+  relay recover [flags] create a slot lost in a failover and publish what the stream lacks (see the README)
   relay version         print the version
   relay help            print this
 
@@ -193,7 +194,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil
-	case "run", "check", "status":
+	case "run", "check", "status", "recover":
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", command)
@@ -217,6 +218,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return runCheck(ctx, cfg, stdout)
 	case "status":
 		return runStatus(ctx, cfg, stdout)
+	case "recover":
+		return runRecover(ctx, cfg, stdout, stderr)
 	}
 	if err := runRelay(ctx, cfg, stderr); err != nil {
 		return logExit(newLogger(cfg, stderr), err)

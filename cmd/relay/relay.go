@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -174,14 +176,21 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 			return nil, err
 		}
 	}
-	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
-	pumpCfg := cfg.pump
-	// A dead letter must fit the server and the stream it goes to; the
-	// relay's own stream is the one it knows.
-	pumpCfg.MaxPayload = nc.MaxPayload()
-	if stream.MaxMsgSize > 0 && int64(stream.MaxMsgSize) < pumpCfg.MaxPayload {
-		pumpCfg.MaxPayload = int64(stream.MaxMsgSize)
+	if _, err := retry(ctx, log, "check for an unfinished recovery", cfg, func() (struct{}, error) {
+		return struct{}{}, recoveryFinished(ctx, store, cfg.sink.Stream, marks.Origin())
+	}, cdc.ErrSlot); err != nil {
+		return nil, err
 	}
+	// A server that lacks WAL the relay published (a failover to a lagging
+	// standby) is refused: the reader compares it with the mark.
+	published, err := retry(ctx, log, "read the high-water mark", cfg, func() (pglogrepl.LSN, error) {
+		return highWater(ctx, marks)
+	})
+	if err != nil {
+		return nil, err
+	}
+	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
+	pumpCfg := pumpConfig(cfg, nc, stream)
 
 	publisher, err := sink.New(nc.Conn, cfg.sink, m)
 	if err != nil {
@@ -192,6 +201,7 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	cdcCfg.MaxRowBytes = nc.MaxPayload()
 	reader := cdc.NewReader(cdcCfg, log.Named("cdc"), m)
 	reader.SetPublicationBaseline(slot.Publication)
+	reader.SetHighWater(published, timelineStore{store: store, key: timelineKey(cfg.sink.Stream, marks.Origin())})
 	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
 	health.Attach(relay.Probes{
 		Heartbeat:     reader.Heartbeat,
@@ -210,6 +220,18 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		}),
 		close: func() { _ = publisher.Close() }, // nothing is in flight any more
 	}, nil
+}
+
+// pumpConfig is the pump's configuration for publishing to stream: a dead
+// letter must fit the server and the stream it goes to, and the relay's own
+// stream is the one it knows.
+func pumpConfig(cfg *config, nc *sink.Connection, stream sink.StreamState) relay.Config {
+	pumpCfg := cfg.pump
+	pumpCfg.MaxPayload = nc.MaxPayload()
+	if stream.MaxMsgSize > 0 && int64(stream.MaxMsgSize) < pumpCfg.MaxPayload {
+		pumpCfg.MaxPayload = int64(stream.MaxMsgSize)
+	}
+	return pumpCfg
 }
 
 // origin identifies where positions come from: the cluster, the database
@@ -250,6 +272,45 @@ func (s publicationStore) Load(ctx context.Context) (cdc.PublicationFingerprint,
 
 func (s publicationStore) Save(ctx context.Context, fp cdc.PublicationFingerprint) error {
 	return s.store.Save(ctx, s.key, []byte(fp))
+}
+
+// highWater returns the commit LSN of the last of the relay's events the
+// stream holds, as the pump will find it (from the state bucket alone when
+// the stream is missing: the pump waits for it then).
+func highWater(ctx context.Context, marks *relay.Watermark) (pglogrepl.LSN, error) {
+	r, err := marks.Read(ctx, relay.Mark{}, 0, false)
+	if errors.Is(err, sink.ErrStreamMissing) {
+		m, _, err := marks.Load(ctx)
+		return m.Position.CommitLSN, err
+	}
+	return r.Mark.Position.CommitLSN, err
+}
+
+// timelineKey is the state bucket key of the timeline the relay last
+// streamed origin's events into stream from.
+func timelineKey(stream, origin string) string { return "timeline." + relay.MarkKey(stream, origin) }
+
+// timelineStore keeps the timeline the relay last streamed from in the state
+// bucket, next to the high-water mark whose position it qualifies.
+type timelineStore struct {
+	store *sink.StateStore
+	key   string
+}
+
+func (s timelineStore) Load(ctx context.Context) (int32, bool, error) {
+	data, ok, err := s.store.Load(ctx, s.key)
+	if err != nil || !ok {
+		return 0, false, err
+	}
+	tli, err := strconv.ParseInt(string(data), 10, 32)
+	if err != nil {
+		return 0, false, fmt.Errorf("decode the recorded timeline %q: %w", data, err)
+	}
+	return int32(tli), true, nil
+}
+
+func (s timelineStore) Save(ctx context.Context, timeline int32) error {
+	return s.store.Save(ctx, s.key, []byte(strconv.Itoa(int(timeline))))
 }
 
 // registerSlot records a slot created just now in the state bucket.

@@ -208,6 +208,7 @@ func checkSlot(ctx context.Context, cfg *config, nc *sink.Connection, stream *pl
 	if err := cdc.CheckCreatePublication(ctx, conn, cfg.cdc); err != nil {
 		r.overrule(fmt.Sprintf("publication %q: missing", cfg.cdc.Publication), err)
 	}
+	checkFailover(ctx, cfg, conn, r)
 	slot, err := cdc.ReadSlot(ctx, conn, cfg.cdc.Slot, cfg.cdc.QueryTimeout)
 	if err != nil || nc == nil {
 		return // cdc.Check has reported a failed read
@@ -357,6 +358,7 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		if slot.WALStatus == "lost" {
 			problems = append(problems, errors.New("the slot is lost: PostgreSQL removed WAL it still needed; see the README's slot recovery section"))
 		}
+		printFailover(ctx, cfg, pgConn, out)
 	}
 
 	nc, err := connectNATS(cfg)
@@ -420,6 +422,9 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	}
 	if len(mark.Holes) > 0 {
 		fmt.Fprintf(out, "  to publish again:    %d events another writer's message displaced\n", len(mark.Holes))
+	}
+	if err := printTimeline(ctx, cfg, nc, ours, mark.Position.CommitLSN, out); err != nil {
+		problems = append(problems, err)
 	}
 	if (reading.Recorded || !mark.Position.IsZero()) && !slot.Exists {
 		problems = append(problems, fmt.Errorf("the relay published events of slot %q, which no longer exists: it was dropped; see the README's slot recovery section", cfg.cdc.Slot))

@@ -39,11 +39,13 @@ type SlotState struct {
 // Preflight checks that PostgreSQL can feed the relay and explains every
 // problem it finds, naming the setting and the fix: wal_level, the role's
 // REPLICATION attribute, the outbox table and its columns, the publication and
-// the slot. It creates the publication, then the slot, when they are missing
-// and the configuration allows it; the publication must exist first, or the
-// slot's first changes can be decoded without it. Before creating a slot it
-// asks mayCreate, given the system identifier and database, which can refuse
-// (when the stream shows the slot existed before, say).
+// the slot, and with FailoverSlot what a failover needs (it makes an existing
+// slot a failover slot, and warns about the rest). It creates the
+// publication, then the slot, when they are missing and the configuration
+// allows it; the publication must exist first, or the slot's first changes
+// can be decoded without it. Before creating a slot it asks mayCreate, given
+// the system identifier and database, which can refuse (when the stream
+// shows the slot existed before, say).
 func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(systemID, database string) error) (SlotState, error) {
 	conn, err := connect(ctx, cfg, false)
 	if err != nil {
@@ -73,6 +75,11 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	state, err := ensureSlot(ctx, q, cfg, log, func(database string) error { return mayCreate(sys.SystemID, database) })
 	if err != nil {
 		return SlotState{}, err
+	}
+	if cfg.FailoverSlot {
+		if err := ensureFailover(ctx, q, cfg, log); err != nil {
+			return SlotState{}, err
+		}
 	}
 	state.SystemID = sys.SystemID
 	state.Publication = fingerprint

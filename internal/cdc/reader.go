@@ -38,6 +38,13 @@ type Reader struct {
 	// baseline is the publication fingerprint preflight validated; ""
 	// makes the watch take its first reading as the baseline.
 	baseline PublicationFingerprint
+	// published is the commit LSN of the last event on the stream when
+	// the reader was built; timelines keeps the timeline that was read
+	// from (nil: not kept); timeline is the one the last session streamed
+	// from (0: none yet).
+	published pglogrepl.LSN
+	timelines TimelineStore
+	timeline  int32
 	// fatal and restart receive errors from other goroutines that end the
 	// session: fatal ones (the publication changed, an event acknowledged
 	// twice) end Run too; restart ones (the server shutting down) do not.
@@ -132,6 +139,16 @@ func (r *Reader) Retire() { r.retired.Store(true) }
 // publication differs from it. Without it, the reader's first check sets the
 // baseline. Call it before Run.
 func (r *Reader) SetPublicationBaseline(fp PublicationFingerprint) { r.baseline = fp }
+
+// SetHighWater gives the commit LSN of the last event the stream holds (the
+// high-water mark's position, 0 for none) and the store of the timeline the
+// relay last streamed from (nil: not kept). Every session then starts only
+// on a server whose WAL holds that and whatever the reader handed on since
+// (CheckHistory), and records the timeline it streams from before it reads.
+// Call it before Run.
+func (r *Reader) SetHighWater(published pglogrepl.LSN, timelines TimelineStore) {
+	r.published, r.timelines = published, timelines
+}
 
 // Run reads the slot until ctx is done, reconnecting after failures. It
 // returns nil when ctx is done (or, once retired, its session is over) and
@@ -249,6 +266,9 @@ func (r *Reader) session(ctx context.Context) error {
 		r.m.SetSlotWALStatus(slot.walStatus)
 		return err
 	}
+	if err := s.checkTimeline(ctx, slot.confirmedFlush); err != nil {
+		return err
+	}
 	if r.retired.Load() {
 		return nil // Run returns
 	}
@@ -279,6 +299,56 @@ func (r *Reader) session(ctx context.Context) error {
 	r.log.Info("replication started", zap.String("slot", r.cfg.Slot), zap.String("publication", r.cfg.Publication),
 		zap.Stringer("confirmed_lsn", slot.confirmedFlush))
 	return s.stream(ctx)
+}
+
+// checkTimeline refuses a server whose WAL does not hold what the relay
+// published or handed on (CheckHistory), and records the timeline it is on
+// before anything is read from it. On a timeline switch within this process
+// (a failover it followed) the replay state is reset: positions read before
+// may mean other WAL now, so the stream's high-water mark, in the pump,
+// decides alone what is published already; and the confirmed position
+// starts again from the slot's.
+func (s *session) checkTimeline(ctx context.Context, slotConfirmed pglogrepl.LSN) error {
+	r := s.r
+	qctx, cancel := context.WithTimeout(ctx, r.cfg.QueryTimeout)
+	wal, err := ReadServerWAL(qctx, s.conn)
+	cancel()
+	if err != nil {
+		return err
+	}
+	pub := Published{CommitLSN: max(r.published, r.filter.HighWater()), Timeline: r.timeline}
+	recorded := int32(0)
+	if r.timelines != nil && r.timeline == 0 {
+		var found bool
+		if recorded, found, err = r.timelines.Load(ctx); err != nil {
+			return fmt.Errorf("read the timeline the relay last streamed from: %w", err)
+		}
+		if found {
+			pub.Timeline = recorded
+		}
+	}
+	if err := CheckHistory(pub, wal); err != nil {
+		return err
+	}
+	if wal.Timeline == r.timeline {
+		return nil
+	}
+	if r.timeline != 0 {
+		if open := r.filter.Reset("timeline switch"); open != nil {
+			r.tracker.abandon(open.entry)
+		}
+		r.tracker.rebase(slotConfirmed)
+		r.log.Warn("the server switched timelines (a failover): what the relay read is in its history; replay state reset",
+			zap.String("slot", r.cfg.Slot), zap.Int32("timeline", wal.Timeline), zap.Stringer("lsn", pub.CommitLSN),
+			zap.Stringer("confirmed_lsn", slotConfirmed))
+	}
+	if r.timelines != nil && (r.timeline != 0 || recorded != wal.Timeline) {
+		if err := r.timelines.Save(ctx, wal.Timeline); err != nil {
+			return fmt.Errorf("record timeline %d: %w", wal.Timeline, err)
+		}
+	}
+	r.timeline = wal.Timeline
+	return nil
 }
 
 func (s *session) stream(ctx context.Context) error {
@@ -356,8 +426,15 @@ func (s *session) stream(ctx context.Context) error {
 			// PostgreSQL 18 only warns that the publication is missing
 			// at this point in the WAL, then decodes nothing: stop here,
 			// before a keepalive can confirm past what it skips.
-			if notice := pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg)); missingPublication(notice) {
+			notice := pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg))
+			if missingPublication(notice) {
 				return s.publicationMissing(notice)
+			}
+			if heldBackNotice(notice) {
+				// Said once per wait; the slot monitor sees it end.
+				s.r.m.CDCWaitingForStandby.Set(1)
+				s.r.log.Warn("the walsender holds changes back until a standby in synchronized_standby_slots confirms them",
+					zap.String("slot", s.r.cfg.Slot), zap.Error(notice))
 			}
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: server ended the stream")

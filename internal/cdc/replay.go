@@ -53,6 +53,9 @@ type replayFilter struct {
 	// skipping is set inside a transaction sent again and already handed on
 	// in full; it ends with its Commit or the session.
 	skipping bool
+	// lastForwarded is the commit LSN of the last transaction committed
+	// with rows handed on.
+	lastForwarded pglogrepl.LSN
 }
 
 // Begin reads a transaction's Begin. For a transaction not seen before it
@@ -111,6 +114,9 @@ func (f *replayFilter) Commit(lsn pglogrepl.LSN) (replayVerdict, *openTxn, error
 		return replaySkip, nil, fmt.Errorf("replication stream: commit at %s outside a transaction", lsn)
 	}
 	f.lastCommit = txn.commitLSN
+	if txn.forwarded > 0 {
+		f.lastForwarded = txn.commitLSN
+	}
 	f.open = nil
 	return replayEmit, txn, nil
 }
@@ -119,6 +125,16 @@ func (f *replayFilter) Commit(lsn pglogrepl.LSN) (replayVerdict, *openTxn, error
 // transaction being skipped ended with the last session; an open one is
 // sent again from its Begin.
 func (f *replayFilter) SessionStarted() { f.skipping = false }
+
+// HighWater returns the commit LSN of the last transaction whose rows were
+// handed on, in full or in part (0: none). Transactions without outbox rows
+// do not count: nothing of them reaches the stream.
+func (f *replayFilter) HighWater() pglogrepl.LSN {
+	if f.open != nil && f.open.forwarded > 0 {
+		return max(f.lastForwarded, f.open.commitLSN)
+	}
+	return f.lastForwarded
+}
 
 // Idle reports whether no transaction is open or being skipped: only then
 // does the server's WAL end hide no unsent event.

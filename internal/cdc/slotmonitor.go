@@ -65,7 +65,8 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Dur
 }
 
 // MonitorSlot polls the slot every SlotPollInterval and exports its retained
-// WAL, safe_wal_size and wal_status, until ctx is done. It keeps its own
+// WAL, safe_wal_size and wal_status, and whether its walsender waits for a
+// standby (PostgreSQL 17+), until ctx is done. It keeps its own
 // normal connection, reconnecting with backoff.
 func MonitorSlot(ctx context.Context, cfg Config, log *zap.Logger, m *metrics.Metrics) {
 	bo := backoff.Backoff{Min: cfg.ReconnectMin, Max: cfg.ReconnectMax}
@@ -77,6 +78,7 @@ func MonitorSlot(ctx context.Context, cfg Config, log *zap.Logger, m *metrics.Me
 	}()
 	tick := time.NewTicker(cfg.SlotPollInterval)
 	defer tick.Stop()
+	var wait standbyWait
 	for {
 		if conn == nil {
 			c, err := connect(ctx, cfg, false)
@@ -114,6 +116,9 @@ func MonitorSlot(ctx context.Context, cfg Config, log *zap.Logger, m *metrics.Me
 			// read while it waits for a slow publisher; the poll keeps
 			// the gauge true then.
 			m.CDCLagBytes.Set(float64(max(0, r.LagBytes)))
+			if err := wait.observe(ctx, conn, cfg, log, m); err != nil && ctx.Err() == nil {
+				log.Debug("slot monitor query failed", zap.Error(err))
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -206,6 +206,28 @@ func (t *Tracker) setConfirmedLocked(lsn pglogrepl.LSN) {
 	}
 }
 
+// rebase sets the confirmed position to lsn, the slot's confirmed_flush_lsn
+// on a server that switched timelines: positions confirmed before the switch
+// may lie past where the new timeline began, and mean other WAL there. The
+// publication is verified again from lsn on.
+func (t *Tracker) rebase(lsn pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.confirmed = lsn
+	t.verified = min(t.verified, lsn)
+}
+
+// abandon closes txn, a transaction that will never commit in the stream
+// (the replay filter forgot it): it confirms nothing, and leaves the queue
+// once its events handed on are acknowledged.
+func (t *Tracker) abandon(txn *txnEntry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	txn.committed = true
+	txn.endLSN = 0
+	t.advanceLocked()
+}
+
 // resume moves the confirmed position up to lsn, the slot's
 // confirmed_flush_lsn read at the start of a session.
 func (t *Tracker) resume(lsn pglogrepl.LSN) {

@@ -58,6 +58,7 @@ type Metrics struct {
 	CDCSlotWALStatus       *prometheus.GaugeVec
 	CDCSlotProblems        prometheus.Counter
 	CDCPublicationProblems *prometheus.CounterVec
+	CDCWaitingForStandby   prometheus.Gauge
 
 	// sink: JetStream publishing.
 	SinkPublished       prometheus.Counter
@@ -112,6 +113,8 @@ func New(version, commit string) *Metrics {
 		CDCSlotProblems: f.counter("cdc", "slot_problems_total", "Times the slot was found missing, lost or inconsistent with the stream; the relay stops on each."),
 		CDCPublicationProblems: f.counterVec("cdc", "publication_problems_total",
 			"Times WAL was found decoded, or possibly decoded, without the publication covering the outbox, by kind (missing at a WAL position, changed); the relay stops on each.", "kind"),
+		CDCWaitingForStandby: f.gauge("cdc", "waiting_for_standby",
+			"1 while the slot's walsender holds changes back until a standby in synchronized_standby_slots confirms the WAL (PostgreSQL 17+), else 0."),
 
 		SinkPublished:       f.counter("sink", "published_total", "Messages JetStream acknowledged as stored (duplicates excluded)."),
 		SinkDuplicates:      f.counter("sink", "duplicates_total", "Publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id."),
@@ -195,6 +198,7 @@ func (m *Metrics) StepDown() {
 	m.CDCSlotRetainedWAL.Set(0)
 	m.CDCSlotSafeWALSize.Set(0)
 	m.CDCConnected.Set(0)
+	m.CDCWaitingForStandby.Set(0)
 	m.SinkInflight.Set(0)
 	m.PumpStreamShared.Set(0)
 	for _, s := range SlotWALStatuses {

@@ -11,6 +11,12 @@
 // or pg_config. When the test process runs as root (which PostgreSQL refuses),
 // initdb and postgres are started as the OS user "postgres".
 //
+// StartStandby makes a physical streaming standby of a running cluster (the
+// low-level backup API and a file copy, a physical slot of its own,
+// hot_standby_feedback on), whose WAL shipping can be paused (PauseWAL, so
+// it lags) and which can be promoted (Promote) after the primary is stopped
+// in immediate mode, the way a crash ends it.
+//
 // NATS runs in-process via github.com/nats-io/nats-server/v2/server. Set
 // TESTENV_NATS_LOG=1 to see its log on stderr.
 package testenv
