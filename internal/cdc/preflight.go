@@ -59,6 +59,10 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	if err := checkServer(ctx, q, cfg, version); err != nil {
 		return SlotState{}, err
 	}
+	if untested, _ := versionSupport(version); untested {
+		log.Warn("postgres is newer than the versions the relay is tested with", zap.Int("server_version_num", version),
+			zap.String("reason", untestedVersion(version)))
+	}
 	if err := ensurePublication(ctx, q, cfg, version, log); err != nil {
 		return SlotState{}, err
 	}
@@ -100,6 +104,9 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 		errs = append(errs, err)
 	} else {
 		notes = append(notes, "postgres: wal_level = logical, role may replicate, table and columns present")
+		if untested, _ := versionSupport(version); untested {
+			notes = append(notes, "postgres: untested version: "+untestedVersion(version))
+		}
 	}
 	dry := cfg
 	dry.CreatePublication, dry.CreateSlot = false, false
@@ -161,7 +168,7 @@ func checkServer(ctx context.Context, q querier, cfg Config, version int) error 
 		return fmt.Errorf("read server settings: %w", err)
 	}
 	var errs []error
-	if err := supportedVersion(version); err != nil {
+	if _, err := versionSupport(version); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := replicationTimeout(cfg.ReplicationTimeout, time.Duration(senderTimeoutMS)*time.Millisecond); err != nil {
@@ -227,14 +234,47 @@ func checkTable(ctx context.Context, q querier, cfg Config) error {
 	return nil
 }
 
-// supportedVersion refuses servers older than PostgreSQL 14 (the relay's
-// leader election and pgoutput options need it).
-func supportedVersion(version int) error {
-	if version < 140000 {
-		return fmt.Errorf("server: PostgreSQL %d.%d (server_version_num %d) is not supported; the relay needs PostgreSQL 14 or later",
-			version/10000, version%10000/100, version)
+// The PostgreSQL majors the relay runs on: from oldestMajor, and tested up
+// to newestTestedMajor (make test-matrix runs the core suite on each).
+const (
+	oldestMajor       = 14
+	newestTestedMajor = 18
+)
+
+// versionSupport is the relay's rule for a server of the given
+// server_version_num. Servers older than PostgreSQL 14 (the relay's leader
+// election and pgoutput options need it) are refused with an error. Servers
+// newer than the newest tested major are untested: the relay runs on them
+// with a warning, since a new major keeps pgoutput's protocol version 1 and
+// the catalog columns the relay reads, and a refusal would block every
+// database upgrade until a relay release; make test-matrix with the new
+// major's binaries is how it becomes tested. 14 to 18 are supported and
+// tested.
+func versionSupport(version int) (untested bool, err error) {
+	switch {
+	case version < oldestMajor*10000:
+		return false, fmt.Errorf("server: PostgreSQL %s (server_version_num %d) is not supported; the relay needs PostgreSQL %d or later",
+			versionText(version), version, oldestMajor)
+	case version >= (newestTestedMajor+1)*10000:
+		return true, nil
 	}
-	return nil
+	return false, nil
+}
+
+// untestedVersion is the warning for a server newer than the tested majors.
+func untestedVersion(version int) string {
+	return fmt.Sprintf("PostgreSQL %s is newer than the majors the relay is tested with (%d to %d); it runs, but check the release notes for changes to logical decoding and pgoutput",
+		versionText(version), oldestMajor, newestTestedMajor)
+}
+
+// versionText renders a server_version_num as PostgreSQL writes its
+// version: 180004 as 18.4 (major and minor since PostgreSQL 10), 90624 as
+// 9.6.24.
+func versionText(version int) string {
+	if version >= 100000 {
+		return fmt.Sprintf("%d.%d", version/10000, version%10000)
+	}
+	return fmt.Sprintf("%d.%d.%d", version/10000, version%10000/100, version%100)
 }
 
 // replicationTimeout is the --replication-timeout to use with a server
