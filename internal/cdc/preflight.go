@@ -327,21 +327,33 @@ type slotRow struct {
 	database       string
 	confirmedFlush pglogrepl.LSN
 	walStatus      string
-	activePID      *int32
+	// invalidation is why PostgreSQL invalidated the slot (see
+	// invalidationReasonSQL); empty for a valid slot.
+	invalidation string
+	activePID    *int32
 }
+
+// invalidationReasonSQL reads why PostgreSQL invalidated a slot of
+// pg_replication_slots s: invalidation_reason on PostgreSQL 17+ (wal_removed,
+// rows_removed, wal_level_insufficient, idle_timeout on 18+), "conflicting"
+// for PostgreSQL 16's conflicting = true, NULL for a valid slot. Through
+// to_jsonb, a column the server lacks reads as NULL, so one query fits every
+// major.
+const invalidationReasonSQL = `COALESCE(to_jsonb(s)->>'invalidation_reason',
+	CASE WHEN to_jsonb(s)->>'conflicting' = 'true' THEN 'conflicting' END)`
 
 func readSlot(ctx context.Context, q querier, slot string) (slotRow, bool, error) {
 	var r slotRow
-	var confirmed, plugin, database, walStatus *string
-	err := q.row(ctx, `SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status, active_pid
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &r.slotType, &database, &confirmed, &walStatus, &r.activePID)
+	var confirmed, plugin, database, walStatus, invalidation *string
+	err := q.row(ctx, `SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status, active_pid, `+invalidationReasonSQL+`
+		FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &r.slotType, &database, &confirmed, &walStatus, &r.activePID, &invalidation)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, false, nil
 	}
 	if err != nil {
 		return r, false, fmt.Errorf("read slot %q: %w", slot, err)
 	}
-	r.plugin, r.database, r.walStatus = deref(plugin), deref(database), deref(walStatus)
+	r.plugin, r.database, r.walStatus, r.invalidation = deref(plugin), deref(database), deref(walStatus), deref(invalidation)
 	if confirmed != nil {
 		if r.confirmedFlush, err = pglogrepl.ParseLSN(*confirmed); err != nil {
 			return r, false, fmt.Errorf("read slot %q: %w", slot, err)
@@ -402,10 +414,35 @@ func (r slotRow) usable(slot, database string) error {
 		return fmt.Errorf("slot: %q is a %s slot with plugin %q, want a logical pgoutput slot: %w", slot, r.slotType, r.plugin, ErrSlot)
 	case r.database != database:
 		return fmt.Errorf("slot: %q decodes database %q, not %q: %w", slot, r.database, database, ErrSlot)
-	case r.walStatus == "lost":
-		return fmt.Errorf("slot: %q is lost (wal_status = lost): PostgreSQL removed WAL it still needed, so events may be missing; see the recovery section of the README: %w", slot, ErrSlot)
+	case r.walStatus == "lost" || r.invalidation != "":
+		state := "wal_status = " + r.walStatus
+		if r.invalidation != "" {
+			state += ", invalidation_reason = " + r.invalidation
+		}
+		return fmt.Errorf("slot: %q is lost (%s): %s, so events may be missing; see the recovery section of the README: %w",
+			slot, state, lostSlotCause(r.invalidation), ErrSlot)
 	}
 	return nil
+}
+
+// lostSlotCause explains a lost slot by why PostgreSQL invalidated it
+// (invalidationReasonSQL; empty on PostgreSQL 14 and 15, where removed WAL
+// is the only cause) and says how to keep it from happening again.
+func lostSlotCause(reason string) string {
+	switch reason {
+	case "", "wal_removed":
+		return "PostgreSQL removed WAL it still needed (max_slot_wal_keep_size)"
+	case "idle_timeout":
+		return "no relay streamed from it for longer than idle_replication_slot_timeout, so PostgreSQL invalidated it " +
+			"at a checkpoint and no longer keeps the WAL it needs; set idle_replication_slot_timeout above the longest time " +
+			"the relay may be stopped, or to 0"
+	case "rows_removed", "conflicting":
+		return "the primary removed catalog rows that decoding on this standby still needed " +
+			"(turn on hot_standby_feedback and give the standby a physical slot on the primary)"
+	case "wal_level_insufficient":
+		return "the primary's wal_level is no longer logical"
+	}
+	return "PostgreSQL invalidated it"
 }
 
 // identify runs IDENTIFY_SYSTEM on a replication connection. It also proves
