@@ -114,6 +114,8 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 		if cfg.CreatePublication && isMissing(ctx, q, `SELECT 1 FROM pg_publication WHERE pubname = $1`, cfg.Publication) {
 			if err := publicationRights(ctx, q, cfg); err != nil {
 				errs = append(errs, err)
+			} else if isMissing(ctx, q, `SELECT 1 WHERE NOT pg_is_in_recovery()`) {
+				errs = append(errs, fmt.Errorf("publication: %q does not exist, and the server is read-only (a standby); create it on the primary", cfg.Publication))
 			} else {
 				notes = append(notes, fmt.Sprintf("publication %q: missing, will be created on start", cfg.Publication))
 			}
@@ -169,6 +171,8 @@ func checkServer(ctx context.Context, q querier, cfg Config, version int) error 
 	}
 	var errs []error
 	if _, err := versionSupport(version); err != nil {
+		errs = append(errs, err)
+	} else if err := standbyRequirements(ctx, q, version); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := replicationTimeout(cfg.ReplicationTimeout, time.Duration(senderTimeoutMS)*time.Millisecond); err != nil {
@@ -230,6 +234,37 @@ func checkTable(ctx context.Context, q querier, cfg Config) error {
 	if i := index[colCreatedAt]; i >= 0 && !slices.Contains([]string{"timestamptz", "timestamp", "date"}, typnames[i]) {
 		return fmt.Errorf("table: column %s of %s is of type %s; --column-created-at needs timestamptz, timestamp or date (or set it empty)",
 			pgx.Identifier{have[i]}.Sanitize(), qualified, types[i])
+	}
+	return nil
+}
+
+// walPositionSQL is the server's WAL position: pg_current_wal_lsn() on a
+// primary; on a standby, which cannot call it, the position replayed, which
+// is as far as decoding there reaches and as far as the standby's catalog
+// (the publication) is seen by a new snapshot: replaying a commit record
+// makes the transaction visible before the replayed position passes it.
+const walPositionSQL = `CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END`
+
+// standbyRequirements explains what logical decoding on a standby needs when
+// the server is one (a hot standby in recovery): PostgreSQL 16 or later, and
+// hot_standby_feedback, without which the primary's vacuum removes catalog
+// rows decoding still needs and PostgreSQL invalidates the slot
+// (rows_removed). nil on a primary.
+func standbyRequirements(ctx context.Context, q querier, version int) error {
+	var standby bool
+	var feedback string
+	if err := q.row(ctx, `SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback')`).Scan(&standby, &feedback); err != nil {
+		return fmt.Errorf("read recovery state: %w", err)
+	}
+	switch {
+	case !standby:
+		return nil
+	case version < 160000:
+		return fmt.Errorf("server: the server is a standby, and logical decoding on a standby needs PostgreSQL 16 or later, it is %s; point --postgres-url at the primary",
+			versionText(version))
+	case feedback != "on":
+		return errors.New("server: the server is a standby with hot_standby_feedback off, so the primary's vacuum can remove catalog rows the slot needs and PostgreSQL would invalidate it; " +
+			"set hot_standby_feedback = on on the standby and give it a physical replication slot on the primary (primary_slot_name)")
 	}
 	return nil
 }

@@ -92,22 +92,38 @@ func TestSlotUsable(t *testing.T) {
 		{name: "unreserved is still usable", edit: func(r *slotRow) { r.walStatus = "unreserved" }},
 		{name: "physical", edit: func(r *slotRow) { r.slotType, r.plugin = "physical", "" }, wants: []string{"want a logical pgoutput slot"}},
 		{name: "other database", edit: func(r *slotRow) { r.database = "other" }, wants: []string{`decodes database "other"`}},
-		{name: "lost, 14 and 15", edit: func(r *slotRow) { r.walStatus = "lost" },
-			wants: []string{`"s" is lost (wal_status = lost): PostgreSQL removed WAL it still needed (max_slot_wal_keep_size)`, "recovery section"}},
-		{name: "wal removed, 17+", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "wal_removed" },
-			wants: []string{"(wal_status = lost, invalidation_reason = wal_removed): PostgreSQL removed WAL"}},
-		{name: "idle timeout, 18+", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "idle_timeout" },
-			wants: []string{"(wal_status = lost, invalidation_reason = idle_timeout): no relay streamed from it for longer than idle_replication_slot_timeout", "recovery section"}},
-		{name: "invalidated, wal_status not lost", edit: func(r *slotRow) { r.invalidation = "idle_timeout" },
-			wants: []string{"(wal_status = reserved, invalidation_reason = idle_timeout)"}},
-		{name: "conflict on a standby, 16", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "conflicting" },
-			wants: []string{"hot_standby_feedback"}},
-		{name: "rows removed, 17+", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "rows_removed" },
-			wants: []string{"hot_standby_feedback"}},
-		{name: "wal level", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "wal_level_insufficient" },
-			wants: []string{"wal_level is no longer logical"}},
-		{name: "a future reason", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "something_new" },
-			wants: []string{"invalidation_reason = something_new): PostgreSQL invalidated it"}},
+		{
+			name: "lost, 14 and 15", edit: func(r *slotRow) { r.walStatus = "lost" },
+			wants: []string{`"s" is lost (wal_status = lost): PostgreSQL removed WAL it still needed (max_slot_wal_keep_size)`, "recovery section"},
+		},
+		{
+			name: "wal removed, 17+", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "wal_removed" },
+			wants: []string{"(wal_status = lost, invalidation_reason = wal_removed): PostgreSQL removed WAL"},
+		},
+		{
+			name: "idle timeout, 18+", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "idle_timeout" },
+			wants: []string{"(wal_status = lost, invalidation_reason = idle_timeout): no relay streamed from it for longer than idle_replication_slot_timeout", "recovery section"},
+		},
+		{
+			name: "invalidated, wal_status not lost", edit: func(r *slotRow) { r.invalidation = "idle_timeout" },
+			wants: []string{"(wal_status = reserved, invalidation_reason = idle_timeout)"},
+		},
+		{
+			name: "conflict on a standby, 16", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "conflicting" },
+			wants: []string{"hot_standby_feedback"},
+		},
+		{
+			name: "rows removed, 17+", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "rows_removed" },
+			wants: []string{"hot_standby_feedback"},
+		},
+		{
+			name: "wal level", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "wal_level_insufficient" },
+			wants: []string{"wal_level is no longer logical"},
+		},
+		{
+			name: "a future reason", edit: func(r *slotRow) { r.walStatus, r.invalidation = "lost", "something_new" },
+			wants: []string{"invalidation_reason = something_new): PostgreSQL invalidated it"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

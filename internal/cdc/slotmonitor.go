@@ -23,9 +23,10 @@ type SlotReading struct {
 	// idle_timeout; "conflicting" on PostgreSQL 16); empty while it is
 	// valid.
 	InvalidationReason string
-	// RetainedBytes is pg_current_wal_lsn() - restart_lsn: WAL kept for the slot.
+	// RetainedBytes is the server's WAL position (walPositionSQL) -
+	// restart_lsn: WAL kept for the slot.
 	RetainedBytes int64
-	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn.
+	// LagBytes is the server's WAL position - confirmed_flush_lsn.
 	LagBytes int64
 	// SafeWALSize is safe_wal_size, or -1 when max_slot_wal_keep_size is
 	// unlimited.
@@ -42,11 +43,11 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Dur
 	var walStatus, confirmed, invalidation *string
 	var retained, lag, safe *int64
 	err := q.row(ctx, `SELECT s.active, s.wal_status, `+invalidationReasonSQL+`,
-			(pg_current_wal_lsn() - s.restart_lsn)::bigint,
-			(pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint,
-			s.safe_wal_size, s.confirmed_flush_lsn::text, pg_current_wal_lsn()::text,
+			(w.lsn - s.restart_lsn)::bigint,
+			(w.lsn - s.confirmed_flush_lsn)::bigint,
+			s.safe_wal_size, s.confirmed_flush_lsn::text, w.lsn::text,
 			current_setting('max_slot_wal_keep_size')
-		FROM pg_replication_slots s WHERE s.slot_name = $1`, slot).
+		FROM pg_replication_slots s, (SELECT `+walPositionSQL+` AS lsn) w WHERE s.slot_name = $1`, slot).
 		Scan(&r.Active, &walStatus, &invalidation, &retained, &lag, &safe, &confirmed, &r.CurrentWAL, &r.MaxSlotWALKeep)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, nil
