@@ -114,7 +114,7 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 		if cfg.CreatePublication && isMissing(ctx, q, `SELECT 1 FROM pg_publication WHERE pubname = $1`, cfg.Publication) {
 			if err := publicationRights(ctx, q, cfg); err != nil {
 				errs = append(errs, err)
-			} else if isMissing(ctx, q, `SELECT 1 WHERE NOT pg_is_in_recovery()`) {
+			} else if isMissing(ctx, q, `SELECT 1 WHERE NOT pg_is_in_recovery()`) { // a standby, read-only
 				errs = append(errs, fmt.Errorf("publication: %q does not exist, and the server is read-only (a standby); create it on the primary", cfg.Publication))
 			} else {
 				notes = append(notes, fmt.Sprintf("publication %q: missing, will be created on start", cfg.Publication))
