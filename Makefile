@@ -12,7 +12,7 @@ PROMTOOL_VERSION      := v0.316.0
 HELM_VERSION          := v3.22.0
 GOLANGCI_LINT_VERSION := v2.15.0
 
-.PHONY: build test test-short test-deploy fuzz lint vet demo bench bench-smoke chaos docker helm-lint tools clean
+.PHONY: build test test-matrix test-short test-deploy fuzz lint vet demo bench bench-smoke chaos docker helm-lint tools clean
 
 build: ## Build bin/relay, as the Dockerfile does
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
@@ -24,6 +24,28 @@ TEST_TOOLS := HELM=$(TOOLS_BIN)/helm-$(HELM_VERSION) PROMTOOL=$(TOOLS_BIN)/promt
 test: $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION) ## The whole suite: unit, integration, end-to-end, fault and deploy tests, with -race
 	$(TEST_TOOLS) $(GO) test -race -count=1 -timeout 30m ./...
 	$(TEST_TOOLS) monitoring/check.sh
+
+# The core suite on every supported PostgreSQL major besides the default (15,
+# which make test runs): the harness, order and once, restarts and crashes,
+# outages, idle WAL, the slot moving only past acknowledged events, dropped and
+# lost slots, poison, exactly once past the duplicate window, shared streams and
+# retention, partitions and publications.
+MATRIX_MAJORS ?= 14 16 17 18
+MATRIX_TESTS  := ^(TestPostgres|TestRelayDeliversEveryCommittedEventOnceInCommitOrder|TestRestartsAndCrashesLoseAndDuplicateNothing|TestOutagesAreRiddenOut|TestIdleOutboxDoesNotPinWAL|TestSlotMovesOnlyPastAcknowledgedEvents|TestDroppedSlotIsNeverSilentlyRecreated|TestLostSlotStopsTheRelay|TestPoisonEventStopsTheRelay|TestPoisonEventsGoToTheDeadLetterSubject|TestExactlyOncePastTheDuplicateWindow|TestRelaysShareAStreamWithOtherWriters|TestRetentionRemovesTheRelaysMessages|TestDroppedSlotIsDetectedWhenTheStreamKeepsNothing|TestSharedReplicatedStream|TestPartitionedOutboxPublishesEveryEvent|TestPartitionDeliveredUnderItsOwnNameStopsTheRelay|TestPublicationThatWouldHideEventsIsRefused|TestPublicationNamesKeepTheirCase|TestPublicationMissingAtAWALPositionStopsTheRelay|TestPublicationChangedWhileRunningStopsTheRelay|TestPublicationChangedWhileStopped)$$
+
+test-matrix: ## The core suite on each PostgreSQL major of MATRIX_MAJORS (14 16 17 18), installed once by scripts/install-postgres.sh
+	@failed=""; for major in $(MATRIX_MAJORS); do \
+		bin=$$(scripts/install-postgres.sh $$major) || exit 1; \
+		"$$bin/postgres" --version | grep -q "PostgreSQL) $$major\." || { echo "$$bin/postgres is not PostgreSQL $$major"; exit 1; }; \
+		echo "=== PostgreSQL $$major ($$bin)"; \
+		start=$$(date +%s); \
+		if PG_BIN=$$bin $(GO) test -race -count=1 -timeout 20m -run '$(MATRIX_TESTS)' ./cmd/relay/ ./internal/testenv/; then \
+			echo "=== PostgreSQL $$major: ok in $$(( $$(date +%s) - start ))s"; \
+		else \
+			echo "=== PostgreSQL $$major: FAIL after $$(( $$(date +%s) - start ))s"; failed="$$failed $$major"; \
+		fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-matrix failed on PostgreSQL$$failed"; exit 1; fi
 
 test-deploy: $(TOOLS_BIN)/helm-$(HELM_VERSION) ## Dockerfile and Helm checks, no Docker engine needed
 	$(TEST_TOOLS) $(GO) test -count=1 ./deploy/...

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -16,12 +17,14 @@ import (
 )
 
 // majors returns the fixture options of each PostgreSQL major a test runs on:
-// the harness default (15) and 18, from scripts/install-postgres.sh.
+// the harness default (15, or PG_BIN's under make test-matrix) and 18, from
+// scripts/install-postgres.sh, each once.
 func majors(t *testing.T) map[string][]testenv.PostgresOption {
-	return map[string][]testenv.PostgresOption{
-		"pg15": nil,
-		"pg18": {testenv.WithPostgresBin(testenv.PostgresBinFor(t, 18))},
+	m := map[string][]testenv.PostgresOption{fmt.Sprintf("pg%d", testenv.DefaultPostgresMajor(t)): nil}
+	if _, ok := m["pg18"]; !ok {
+		m["pg18"] = []testenv.PostgresOption{testenv.WithPostgresBin(testenv.PostgresBinFor(t, 18))}
 	}
+	return m
 }
 
 // TestPublicationNamesKeepTheirCase: the relay creates and streams from a

@@ -92,3 +92,53 @@ func TestFailoverSlotNeedsPostgres17(t *testing.T) {
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "failover-slot: failover slots need PostgreSQL 17")
 }
+
+// TestIdleTimedOutSlotStopsTheRelay: on PostgreSQL 18 a slot that no relay
+// streams from for longer than idle_replication_slot_timeout is invalidated
+// at the next checkpoint (invalidation_reason = idle_timeout, wal_status =
+// lost). The next start stops with an error naming the setting and the
+// recovery, relay status and relay check fail saying so, and the README's
+// recovery (drop the slot, create it by hand) gets the relay going again.
+func TestIdleTimedOutSlotStopsTheRelay(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testenv.WithPostgresBin(testenv.PostgresBinFor(t, 18)),
+		testenv.WithPostgresConfig("idle_replication_slot_timeout", "1s"))
+	relay := f.startRelay(t)
+	f.write(t, 3, "before")
+	f.waitStream(t, 3, 30*time.Second)
+	stopRelay(t, relay)
+	f.write(t, 2, "while-stopped")
+
+	ctx := context.Background()
+	conn := f.pg.Connect(t, f.db)
+	require.Eventually(t, func() bool {
+		f.pg.Exec(t, f.db, `CHECKPOINT`)
+		var reason *string
+		require.NoError(t, conn.QueryRow(ctx, `SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`).Scan(&reason))
+		return reason != nil && *reason == "idle_timeout"
+	}, 30*time.Second, 200*time.Millisecond, "the idle slot is invalidated at a checkpoint")
+
+	again := e2e.StartRelay(t, f.bin, f.env())
+	code, err := again.Wait(60 * time.Second)
+	require.NoError(t, err, "the relay stops on the invalidated slot")
+	require.Equal(t, 1, code)
+	logs := unescaped(again.Logs())
+	require.Contains(t, logs, `slot: "outbox_relay" is lost (wal_status = lost, invalidation_reason = idle_timeout)`)
+	require.Contains(t, logs, "idle_replication_slot_timeout")
+	require.Contains(t, logs, "recovery section of the README")
+
+	code, out := runCommand(t, f.bin, f.env(), "status")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, out, "invalidation_reason: idle_timeout")
+	require.Contains(t, out, "idle_replication_slot_timeout")
+	code, out = runCommand(t, f.bin, f.env(), "check")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, unescaped(out), "invalidation_reason = idle_timeout")
+
+	// The README's recovery: drop the lost slot, create it by hand.
+	f.pg.Exec(t, f.db, `SELECT pg_drop_replication_slot('outbox_relay')`)
+	f.pg.Exec(t, f.db, `SELECT pg_create_logical_replication_slot('outbox_relay', 'pgoutput')`)
+	f.startRelay(t)
+	f.write(t, 1, "after")
+	f.waitStream(t, 4, 30*time.Second)
+}

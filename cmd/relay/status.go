@@ -350,13 +350,16 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		fmt.Fprintf(out, "  lag:                 %s (current WAL - confirmed)\n", bytesText(slot.LagBytes))
 		fmt.Fprintf(out, "  retained WAL:        %s\n", bytesText(slot.RetainedBytes))
 		fmt.Fprintf(out, "  wal_status:          %s\n", slot.WALStatus)
+		if slot.InvalidationReason != "" {
+			fmt.Fprintf(out, "  invalidation_reason: %s\n", slot.InvalidationReason)
+		}
 		if slot.SafeWALSize < 0 {
 			fmt.Fprintln(out, "  safe_wal_size:       unlimited (max_slot_wal_keep_size = -1)")
 		} else {
 			fmt.Fprintf(out, "  safe_wal_size:       %s\n", bytesText(slot.SafeWALSize))
 		}
-		if slot.WALStatus == "lost" {
-			problems = append(problems, errors.New("the slot is lost: PostgreSQL removed WAL it still needed; see the README's slot recovery section"))
+		if cause := slot.LostCause(); cause != "" {
+			problems = append(problems, fmt.Errorf("the slot is lost: %s; see the README's slot recovery section", cause))
 		}
 		printFailover(ctx, cfg, pgConn, out)
 	}

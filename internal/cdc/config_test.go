@@ -187,11 +187,40 @@ func TestReplicationTimeout(t *testing.T) {
 	}
 }
 
-func TestSupportedVersion(t *testing.T) {
+// TestVersionSupport is the rule for server_version_num: refused below 14,
+// supported and tested from 14 to 18, run with a warning above.
+func TestVersionSupport(t *testing.T) {
 	t.Parallel()
-	require.ErrorContains(t, supportedVersion(130015), "PostgreSQL 13.0 (server_version_num 130015) is not supported; the relay needs PostgreSQL 14 or later")
-	require.ErrorContains(t, supportedVersion(90624), "PostgreSQL 9.6")
-	for _, v := range []int{140000, 150018, 180004} {
-		require.NoError(t, supportedVersion(v))
+	tests := []struct {
+		version  int
+		untested bool
+		err      string
+	}{
+		{version: 90624, err: "PostgreSQL 9.6.24 (server_version_num 90624) is not supported; the relay needs PostgreSQL 14 or later"},
+		{version: 130015, err: "PostgreSQL 13.15 (server_version_num 130015) is not supported; the relay needs PostgreSQL 14 or later"},
+		{version: 139999, err: "PostgreSQL 13.9999"},
+		{version: 140000},
+		{version: 140023},
+		{version: 150018},
+		{version: 160014},
+		{version: 170010},
+		{version: 180004},
+		{version: 189999},
+		{version: 190000, untested: true},
+		{version: 200001, untested: true},
 	}
+	for _, tt := range tests {
+		t.Run(versionText(tt.version), func(t *testing.T) {
+			t.Parallel()
+			untested, err := versionSupport(tt.version)
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.untested, untested)
+		})
+	}
+	require.Equal(t, "PostgreSQL 19.2 is newer than the majors the relay is tested with (14 to 18); it runs, but check the release notes for changes to logical decoding and pgoutput",
+		untestedVersion(190002))
 }

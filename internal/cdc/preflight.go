@@ -61,6 +61,10 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	if err := checkServer(ctx, q, cfg, version); err != nil {
 		return SlotState{}, err
 	}
+	if untested, _ := versionSupport(version); untested {
+		log.Warn("postgres is newer than the versions the relay is tested with", zap.Int("server_version_num", version),
+			zap.String("reason", untestedVersion(version)))
+	}
 	if err := ensurePublication(ctx, q, cfg, version, log); err != nil {
 		return SlotState{}, err
 	}
@@ -107,6 +111,9 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 		errs = append(errs, err)
 	} else {
 		notes = append(notes, "postgres: wal_level = logical, role may replicate, table and columns present")
+		if untested, _ := versionSupport(version); untested {
+			notes = append(notes, "postgres: untested version: "+untestedVersion(version))
+		}
 	}
 	dry := cfg
 	dry.CreatePublication, dry.CreateSlot = false, false
@@ -114,6 +121,8 @@ func Check(ctx context.Context, cfg Config) ([]string, error) {
 		if cfg.CreatePublication && isMissing(ctx, q, `SELECT 1 FROM pg_publication WHERE pubname = $1`, cfg.Publication) {
 			if err := publicationRights(ctx, q, cfg); err != nil {
 				errs = append(errs, err)
+			} else if isMissing(ctx, q, `SELECT 1 WHERE NOT pg_is_in_recovery()`) { // a standby, read-only
+				errs = append(errs, fmt.Errorf("publication: %q does not exist, and the server is read-only (a standby); create it on the primary", cfg.Publication))
 			} else {
 				notes = append(notes, fmt.Sprintf("publication %q: missing, will be created on start", cfg.Publication))
 			}
@@ -168,7 +177,9 @@ func checkServer(ctx context.Context, q querier, cfg Config, version int) error 
 		return fmt.Errorf("read server settings: %w", err)
 	}
 	var errs []error
-	if err := supportedVersion(version); err != nil {
+	if _, err := versionSupport(version); err != nil {
+		errs = append(errs, err)
+	} else if err := standbyRequirements(ctx, q, version); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := replicationTimeout(cfg.ReplicationTimeout, time.Duration(senderTimeoutMS)*time.Millisecond); err != nil {
@@ -234,14 +245,78 @@ func checkTable(ctx context.Context, q querier, cfg Config) error {
 	return nil
 }
 
-// supportedVersion refuses servers older than PostgreSQL 14 (the relay's
-// leader election and pgoutput options need it).
-func supportedVersion(version int) error {
-	if version < 140000 {
-		return fmt.Errorf("server: PostgreSQL %d.%d (server_version_num %d) is not supported; the relay needs PostgreSQL 14 or later",
-			version/10000, version%10000/100, version)
+// walPositionSQL is the server's WAL position: pg_current_wal_lsn() on a
+// primary; on a standby, which cannot call it, the position replayed, which
+// is as far as decoding there reaches and as far as the standby's catalog
+// (the publication) is seen by a new snapshot: replaying a commit record
+// makes the transaction visible before the replayed position passes it.
+const walPositionSQL = `CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END`
+
+// standbyRequirements explains what logical decoding on a standby needs when
+// the server is one (a hot standby in recovery): PostgreSQL 16 or later, and
+// hot_standby_feedback, without which the primary's vacuum removes catalog
+// rows decoding still needs and PostgreSQL invalidates the slot
+// (rows_removed). nil on a primary.
+func standbyRequirements(ctx context.Context, q querier, version int) error {
+	var standby bool
+	var feedback string
+	if err := q.row(ctx, `SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback')`).Scan(&standby, &feedback); err != nil {
+		return fmt.Errorf("read recovery state: %w", err)
+	}
+	switch {
+	case !standby:
+		return nil
+	case version < 160000:
+		return fmt.Errorf("server: the server is a standby, and logical decoding on a standby needs PostgreSQL 16 or later, it is %s; point --postgres-url at the primary",
+			versionText(version))
+	case feedback != "on":
+		return errors.New("server: the server is a standby with hot_standby_feedback off, so the primary's vacuum can remove catalog rows the slot needs and PostgreSQL would invalidate it; " +
+			"set hot_standby_feedback = on on the standby and give it a physical replication slot on the primary (primary_slot_name)")
 	}
 	return nil
+}
+
+// The PostgreSQL majors the relay runs on: from oldestMajor, and tested up
+// to newestTestedMajor (make test-matrix runs the core suite on each).
+const (
+	oldestMajor       = 14
+	newestTestedMajor = 18
+)
+
+// versionSupport is the relay's rule for a server of the given
+// server_version_num. Servers older than PostgreSQL 14 (the relay's leader
+// election and pgoutput options need it) are refused with an error. Servers
+// newer than the newest tested major are untested: the relay runs on them
+// with a warning, since a new major keeps pgoutput's protocol version 1 and
+// the catalog columns the relay reads, and a refusal would block every
+// database upgrade until a relay release; make test-matrix with the new
+// major's binaries is how it becomes tested. 14 to 18 are supported and
+// tested.
+func versionSupport(version int) (untested bool, err error) {
+	switch {
+	case version < oldestMajor*10000:
+		return false, fmt.Errorf("server: PostgreSQL %s (server_version_num %d) is not supported; the relay needs PostgreSQL %d or later",
+			versionText(version), version, oldestMajor)
+	case version >= (newestTestedMajor+1)*10000:
+		return true, nil
+	}
+	return false, nil
+}
+
+// untestedVersion is the warning for a server newer than the tested majors.
+func untestedVersion(version int) string {
+	return fmt.Sprintf("PostgreSQL %s is newer than the majors the relay is tested with (%d to %d); it runs, but check the release notes for changes to logical decoding and pgoutput",
+		versionText(version), oldestMajor, newestTestedMajor)
+}
+
+// versionText renders a server_version_num as PostgreSQL writes its
+// version: 180004 as 18.4 (major and minor since PostgreSQL 10), 90624 as
+// 9.6.24.
+func versionText(version int) string {
+	if version >= 100000 {
+		return fmt.Sprintf("%d.%d", version/10000, version%10000)
+	}
+	return fmt.Sprintf("%d.%d.%d", version/10000, version%10000/100, version%100)
 }
 
 // replicationTimeout is the --replication-timeout to use with a server
@@ -294,21 +369,33 @@ type slotRow struct {
 	database       string
 	confirmedFlush pglogrepl.LSN
 	walStatus      string
-	activePID      *int32
+	// invalidation is why PostgreSQL invalidated the slot (see
+	// invalidationReasonSQL); empty for a valid slot.
+	invalidation string
+	activePID    *int32
 }
+
+// invalidationReasonSQL reads why PostgreSQL invalidated a slot of
+// pg_replication_slots s: invalidation_reason on PostgreSQL 17+ (wal_removed,
+// rows_removed, wal_level_insufficient, idle_timeout on 18+), "conflicting"
+// for PostgreSQL 16's conflicting = true, NULL for a valid slot. Through
+// to_jsonb, a column the server lacks reads as NULL, so one query fits every
+// major.
+const invalidationReasonSQL = `COALESCE(to_jsonb(s)->>'invalidation_reason',
+	CASE WHEN to_jsonb(s)->>'conflicting' = 'true' THEN 'conflicting' END)`
 
 func readSlot(ctx context.Context, q querier, slot string) (slotRow, bool, error) {
 	var r slotRow
-	var confirmed, plugin, database, walStatus *string
-	err := q.row(ctx, `SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status, active_pid
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &r.slotType, &database, &confirmed, &walStatus, &r.activePID)
+	var confirmed, plugin, database, walStatus, invalidation *string
+	err := q.row(ctx, `SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status, active_pid, `+invalidationReasonSQL+`
+		FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &r.slotType, &database, &confirmed, &walStatus, &r.activePID, &invalidation)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, false, nil
 	}
 	if err != nil {
 		return r, false, fmt.Errorf("read slot %q: %w", slot, err)
 	}
-	r.plugin, r.database, r.walStatus = deref(plugin), deref(database), deref(walStatus)
+	r.plugin, r.database, r.walStatus, r.invalidation = deref(plugin), deref(database), deref(walStatus), deref(invalidation)
 	if confirmed != nil {
 		if r.confirmedFlush, err = pglogrepl.ParseLSN(*confirmed); err != nil {
 			return r, false, fmt.Errorf("read slot %q: %w", slot, err)
@@ -369,10 +456,35 @@ func (r slotRow) usable(slot, database string) error {
 		return fmt.Errorf("slot: %q is a %s slot with plugin %q, want a logical pgoutput slot: %w", slot, r.slotType, r.plugin, ErrSlot)
 	case r.database != database:
 		return fmt.Errorf("slot: %q decodes database %q, not %q: %w", slot, r.database, database, ErrSlot)
-	case r.walStatus == "lost":
-		return fmt.Errorf("slot: %q is lost (wal_status = lost): PostgreSQL removed WAL it still needed, so events may be missing; see the recovery section of the README: %w", slot, ErrSlot)
+	case r.walStatus == "lost" || r.invalidation != "":
+		state := "wal_status = " + r.walStatus
+		if r.invalidation != "" {
+			state += ", invalidation_reason = " + r.invalidation
+		}
+		return fmt.Errorf("slot: %q is lost (%s): %s, so events may be missing; see the recovery section of the README: %w",
+			slot, state, lostSlotCause(r.invalidation), ErrSlot)
 	}
 	return nil
+}
+
+// lostSlotCause explains a lost slot by why PostgreSQL invalidated it
+// (invalidationReasonSQL; empty on PostgreSQL 14 and 15, where removed WAL
+// is the only cause) and says how to keep it from happening again.
+func lostSlotCause(reason string) string {
+	switch reason {
+	case "", "wal_removed":
+		return "PostgreSQL removed WAL it still needed (max_slot_wal_keep_size)"
+	case "idle_timeout":
+		return "no relay streamed from it for longer than idle_replication_slot_timeout, so PostgreSQL invalidated it " +
+			"at a checkpoint and no longer keeps the WAL it needs; set idle_replication_slot_timeout above the longest time " +
+			"the relay may be stopped, or to 0"
+	case "rows_removed", "conflicting":
+		return "the primary removed catalog rows that decoding on this standby still needed " +
+			"(turn on hot_standby_feedback and give the standby a physical slot on the primary)"
+	case "wal_level_insufficient":
+		return "the primary's wal_level is no longer logical"
+	}
+	return "PostgreSQL invalidated it"
 }
 
 // identify runs IDENTIFY_SYSTEM on a replication connection. It also proves

@@ -168,6 +168,10 @@ func ensurePublication(ctx context.Context, q querier, cfg Config, version int, 
 				}
 				return fmt.Errorf("create publication %q: %w: %w", cfg.Publication, err, ErrConfig)
 			}
+			if errors.As(err, &pgErr) && pgErr.Code == sqlstateReadOnlyTransaction {
+				return fmt.Errorf("publication: %q does not exist, and the server is read-only (a standby); create it on the primary with %s: %w",
+					cfg.Publication, create, ErrConfig)
+			}
 			return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
 		}
 		log.Info("publication created", zap.String("publication", cfg.Publication), zap.String("table", qualified))
@@ -221,6 +225,10 @@ func validatedFingerprint(ctx context.Context, q querier, cfg Config, version in
 
 // sqlstateInsufficientPrivilege: permission denied, must be owner.
 const sqlstateInsufficientPrivilege = "42501"
+
+// sqlstateReadOnlyTransaction: cannot execute a statement in a read-only
+// transaction, as on a standby.
+const sqlstateReadOnlyTransaction = "25006"
 
 // qualifiedTable is the outbox table as a quoted, schema-qualified name.
 func qualifiedTable(cfg Config) string { return pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize() }

@@ -233,7 +233,7 @@ func (w *publicationWatch) check(ctx context.Context) error {
 	}
 	q := querier{conn: w.conn, timeout: w.cfg.QueryTimeout}
 	var text string
-	if err := q.row(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+	if err := q.row(ctx, `SELECT `+walPositionSQL+`::text`).Scan(&text); err != nil {
 		return fmt.Errorf("read the WAL position: %w", err)
 	}
 	lsn, err := pglogrepl.ParseLSN(text)

@@ -18,9 +18,15 @@ type SlotReading struct {
 	Active bool
 	// WALStatus is pg_replication_slots.wal_status.
 	WALStatus string
-	// RetainedBytes is pg_current_wal_lsn() - restart_lsn: WAL kept for the slot.
+	// InvalidationReason is why PostgreSQL invalidated the slot
+	// (pg_replication_slots.invalidation_reason, PostgreSQL 17+, e.g.
+	// idle_timeout; "conflicting" on PostgreSQL 16); empty while it is
+	// valid.
+	InvalidationReason string
+	// RetainedBytes is the server's WAL position (walPositionSQL) -
+	// restart_lsn: WAL kept for the slot.
 	RetainedBytes int64
-	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn.
+	// LagBytes is the server's WAL position - confirmed_flush_lsn.
 	LagBytes int64
 	// SafeWALSize is safe_wal_size, or -1 when max_slot_wal_keep_size is
 	// unlimited.
@@ -34,15 +40,15 @@ type SlotReading struct {
 func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Duration) (SlotReading, error) {
 	q := querier{conn: conn, timeout: timeout}
 	var r SlotReading
-	var walStatus, confirmed *string
+	var walStatus, confirmed, invalidation *string
 	var retained, lag, safe *int64
-	err := q.row(ctx, `SELECT s.active, s.wal_status,
-			(pg_current_wal_lsn() - s.restart_lsn)::bigint,
-			(pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint,
-			s.safe_wal_size, s.confirmed_flush_lsn::text, pg_current_wal_lsn()::text,
+	err := q.row(ctx, `SELECT s.active, s.wal_status, `+invalidationReasonSQL+`,
+			(w.lsn - s.restart_lsn)::bigint,
+			(w.lsn - s.confirmed_flush_lsn)::bigint,
+			s.safe_wal_size, s.confirmed_flush_lsn::text, w.lsn::text,
 			current_setting('max_slot_wal_keep_size')
-		FROM pg_replication_slots s WHERE s.slot_name = $1`, slot).
-		Scan(&r.Active, &walStatus, &retained, &lag, &safe, &confirmed, &r.CurrentWAL, &r.MaxSlotWALKeep)
+		FROM pg_replication_slots s, (SELECT `+walPositionSQL+` AS lsn) w WHERE s.slot_name = $1`, slot).
+		Scan(&r.Active, &walStatus, &invalidation, &retained, &lag, &safe, &confirmed, &r.CurrentWAL, &r.MaxSlotWALKeep)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, nil
 	}
@@ -50,7 +56,7 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Dur
 		return r, err
 	}
 	r.Exists = true
-	r.WALStatus, r.ConfirmedFlush = deref(walStatus), deref(confirmed)
+	r.WALStatus, r.ConfirmedFlush, r.InvalidationReason = deref(walStatus), deref(confirmed), deref(invalidation)
 	r.SafeWALSize = -1
 	if safe != nil {
 		r.SafeWALSize = *safe
@@ -62,6 +68,15 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Dur
 		r.LagBytes = *lag
 	}
 	return r, nil
+}
+
+// LostCause explains why the slot can no longer be used, naming the cause
+// and how to avoid it, or returns "" when it is not lost.
+func (r SlotReading) LostCause() string {
+	if !r.Exists || (r.WALStatus != "lost" && r.InvalidationReason == "") {
+		return ""
+	}
+	return lostSlotCause(r.InvalidationReason)
 }
 
 // MonitorSlot polls the slot every SlotPollInterval and exports its retained

@@ -137,20 +137,52 @@ func reachableBin(binDir string, owner *osUser) (string, error) {
 // 180004).
 func (p *Postgres) Version(t testing.TB) int {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(p.binDir, "postgres"), "--version").Output()
+	version, err := binVersion(p.binDir)
 	if err != nil {
-		t.Fatalf("testenv: postgres --version: %v", err)
+		t.Fatalf("testenv: %v", err)
+	}
+	return version
+}
+
+// DefaultPostgresMajor returns the major version (14, 15, ...) of the
+// server binaries StartPostgres runs without WithPostgresBin: those of
+// PG_BIN, else /usr/lib/postgresql/15/bin. It fails the test, never skips
+// it, when there are none. make test-matrix runs the core suite with PG_BIN
+// set to each supported major, and tests that also run on a fixed major use
+// it to name their cases and to not run one twice.
+func DefaultPostgresMajor(t testing.TB) int {
+	t.Helper()
+	dir, err := findPostgresBin()
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	version, err := binVersion(dir)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return version / 10000
+}
+
+// binVersion runs postgres --version in dir and returns the version as
+// major*10000 + minor, like server_version_num.
+func binVersion(dir string) (int, error) {
+	out, err := exec.Command(filepath.Join(dir, "postgres"), "--version").Output()
+	if err != nil {
+		return 0, fmt.Errorf("%s/postgres --version: %w", dir, err)
 	}
 	// "postgres (PostgreSQL) 18.4" or "... 15.18 (Debian 15.18-0+deb12u1)"
 	fields := strings.Fields(string(out))
 	if len(fields) < 3 {
-		t.Fatalf("testenv: postgres --version: %q", out)
+		return 0, fmt.Errorf("%s/postgres --version: %q", dir, out)
 	}
 	parts := strings.SplitN(fields[2], ".", 3)
-	major, _ := strconv.Atoi(parts[0])
+	major, err := strconv.Atoi(parts[0])
+	if err != nil {
+		return 0, fmt.Errorf("%s/postgres --version: %q", dir, out)
+	}
 	minor := 0
 	if len(parts) > 1 {
 		minor, _ = strconv.Atoi(parts[1])
 	}
-	return major*10000 + minor
+	return major*10000 + minor, nil
 }

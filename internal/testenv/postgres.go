@@ -366,7 +366,8 @@ func (p *Postgres) Restart(t testing.TB, mode string) {
 func findPostgresBin() (string, error) {
 	if dir := os.Getenv("PG_BIN"); dir != "" {
 		if missing := missingPGBinaries(dir); len(missing) > 0 {
-			return "", fmt.Errorf("PG_BIN=%s lacks %s: point PG_BIN at the directory containing them, "+
+			return "", fmt.Errorf("PG_BIN=%s lacks %s: point PG_BIN at the directory containing them "+
+				"(scripts/install-postgres.sh <major> installs 14 to 18 and prints it), "+
 				"or unset it after installing them with `apt-get install postgresql-15`",
 				dir, strings.Join(missing, ", "))
 		}
