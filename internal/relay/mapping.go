@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/rowheader"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
 )
 
@@ -561,33 +562,10 @@ func headerText(value json.RawMessage) (string, bool) {
 	return b.String(), true
 }
 
-func checkRowHeader(name, value string) error {
-	if !validHeaderName(name) {
-		return fmt.Errorf("column headers: %q is not a valid header name", name)
-	}
-	lower := strings.ToLower(name)
-	if strings.HasPrefix(lower, "nats-") || strings.HasPrefix(lower, "outbox-") {
-		return fmt.Errorf("column headers: %q is reserved for the relay and NATS", name)
-	}
-	if strings.ContainsAny(value, "\r\n") {
-		return fmt.Errorf("column headers: the value of %q contains a line break", name)
-	}
-	return nil
-}
+func checkRowHeader(name, value string) error { return rowheader.Check(name, value) }
 
 // validHeaderName accepts RFC 7230 token characters.
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
+func validHeaderName(name string) bool { return rowheader.ValidName(name) }
 
 func sanitizeHeaderValue(v string) string {
 	if !strings.ContainsAny(v, "\r\n") {
