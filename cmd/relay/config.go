@@ -16,6 +16,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/leader"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
+	"github.com/outbox-relay/outbox-relay/internal/tracing"
 )
 
 // config is everything the relay is told, gathered from flags, then RELAY_*
@@ -25,6 +26,7 @@ type config struct {
 	sink     sink.Config
 	pump     relay.Config
 	election leader.Config
+	tracing  tracing.Config
 
 	postgresPassword string
 	table            string
@@ -131,6 +133,9 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.pprof, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the HTTP address")
 	s(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	s(&c.logFormat, "log-format", "json", "log format: json or console")
+
+	// Tracing
+	s(&c.tracing.Endpoint, "otlp-traces-endpoint", "", "OTLP/HTTP URL to export a span per published event to, linked to the producer's span from the row's traceparent and sampled as it was, e.g. http://otel-collector:4318/v1/traces (default none: no spans)")
 	return fs
 }
 
@@ -271,6 +276,7 @@ func (c *config) finish() error {
 		errs = append(errs, errors.New("http-addr: must not be empty"))
 	}
 	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate())
+	errs = append(errs, c.tracing.Validate())
 	if c.leaderElection {
 		errs = append(errs, c.election.Validate())
 		if c.election.PollInterval >= c.election.LeaseTimeout {

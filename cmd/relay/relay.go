@@ -20,6 +20,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/metrics"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
+	"github.com/outbox-relay/outbox-relay/internal/tracing"
 )
 
 // newLogger builds the zap logger the configuration asks for, writing to out.
@@ -193,6 +194,22 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	reader := cdc.NewReader(cdcCfg, log.Named("cdc"), m)
 	reader.SetPublicationBaseline(slot.Publication)
 	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
+	closeSpans := func() {}
+	if cfg.tracing.Enabled() {
+		traceCfg := cfg.tracing
+		traceCfg.Stream, traceCfg.Version = cfg.sink.Stream, version
+		spans, err := tracing.New(traceCfg, log.Named("trace"), m)
+		if err != nil {
+			_ = publisher.Close() // nothing was published
+			return nil, err
+		}
+		pump.OnStored(spans.Stored)
+		closeSpans = func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = spans.Shutdown(sctx) // spans not exported in time are lost, nothing else
+		}
+	}
 	health.Attach(relay.Probes{
 		Heartbeat:     reader.Heartbeat,
 		OldestPending: reader.Tracker().OldestPending,
@@ -208,7 +225,10 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 			cdc.MonitorSlot(ctx, cfg.cdc, log.Named("cdc"), m)
 			return nil
 		}),
-		close: func() { _ = publisher.Close() }, // nothing is in flight any more
+		close: func() {
+			_ = publisher.Close() // nothing is in flight any more
+			closeSpans()
+		},
 	}, nil
 }
 
