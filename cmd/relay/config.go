@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,10 @@ type config struct {
 	pump     relay.Config
 	election leader.Config
 	tracing  tracing.Config
+
+	cloudEvents       bool
+	cloudEventsSource string
+	cloudEventsType   string
 
 	postgresPassword string
 	table            string
@@ -133,6 +138,11 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.pprof, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the HTTP address")
 	s(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	s(&c.logFormat, "log-format", "json", "log format: json or console")
+
+	// CloudEvents
+	b(&c.cloudEvents, "cloudevents", false, "publish each event as a CloudEvent in binary content mode, per the CloudEvents NATS protocol binding (ce-* headers, the payload as the data)")
+	s(&c.cloudEventsSource, "cloudevents-source", "", "ce-source of every event with --cloudevents (default /outbox-relay/<database>/<schema>.<table>)")
+	s(&c.cloudEventsType, "cloudevents-type", "{aggregate_type}.{event_type}", "ce-type of each event with --cloudevents; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}, e.g. com.example.{aggregate_type}.{event_type}")
 
 	// Tracing
 	s(&c.tracing.Endpoint, "otlp-traces-endpoint", "", "OTLP/HTTP URL to export a span per published event to, linked to the producer's span from the row's traceparent and sampled as it was, e.g. http://otel-collector:4318/v1/traces (default none: no spans)")
@@ -277,6 +287,16 @@ func (c *config) finish() error {
 	}
 	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate())
 	errs = append(errs, c.tracing.Validate())
+	if c.cloudEvents {
+		// The default source needs the database's name, known only once
+		// connected; a stand-in checks the rest now.
+		source := cmp.Or(c.cloudEventsSource, "/outbox-relay")
+		if _, err := relay.NewCloudEvents(source, c.cloudEventsType); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.cloudEventsSource != "" {
+		errs = append(errs, errors.New("cloudevents-source: set, but --cloudevents is off"))
+	}
 	if c.leaderElection {
 		errs = append(errs, c.election.Validate())
 		if c.election.PollInterval >= c.election.LeaseTimeout {

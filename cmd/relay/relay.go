@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"time"
 
 	"go.uber.org/zap"
@@ -176,6 +178,14 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		}
 	}
 	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
+	if cfg.cloudEvents {
+		source := cmp.Or(cfg.cloudEventsSource, "/outbox-relay/"+url.PathEscape(slot.Database)+"/"+url.PathEscape(cfg.cdc.Schema+"."+cfg.cdc.Table))
+		ce, err := relay.NewCloudEvents(source, cfg.cloudEventsType)
+		if err != nil {
+			return nil, err
+		}
+		mapper.SetCloudEvents(ce)
+	}
 	pumpCfg := cfg.pump
 	// A dead letter must fit the server and the stream it goes to; the
 	// relay's own stream is the one it knows.

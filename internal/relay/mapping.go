@@ -204,7 +204,14 @@ type Mapper struct {
 	// lastSubject is the previous message's subject, reused when the next
 	// one is the same.
 	lastSubject string
+
+	// ce, when set, makes every message a CloudEvent (SetCloudEvents).
+	ce *CloudEvents
 }
+
+// SetCloudEvents makes the mapper build every message as a CloudEvent in
+// binary content mode (see CloudEvents); nil builds plain messages.
+func (mp *Mapper) SetCloudEvents(ce *CloudEvents) { mp.ce = ce }
 
 // headerValues holds one value for each header stamp sets per event.
 type headerValues [stampedHeaders][1]string
@@ -302,6 +309,11 @@ func (mp *Mapper) message(ev *cdc.Event) (sink.Message, error) {
 		}
 	}
 	mp.stamp(header, ev, &mp.values)
+	if mp.ce != nil {
+		if err := mp.ce.stamp(header, ev); err != nil {
+			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
+		}
+	}
 	return sink.Message{Subject: subject, ID: ev.ID, Data: ev.Payload, Header: header}, nil
 }
 
