@@ -31,11 +31,21 @@ type OTLPReceiver struct {
 // StartOTLPReceiver serves on a loopback port until the test ends.
 func StartOTLPReceiver(t testing.TB) *OTLPReceiver {
 	t.Helper()
-	r := &OTLPReceiver{}
-	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
-	t.Cleanup(r.srv.Close)
+	r := NewOTLPReceiver()
+	t.Cleanup(r.Close)
 	return r
 }
+
+// NewOTLPReceiver is StartOTLPReceiver for programs such as the demo; the
+// caller must Close it.
+func NewOTLPReceiver() *OTLPReceiver {
+	r := &OTLPReceiver{}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	return r
+}
+
+// Close stops serving.
+func (r *OTLPReceiver) Close() { r.srv.Close() }
 
 // URL is the traces endpoint, for --otlp-traces-endpoint.
 func (r *OTLPReceiver) URL() string { return r.srv.URL + "/v1/traces" }
