@@ -12,7 +12,7 @@ PROMTOOL_VERSION      := v0.316.0
 HELM_VERSION          := v3.22.0
 GOLANGCI_LINT_VERSION := v2.15.0
 
-.PHONY: build test test-matrix test-short test-deploy fuzz lint vet demo bench bench-smoke chaos docker helm-lint tools clean
+.PHONY: build test test-matrix test-short test-deploy fuzz lint vet demo demo-orders bench bench-smoke chaos docker helm-lint tools clean
 
 build: ## Build bin/relay, as the Dockerfile does
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
@@ -69,6 +69,10 @@ lint: vet $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) ## golangci-lint w
 demo: ## Throwaway PostgreSQL + NATS, the relay, a producer and a consumer; Ctrl-C stops and cleans up
 	$(GO) build -o bin/demo ./cmd/demo
 	bin/demo $(DEMO_ARGS)
+
+demo-orders: ## The example service (examples/orders): HTTP API, traced client, idempotent consumer, the relay between; DEMO_ARGS="--duration 15s" checks every request's event arrived once with its trace context
+	$(GO) build -o bin/demo ./cmd/demo
+	bin/demo --example orders $(DEMO_ARGS)
 
 bench: ## Benchmark against the measured limits of PostgreSQL and JetStream; writes docs/benchmarks.md
 	$(GO) run ./cmd/bench

@@ -1014,6 +1014,35 @@ func TestHelmChart(t *testing.T) {
 			wantKinds: []string{"Deployment", "PodMonitor", "Secret", "Service"},
 			check:     sidecarExample(true),
 		},
+		{
+			name:      "sidecar example, orders service",
+			chart:     sidecarChart,
+			release:   "orders",
+			args:      []string{"-f", repoPath("helm/examples/sidecar-app/values-orders.yaml")},
+			wantKinds: []string{"Deployment", "PodMonitor", "Service"},
+			check: func(t *testing.T, r *rendered) {
+				sidecarExample(false)(t, r)
+				if len(r.deployments) != 1 {
+					return
+				}
+				d := r.deployments[0]
+				app := d.Spec.Template.Spec.Containers[0]
+				if !slices.Equal(app.Args, []string{"serve"}) || app.ReadinessProbe == nil || app.ReadinessProbe.HTTPGet.Path != "/healthz" {
+					t.Errorf("the app container runs %v with readiness probe %+v, want `orders serve` probed on /healthz", app.Args, app.ReadinessProbe)
+				}
+				var dbSecret bool
+				for _, e := range app.Env {
+					dbSecret = dbSecret || (e.Name == "DATABASE_URL" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil)
+				}
+				if !dbSecret {
+					t.Errorf("DATABASE_URL does not come from a Secret: %+v", app.Env)
+				}
+				env := envOf(d)
+				if env["RELAY_OTLP_TRACES_ENDPOINT"] == "" || env["RELAY_CREATE_PUBLICATION"] != "false" || env["RELAY_TABLE"] != "public.events" {
+					t.Errorf("relay sidecar env %v, want the span export, no publication creation and the service's table", env)
+				}
+			},
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -127,12 +127,15 @@ func lintDockerfile(t *testing.T, dt []byte) []string {
 }
 
 func TestDockerfileLint(t *testing.T) {
-	dt, err := os.ReadFile(repoPath("Dockerfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range lintDockerfile(t, dt) {
-		t.Errorf("Dockerfile: %s", p)
+	// The relay's, and the example service's (helm/examples/sidecar-app/values-orders.yaml).
+	for _, name := range []string{"Dockerfile", "examples/orders/Dockerfile"} {
+		dt, err := os.ReadFile(repoPath(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range lintDockerfile(t, dt) {
+			t.Errorf("%s: %s", name, p)
+		}
 	}
 }
 

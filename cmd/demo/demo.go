@@ -141,13 +141,21 @@ func runDemo(ctx context.Context, opts options, out *console) (res result, err e
 
 	printBanner(out, dbURL, ns.URL(), httpAddr, opts.duration)
 
-	relay, err := startRelay(bin, []string{
+	relayEnv := []string{
 		"RELAY_POSTGRES_URL=" + dbURL,
 		"RELAY_NATS_URL=" + ns.URL(),
 		"RELAY_CREATE_STREAM=true",
 		"RELAY_LOG_FORMAT=console",
 		"RELAY_HTTP_ADDR=" + httpAddr,
-	}, out)
+	}
+	var spans *e2e.OTLPReceiver
+	if opts.example == "orders" {
+		// The relay's own spans, linked to each request's trace.
+		spans = e2e.NewOTLPReceiver()
+		defer spans.Close()
+		relayEnv = append(relayEnv, "RELAY_OTLP_TRACES_ENDPOINT="+spans.URL())
+	}
+	relay, err := startRelay(bin, relayEnv, out)
 	if err != nil {
 		return res, err
 	}
@@ -158,6 +166,10 @@ func runDemo(ctx context.Context, opts options, out *console) (res result, err e
 	// committed before the slot would never be published.
 	if err := relay.waitReady(ctx, httpAddr, readyTimeout); err != nil {
 		return res, err
+	}
+	if opts.example == "orders" {
+		started = true
+		return runOrders(ctx, opts, out, pg, dbURL, ns.URL(), relay, spans)
 	}
 
 	cons, err := startConsumer(ctx, ns.URL(), out)

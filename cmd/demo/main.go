@@ -53,6 +53,10 @@ type options struct {
 	// duration is how long the producer writes before the demo stops by
 	// itself and checks delivery; 0 runs until interrupted.
 	duration time.Duration
+	// example, when "orders", runs examples/orders (an HTTP service, a
+	// traced client and an idempotent consumer) instead of the producer
+	// and consumer of the plain demo.
+	example string
 }
 
 // run is the whole program: it parses args, runs the demo until ctx is done
@@ -86,6 +90,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.DurationVar(&opts.duration, "duration", 0,
 		"produce events for this long, then stop and exit non-zero unless every committed event arrived exactly once, in order (default: run until Ctrl-C)")
+	fs.StringVar(&opts.example, "example", "",
+		"orders: run the example service of examples/orders (HTTP API writing with the outbox package, a traced client, an idempotent consumer) and check that every request's event arrives once with its trace context (default: the plain producer and consumer)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: go run ./cmd/demo [--duration 20s]\n\n"+
 			"Runs PostgreSQL, NATS JetStream, the relay, a producer and a consumer locally.\n\nFlags:\n")
@@ -99,6 +105,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return opts, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if opts.example != "" && opts.example != "orders" {
+		return opts, fmt.Errorf("--example %q: the only example is orders", opts.example)
 	}
 	if opts.duration < 0 {
 		return opts, fmt.Errorf("--duration %s: must not be negative", opts.duration)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/leader"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
+	"github.com/outbox-relay/outbox-relay/internal/tracing"
 )
 
 // config is everything the relay is told, gathered from flags, then RELAY_*
@@ -25,6 +27,11 @@ type config struct {
 	sink     sink.Config
 	pump     relay.Config
 	election leader.Config
+	tracing  tracing.Config
+
+	cloudEvents       bool
+	cloudEventsSource string
+	cloudEventsType   string
 
 	postgresPassword string
 	table            string
@@ -139,6 +146,14 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	// relay recover
 	s(&c.recoverPreviousSlot, "recover-previous-slot", "", "relay recover: the slot whose events the stream holds, when the slot to create is given another name (after a failover to a standby that lacked published WAL) (default: --slot)")
 	d(&c.recoverMaxTxnAge, "recover-max-transaction-age", time.Hour, "relay recover: the longest an outbox transaction stays open; rows created up to this long before the last event published are compared with the stream")
+
+	// CloudEvents
+	b(&c.cloudEvents, "cloudevents", false, "publish each event as a CloudEvent in binary content mode, per the CloudEvents NATS protocol binding (ce-* headers, the payload as the data)")
+	s(&c.cloudEventsSource, "cloudevents-source", "", "ce-source of every event with --cloudevents (default /outbox-relay/<database>/<schema>.<table>)")
+	s(&c.cloudEventsType, "cloudevents-type", "{aggregate_type}.{event_type}", "ce-type of each event with --cloudevents; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}, e.g. com.example.{aggregate_type}.{event_type}")
+
+	// Tracing
+	s(&c.tracing.Endpoint, "otlp-traces-endpoint", "", "OTLP/HTTP URL to export a span per published event to, linked to the producer's span from the row's traceparent and sampled as it was, e.g. http://otel-collector:4318/v1/traces (default none: no spans)")
 	return fs
 }
 
@@ -285,6 +300,17 @@ func (c *config) finish() error {
 		errs = append(errs, errors.New("http-addr: must not be empty"))
 	}
 	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate())
+	errs = append(errs, c.tracing.Validate())
+	if c.cloudEvents {
+		// The default source needs the database's name, known only once
+		// connected; a stand-in checks the rest now.
+		source := cmp.Or(c.cloudEventsSource, "/outbox-relay")
+		if _, err := relay.NewCloudEvents(source, c.cloudEventsType); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.cloudEventsSource != "" {
+		errs = append(errs, errors.New("cloudevents-source: set, but --cloudevents is off"))
+	}
 	if c.leaderElection {
 		errs = append(errs, c.election.Validate())
 		if c.election.PollInterval >= c.election.LeaseTimeout {

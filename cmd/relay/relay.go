@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/metrics"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
+	"github.com/outbox-relay/outbox-relay/internal/tracing"
 )
 
 // newLogger builds the zap logger the configuration asks for, writing to out.
@@ -190,6 +193,14 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		return nil, err
 	}
 	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
+	if cfg.cloudEvents {
+		source := cmp.Or(cfg.cloudEventsSource, "/outbox-relay/"+url.PathEscape(slot.Database)+"/"+url.PathEscape(cfg.cdc.Schema+"."+cfg.cdc.Table))
+		ce, err := relay.NewCloudEvents(source, cfg.cloudEventsType)
+		if err != nil {
+			return nil, err
+		}
+		mapper.SetCloudEvents(ce)
+	}
 	pumpCfg := pumpConfig(cfg, nc, stream)
 
 	publisher, err := sink.New(nc.Conn, cfg.sink, m)
@@ -203,6 +214,22 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	reader.SetPublicationBaseline(slot.Publication)
 	reader.SetHighWater(published, timelineStore{store: store, key: timelineKey(cfg.sink.Stream, marks.Origin())})
 	pump := relay.New(reader, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
+	closeSpans := func() {}
+	if cfg.tracing.Enabled() {
+		traceCfg := cfg.tracing
+		traceCfg.Stream, traceCfg.Version = cfg.sink.Stream, version
+		spans, err := tracing.New(traceCfg, log.Named("trace"), m)
+		if err != nil {
+			_ = publisher.Close() // nothing was published
+			return nil, err
+		}
+		pump.OnStored(spans.Stored)
+		closeSpans = func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = spans.Shutdown(sctx) // spans not exported in time are lost, nothing else
+		}
+	}
 	health.Attach(relay.Probes{
 		Heartbeat:     reader.Heartbeat,
 		OldestPending: reader.Tracker().OldestPending,
@@ -218,7 +245,10 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 			cdc.MonitorSlot(ctx, cfg.cdc, log.Named("cdc"), m)
 			return nil
 		}),
-		close: func() { _ = publisher.Close() }, // nothing is in flight any more
+		close: func() {
+			_ = publisher.Close() // nothing is in flight any more
+			closeSpans()
+		},
 	}, nil
 }
 

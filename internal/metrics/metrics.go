@@ -35,6 +35,10 @@ var SlotWALStatuses = []string{"reserved", "extended", "unreserved", "lost", "mi
 // rows changed while the relay ran, or since it last ran).
 var PublicationProblemKinds = []string{"missing", "changed"}
 
+// TraceSpanOutcomes is the fixed label set of
+// outbox_relay_trace_spans_total{outcome}.
+var TraceSpanOutcomes = []string{"exported", "failed", "dropped"}
+
 // latencyBuckets covers sub-millisecond publishes up to minutes-long outages.
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 
@@ -84,6 +88,10 @@ type Metrics struct {
 	PumpMarkSaveErrors    prometheus.Counter
 	PumpBlocked           *prometheus.GaugeVec
 	Leader                prometheus.Gauge
+
+	// trace: the optional span export (--otlp-traces-endpoint).
+	TraceSpans *prometheus.CounterVec
+
 	// oldestPending computes outbox_relay_cdc_oldest_pending_age_seconds
 	// at scrape time; it changes with each leadership, while scrapes run.
 	oldestPending atomic.Pointer[func() float64]
@@ -140,6 +148,12 @@ func New(version, commit string) *Metrics {
 		PumpBlocked: f.gaugeVec("pump", "blocked", "1 while publishing is held up by a problem that does not clear by itself (the reason), else 0.",
 			"reason"),
 		Leader: f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
+
+		TraceSpans: f.counterVec("trace", "spans_total",
+			"Spans of published events (--otlp-traces-endpoint) by outcome: exported, failed (the collector refused them or was unreachable), dropped (the export queue was full).", "outcome"),
+	}
+	for _, o := range TraceSpanOutcomes {
+		m.TraceSpans.WithLabelValues(o)
 	}
 	for _, k := range PublishErrorKinds {
 		m.SinkPublishErrors.WithLabelValues(k)

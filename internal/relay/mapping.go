@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/rowheader"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
 )
 
@@ -203,7 +204,14 @@ type Mapper struct {
 	// lastSubject is the previous message's subject, reused when the next
 	// one is the same.
 	lastSubject string
+
+	// ce, when set, makes every message a CloudEvent (SetCloudEvents).
+	ce *CloudEvents
 }
+
+// SetCloudEvents makes the mapper build every message as a CloudEvent in
+// binary content mode (see CloudEvents); nil builds plain messages.
+func (mp *Mapper) SetCloudEvents(ce *CloudEvents) { mp.ce = ce }
 
 // headerValues holds one value for each header stamp sets per event.
 type headerValues [stampedHeaders][1]string
@@ -301,6 +309,11 @@ func (mp *Mapper) message(ev *cdc.Event) (sink.Message, error) {
 		}
 	}
 	mp.stamp(header, ev, &mp.values)
+	if mp.ce != nil {
+		if err := mp.ce.stamp(header, ev); err != nil {
+			return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
+		}
+	}
 	return sink.Message{Subject: subject, ID: ev.ID, Data: ev.Payload, Header: header}, nil
 }
 
@@ -561,33 +574,10 @@ func headerText(value json.RawMessage) (string, bool) {
 	return b.String(), true
 }
 
-func checkRowHeader(name, value string) error {
-	if !validHeaderName(name) {
-		return fmt.Errorf("column headers: %q is not a valid header name", name)
-	}
-	lower := strings.ToLower(name)
-	if strings.HasPrefix(lower, "nats-") || strings.HasPrefix(lower, "outbox-") {
-		return fmt.Errorf("column headers: %q is reserved for the relay and NATS", name)
-	}
-	if strings.ContainsAny(value, "\r\n") {
-		return fmt.Errorf("column headers: the value of %q contains a line break", name)
-	}
-	return nil
-}
+func checkRowHeader(name, value string) error { return rowheader.Check(name, value) }
 
 // validHeaderName accepts RFC 7230 token characters.
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
+func validHeaderName(name string) bool { return rowheader.ValidName(name) }
 
 func sanitizeHeaderValue(v string) string {
 	if !strings.ContainsAny(v, "\r\n") {

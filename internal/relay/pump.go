@@ -171,7 +171,16 @@ type Pump struct {
 
 	// progress (Unix nanoseconds) is when an event was last acknowledged.
 	progress atomic.Int64
+
+	// onStored, when set, learns each event found stored (see OnStored).
+	onStored func(ev cdc.Event, seq uint64)
 }
+
+// OnStored makes the pump call f with every event it finds stored on the
+// stream and the stream sequence it is at (0 when unknown), right after
+// acknowledging it to the source. f runs on the pump's goroutine and must
+// not block. Call it before Run.
+func (p *Pump) OnStored(f func(ev cdc.Event, seq uint64)) { p.onStored = f }
 
 // New builds a Pump. marks reads and keeps the relay's high-water mark in
 // the stream.
@@ -325,6 +334,9 @@ func (p *Pump) settleChainStart(ctx context.Context) error {
 // source, and the mark moved to it.
 func (p *Pump) stored(ev cdc.Event, seq uint64) {
 	p.acked(ev)
+	if p.onStored != nil {
+		p.onStored(ev, seq)
+	}
 	if p.mark.IsHole(ev.Position) {
 		p.mark.Holes = removePosition(p.mark.Holes, ev.Position)
 	}
