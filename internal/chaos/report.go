@@ -406,6 +406,14 @@ func (r *Report) Markdown() string {
 	}
 	p("\n")
 
+	p("## PostgreSQL versions and failovers\n\n")
+	p("The faults above run on PostgreSQL 15. What holds on the other majors, and across a primary failover, is proven by ")
+	p("end-to-end tests against real servers of each major (`scripts/install-postgres.sh` installs them):\n\n")
+	for _, line := range versionCoverage {
+		p("- %s\n", line)
+	}
+	p("\n")
+
 	p("## Known issues\n\n")
 	p("Faults in which a peer goes silent without closing anything. The relay rode them out without losing, duplicating ")
 	p("or reordering anything, but this suite found it stalling for minutes, without saying so on `/readyz`; they were ")
@@ -497,6 +505,17 @@ var knownIssues = [][2]string{
 }
 
 // honesty says what the suite simulates, for the report.
+// versionCoverage says what holds on which PostgreSQL major and which tests
+// show it; the chaos run itself uses the default major.
+var versionCoverage = []string{
+	"14, 15, 16, 17, 18: the core suite (order and once, restarts and crashes, outages, idle WAL, slot moves, dropped and lost slots, poison, exactly once past the duplicate window, shared streams and retention, partitions, publications) passes unchanged on each: `make test` on 15, `make test-matrix` on the others (CI runs it on 17 and 18). Older majors are refused at start, newer ones run with a warning.",
+	"17 and newer, failover slots (`--failover-slot`): the primary is killed while events flow, the standby that synchronised the slot is promoted, and the relay, given a multi-host URL, follows it with every committed event on the stream once, in commit order: 0 lost, 0 duplicated, 0 reordered (`TestFailoverSlotFollowsThePromotedStandby`, with and without leader election; `TestMultiHostURL`, `TestPreflightMakesAFailoverSlot`).",
+	"Every major: a promoted server whose WAL is behind what the relay already published (a failover to a lagging standby) is refused at session start with an error that names the divergence and the recovery, never skipped (`TestDivergedStandbyStopsTheRelay`, on 17, with and without leader election).",
+	"16 and older, or a slot that was not a failover slot: the slot is gone after promotion; `relay recover` creates a new one and publishes from the outbox table what the stream lacks, once (`TestRecoverAfterFailover`, `TestRecoverAfterDivergedFailover`, both on 16 with a real promotion). It orders the recovered rows by `created_at`, which is commit order only for transactions that do not overlap, and cannot publish rows deleted before it ran. Its PostgreSQL 14 path is not run by a test.",
+	"16 and newer: the relay can read from a hot standby (logical decoding on a standby), in order and once across a restart, and goes on after that standby's promotion (`TestRelayReadsFromAStandby` on 16 and 18, `TestRelayOnAPromotedStandby` on 16).",
+	"18: a slot invalidated by `idle_replication_slot_timeout` is reported with its cause and the relay stops (`TestIdleTimedOutSlotStopsTheRelay`, `TestReaderStopsOnAnIdleTimedOutSlot`); a publication missing at a WAL position stops it as on 15 (`TestPublicationMissingAtAWALPositionStopsTheRelay` on 15 and 18).",
+}
+
 var honesty = []string{
 	"PostgreSQL 15, NATS (nats-server, in the test process) and the relay (the real binary, as a child process) are real and talk over real TCP on 127.0.0.1; writers and the verifier connect to the servers directly, the relays through the proxies where a scenario has them.",
 	"Crashes are process crashes, not host crashes. The test PostgreSQL runs with `fsync = off` (its WAL reaches the page cache, which survives a process crash), and NATS is shut down in-process, so no fault here loses data that was written but not synced. A relay acknowledges to PostgreSQL only what JetStream acknowledged; against a real NATS host crash that is only as durable as the stream (see the README on R3 and `sync_interval`).",
