@@ -111,34 +111,7 @@ func parseTypeTemplate(s string) ([]templatePart, error) {
 	if s == "" {
 		return nil, errors.New("cloudevents-type: must not be empty")
 	}
-	var parts []templatePart
-	rest := s
-	for rest != "" {
-		open := strings.IndexAny(rest, "{}")
-		if open < 0 {
-			parts = append(parts, templatePart{literal: rest})
-			break
-		}
-		if rest[open] == '}' {
-			return nil, fmt.Errorf("cloudevents-type: %q has a } without its {", s)
-		}
-		if open > 0 {
-			parts = append(parts, templatePart{literal: rest[:open]})
-		}
-		end := strings.IndexByte(rest[open:], '}')
-		if end < 0 {
-			return nil, fmt.Errorf("cloudevents-type: %q has an unclosed {", s)
-		}
-		field := rest[open+1 : open+end]
-		switch field {
-		case "aggregate_type", "aggregate_id", "event_type", "id":
-		default:
-			return nil, fmt.Errorf("cloudevents-type: unknown placeholder {%s} (use aggregate_type, aggregate_id, event_type or id)", field)
-		}
-		parts = append(parts, templatePart{field: field})
-		rest = rest[open+end+1:]
-	}
-	return parts, nil
+	return parsePlaceholders("cloudevents-type", s, s)
 }
 
 // stamp turns the message being built in header into a CloudEvent: it sets

@@ -67,6 +67,40 @@ func templateField(ev *cdc.Event, field string) string {
 	return ""
 }
 
+// parsePlaceholders splits part, a piece of the template whole given by
+// setting, into literals and {placeholders}, refusing an unknown
+// placeholder and braces that do not pair.
+func parsePlaceholders(setting, whole, part string) ([]templatePart, error) {
+	var parts []templatePart
+	rest := part
+	for rest != "" {
+		open := strings.IndexAny(rest, "{}")
+		if open < 0 {
+			parts = append(parts, templatePart{literal: rest})
+			break
+		}
+		if rest[open] == '}' {
+			return nil, fmt.Errorf("%s: %q has a } without its {", setting, whole)
+		}
+		if open > 0 {
+			parts = append(parts, templatePart{literal: rest[:open]})
+		}
+		end := strings.IndexByte(rest[open:], '}')
+		if end < 0 {
+			return nil, fmt.Errorf("%s: %q has an unclosed {", setting, whole)
+		}
+		field := rest[open+1 : open+end]
+		switch field {
+		case "aggregate_type", "aggregate_id", "event_type", "id":
+		default:
+			return nil, fmt.Errorf("%s: unknown placeholder {%s} (use aggregate_type, aggregate_id, event_type or id)", setting, field)
+		}
+		parts = append(parts, templatePart{field: field})
+		rest = rest[open+end+1:]
+	}
+	return parts, nil
+}
+
 // ParseTemplate parses and checks a subject template.
 func ParseTemplate(s string) (Template, error) {
 	t := Template{source: s}
@@ -74,35 +108,15 @@ func ParseTemplate(s string) (Template, error) {
 		return t, errors.New("subject-template: must not be empty")
 	}
 	for _, tok := range strings.Split(s, ".") {
-		var parts []templatePart
-		rest := tok
-		for rest != "" {
-			open := strings.IndexByte(rest, '{')
-			if open < 0 {
-				parts = append(parts, templatePart{literal: rest})
-				break
-			}
-			if open > 0 {
-				parts = append(parts, templatePart{literal: rest[:open]})
-			}
-			end := strings.IndexByte(rest[open:], '}')
-			if end < 0 {
-				return t, fmt.Errorf("subject-template: %q has an unclosed {", s)
-			}
-			field := rest[open+1 : open+end]
-			switch field {
-			case "aggregate_type", "aggregate_id", "event_type", "id":
-			default:
-				return t, fmt.Errorf("subject-template: unknown placeholder {%s} (use aggregate_type, aggregate_id, event_type or id)", field)
-			}
-			parts = append(parts, templatePart{field: field})
-			rest = rest[open+end+1:]
+		parts, err := parsePlaceholders("subject-template", s, tok)
+		if err != nil {
+			return t, err
 		}
 		if len(parts) == 0 {
 			return t, fmt.Errorf("subject-template: %q has an empty token", s)
 		}
 		for _, p := range parts {
-			if p.field == "" && (strings.ContainsAny(p.literal, "}") || !sink.ValidToken(p.literal)) {
+			if p.field == "" && !sink.ValidToken(p.literal) {
 				return t, fmt.Errorf("subject-template: %q is not a valid subject token", p.literal)
 			}
 		}

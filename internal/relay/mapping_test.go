@@ -111,7 +111,7 @@ func TestParseTemplateInvalid(t *testing.T) {
 		{"outbox.a*{id}", "not a valid subject token"},
 		{"out box.{id}", "not a valid subject token"},
 		{"outbox\t.{id}", "not a valid subject token"},
-		{"outbox.}", "not a valid subject token"},
+		{"outbox.}", "} without its {"},
 		{"outbox.{id}}", "not a valid subject token"},
 		{"outbox.a}b", "not a valid subject token"},
 	}
