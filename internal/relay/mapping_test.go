@@ -112,8 +112,8 @@ func TestParseTemplateInvalid(t *testing.T) {
 		{"out box.{id}", "not a valid subject token"},
 		{"outbox\t.{id}", "not a valid subject token"},
 		{"outbox.}", "} without its {"},
-		{"outbox.{id}}", "not a valid subject token"},
-		{"outbox.a}b", "not a valid subject token"},
+		{"outbox.{id}}", "} without its {"},
+		{"outbox.a}b", "} without its {"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%q", tt.template), func(t *testing.T) {
