@@ -7,8 +7,10 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
 )
 
@@ -83,22 +85,58 @@ func printFailover(ctx context.Context, cfg *config, conn *pgx.Conn, out io.Writ
 // streamed from, and returns the divergence error when the server's WAL does
 // not hold the last event the stream has from this origin.
 func printTimeline(ctx context.Context, cfg *config, nc *sink.Connection, origin string, published pglogrepl.LSN, out io.Writer) error {
-	wal, err := cdc.ServerHistory(ctx, cfg.cdc)
+	h, err := readHistory(ctx, cfg, nc, origin)
 	if err != nil {
 		return err
 	}
+	if h.found {
+		fmt.Fprintf(out, "  timeline:            %d (the relay last streamed from %d)\n", h.wal.Timeline, h.recorded)
+	} else {
+		fmt.Fprintf(out, "  timeline:            %d\n", h.wal.Timeline)
+	}
+	return cdc.CheckHistory(cdc.Published{CommitLSN: published, Timeline: h.recorded}, h.wal)
+}
+
+// history is the server's WAL history and the timeline the relay last
+// streamed origin's events from (found false: none recorded).
+type history struct {
+	wal      cdc.ServerWAL
+	recorded int32
+	found    bool
+}
+
+func readHistory(ctx context.Context, cfg *config, nc *sink.Connection, origin string) (history, error) {
+	wal, err := cdc.ServerHistory(ctx, cfg.cdc)
+	if err != nil {
+		return history{}, err
+	}
+	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
+	if err != nil {
+		return history{}, err
+	}
+	recorded, found, err := timelineStore{store: store, key: timelineKey(cfg.sink.Stream, origin)}.Load(ctx)
+	if err != nil {
+		return history{}, err
+	}
+	return history{wal: wal, recorded: recorded, found: found}, nil
+}
+
+// checkHistory is relay run's divergence check at session start, for relay
+// check: the server's WAL must hold the last event the stream has from
+// origin (a failover to a standby that lacked it fails here).
+func checkHistory(ctx context.Context, cfg *config, nc *sink.Connection, origin string) error {
+	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
 	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
 	if err != nil {
 		return err
 	}
-	recorded, found, err := timelineStore{store: store, key: timelineKey(cfg.sink.Stream, origin)}.Load(ctx)
+	published, err := highWater(ctx, relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin, zap.NewNop()))
+	if err != nil {
+		return fmt.Errorf("read the relay's high-water mark: %w", err)
+	}
+	h, err := readHistory(ctx, cfg, nc, origin)
 	if err != nil {
 		return err
 	}
-	if found {
-		fmt.Fprintf(out, "  timeline:            %d (the relay last streamed from %d)\n", wal.Timeline, recorded)
-	} else {
-		fmt.Fprintf(out, "  timeline:            %d\n", wal.Timeline)
-	}
-	return cdc.CheckHistory(cdc.Published{CommitLSN: published, Timeline: recorded}, wal)
+	return cdc.CheckHistory(cdc.Published{CommitLSN: published, Timeline: h.recorded}, h.wal)
 }

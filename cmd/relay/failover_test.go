@@ -142,6 +142,12 @@ func divergedStandby(t *testing.T, overrides ...string) {
 	require.NoError(t, err)
 	require.Less(t, confirmedLSN, published, "the slot was not confirmed past the new transactions")
 	require.Equal(t, 205, e2e.StreamCount(f.nc, "OUTBOX"), "nothing was published from the diverged server")
+
+	// relay check says so too, as relay run would at its next start.
+	code, out := runCommand(t, f.bin, f.env(append(append(env, "RELAY_FAILOVER_SLOT", "true"), overrides...)...), "check")
+	require.NotEqual(t, 0, code, "relay check must fail on the diverged server:\n%s", out)
+	require.Contains(t, out, "diverged")
+	require.Contains(t, out, published.String(), "relay check names the last position published")
 }
 
 // TestFailoverSlotFollowsThePromotedStandby: on PostgreSQL 17 the relay's

@@ -230,6 +230,13 @@ func checkSlot(ctx context.Context, cfg *config, nc *sink.Connection, stream *pl
 	if stream == nil {
 		return
 	}
+	if stream.exists {
+		// As relay run at every session start: a server that lacks WAL the
+		// relay published is refused, never skipped.
+		if err := checkHistory(ctx, cfg, nc, origin); err != nil {
+			r.fail(err)
+		}
+	}
 	if slot.Active {
 		r.ok(fmt.Sprintf("slot %q: in use, so the events at its head were not looked at", cfg.cdc.Slot))
 		return
