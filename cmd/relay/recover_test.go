@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,7 +27,18 @@ import (
 // writer at a time, so creation order is commit order).
 func TestRecoverAfterFailover(t *testing.T) {
 	t.Parallel()
-	f, standby, env := newFailoverFixture(t, 16)
+	// 14: the oldest supported major (pg_start_backup for the standby, no
+	// failover slots); 16: the newest without failover slots.
+	for _, major := range []int{14, 16} {
+		t.Run(fmt.Sprintf("pg%d", major), func(t *testing.T) {
+			t.Parallel()
+			recoverAfterFailover(t, major)
+		})
+	}
+}
+
+func recoverAfterFailover(t *testing.T, major int) {
+	f, standby, env := newFailoverFixture(t, major)
 	r := f.startRelay(t, env...)
 	for i := range 4 {
 		f.write(t, 5, tagf("published-%d", i))
