@@ -784,34 +784,42 @@ func TestPumpShutdownWaitsForInflight(t *testing.T) {
 	t.Parallel()
 	const n = 10
 
-	// The first event starts the chain and is acknowledged before the rest
-	// is published; the rest is what shutdown finds in flight.
+	// The first event starts the chain: the pump waits for its PubAck
+	// before it publishes the rest, which is what shutdown finds in flight.
+	// Every event is in the source before Run starts, so the pump publishes
+	// the rest in one burst: fed one by one, the pump could publish the
+	// second event before the third arrived and wait for the second's
+	// PubAck (the last of its burst) with the rest still in the source.
+	// pauseAfterFirst pauses the stream once the first PubAck is taken, so
+	// the rest queues unprocessed.
 	startFirst := func(t *testing.T, stream *fakeStream, cfg relay.Config) (*fakeSource, context.CancelFunc, <-chan error) {
 		t.Helper()
-		src := newFakeSource(n)
+		src := newFilledSource(pumpEvents(n, 1), false)
 		p, _ := newTestPump(t, cfg, src, stream)
 		ctx, cancel := context.WithCancel(t.Context())
-		done := startRun(ctx, p)
-		evs := pumpEvents(n, 1)
-		src.ch <- evs[0]
-		require.Eventually(t, func() bool { return len(src.Acks()) == 1 }, 5*time.Second, time.Millisecond)
-		return src, cancel, done
+		return src, cancel, startRun(ctx, p)
 	}
-	feedRest := func(src *fakeSource) {
-		for _, ev := range pumpEvents(n, 1)[1:] {
-			src.ch <- ev
-		}
+	pauseAfterFirst := func(stream *fakeStream) {
+		stream.SetScript(atPublish(1, fault{onResult: stream.Pause}))
+	}
+	// waitOldest waits until Run waits for the PubAck of the oldest publish
+	// in flight (the second), so that cancelling ends that wait and stop
+	// waits for it again. Cancelled earlier, Run can see ctx done before it
+	// waits at all, and stop is then the only one to wait.
+	waitOldest := func(t *testing.T, stream *fakeStream) {
+		t.Helper()
+		require.Eventually(t, func() bool { return stream.Pending(2).Waits() >= 1 }, 5*time.Second, time.Millisecond)
 	}
 
 	t.Run("publishes not yet processed", func(t *testing.T) {
 		t.Parallel()
 		stream := newFakeStream(t, true, false)
 		cfg := pumpConfig(16)
+		pauseAfterFirst(stream)
 		src, cancel, done := startFirst(t, stream, cfg)
-		stream.Pause()
-		feedRest(src)
 
 		require.Eventually(t, func() bool { return stream.Queued() == n-1 }, 5*time.Second, time.Millisecond)
+		waitOldest(t, stream)
 		cancel()
 		cancelled := time.Now()
 		// Run's wait on the oldest publish ends with ctx; stop waits again.
@@ -837,9 +845,9 @@ func TestPumpShutdownWaitsForInflight(t *testing.T) {
 		})
 		cfg := pumpConfig(16)
 		src, cancel, done := startFirst(t, stream, cfg)
-		feedRest(src)
 
 		require.Eventually(t, func() bool { return stream.Publishes() == n }, 5*time.Second, time.Millisecond)
+		waitOldest(t, stream)
 		cancel()
 		cancelled := time.Now()
 		require.Eventually(t, func() bool { return stream.Pending(2).Waits() >= 2 }, 5*time.Second, time.Millisecond)
@@ -858,9 +866,8 @@ func TestPumpShutdownWaitsForInflight(t *testing.T) {
 		stream := newFakeStream(t, true, false)
 		cfg := pumpConfig(16)
 		cfg.ShutdownTimeout = 100 * time.Millisecond
+		pauseAfterFirst(stream)
 		src, cancel, done := startFirst(t, stream, cfg)
-		stream.Pause()
-		feedRest(src)
 
 		require.Eventually(t, func() bool { return stream.Queued() == n-1 }, 5*time.Second, time.Millisecond)
 		cancel()
