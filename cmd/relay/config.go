@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/janitor"
 	"github.com/outbox-relay/outbox-relay/internal/leader"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
@@ -25,6 +26,7 @@ type config struct {
 	sink     sink.Config
 	pump     relay.Config
 	election leader.Config
+	janitor  janitor.Config
 
 	postgresPassword string
 	table            string
@@ -135,6 +137,10 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.pprof, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the HTTP address")
 	s(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	s(&c.logFormat, "log-format", "json", "log format: json or console")
+
+	// Cleanup
+	d(&c.janitor.Retention, "retention", 0, "delete outbox rows older than this (by the created_at column), on the leader only: whole partitions of an outbox range-partitioned by created_at, other rows in small batches (default 0: never; see the README's cleaning up)")
+	d(&c.janitor.Interval, "retention-interval", 5*time.Minute, "how often rows older than --retention are deleted")
 
 	// relay recover
 	s(&c.recoverPreviousSlot, "recover-previous-slot", "", "relay recover: the slot whose events the stream holds, when the slot to create is given another name (after a failover to a standby that lacked published WAL) (default: --slot)")
@@ -284,7 +290,11 @@ func (c *config) finish() error {
 	if c.httpAddr == "" {
 		errs = append(errs, errors.New("http-addr: must not be empty"))
 	}
-	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate())
+	c.janitor.Schema, c.janitor.Table, c.janitor.CreatedAt = c.cdc.Schema, c.cdc.Table, c.cdc.Columns.CreatedAt
+	c.janitor.BatchSize = janitor.DefaultBatchSize
+	c.janitor.StatementTimeout = c.cdc.QueryTimeout
+	c.janitor.LockTimeout = min(janitor.DefaultLockTimeout, c.cdc.QueryTimeout)
+	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate(), c.janitor.Validate())
 	if c.leaderElection {
 		errs = append(errs, c.election.Validate())
 		if c.election.PollInterval >= c.election.LeaseTimeout {

@@ -229,6 +229,45 @@ func expiredPartitions(ctx context.Context, db pgx.Tx, cfg Config, column string
 	return names, nil
 }
 
+// Check reports, without changing anything, how the janitor would clean up
+// the outbox, and fails when it could not: no creation time column, no
+// right to delete rows, or, where it would drop partitions, no ownership of
+// the outbox and its partitions.
+func Check(ctx context.Context, db *pgx.Conn, cfg Config) (string, error) {
+	var note string
+	err := inTx(ctx, db, cfg, func(tx pgx.Tx) error {
+		column, err := createdAtColumn(ctx, tx, cfg)
+		if err != nil {
+			return err
+		}
+		var mayDelete, byColumn, owns bool
+		err = tx.QueryRow(ctx, `SELECT has_table_privilege(to_regclass($1), 'DELETE'),
+				EXISTS (SELECT 1 FROM pg_partitioned_table pt
+					JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+				WHERE pt.partrelid = to_regclass($1) AND pt.partstrat = 'r' AND pt.partnatts = 1 AND a.attname = $2),
+				NOT EXISTS (SELECT 1 FROM pg_class c WHERE (c.oid = to_regclass($1) OR c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass($1))))
+					AND NOT pg_has_role(c.relowner, 'USAGE'))`,
+			cfg.qualified(), column).Scan(&mayDelete, &byColumn, &owns)
+		if err != nil {
+			return fmt.Errorf("read the rights on %s: %w", cfg.qualified(), err)
+		}
+		var errs []error
+		if !mayDelete {
+			errs = append(errs, fmt.Errorf("the role may not delete rows of %s; run GRANT DELETE ON %s TO <role>", cfg.qualified(), cfg.qualified()))
+		}
+		if byColumn && !owns {
+			errs = append(errs, fmt.Errorf("%s is partitioned by range on %s, and the role does not own it and its partitions, so it cannot drop old partitions; make it a member of their owner role", cfg.qualified(), column))
+		}
+		how := "in batches of " + fmt.Sprint(cfg.BatchSize)
+		if byColumn {
+			how = "by dropping partitions whose upper bound is older, then in batches of " + fmt.Sprint(cfg.BatchSize)
+		}
+		note = fmt.Sprintf("rows of %s created more than %s ago (by %s) are deleted every %s, %s", cfg.qualified(), cfg.Retention, column, cfg.Interval, how)
+		return errors.Join(errs...)
+	})
+	return note, err
+}
+
 // State is what the janitor has done, kept where `relay status` reads it.
 type State struct {
 	// Retention is the retention of the last run.

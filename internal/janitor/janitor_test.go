@@ -3,6 +3,7 @@ package janitor
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,4 +154,51 @@ func TestValidate(t *testing.T) {
 	bad = ok
 	bad.Interval = 0
 	require.ErrorContains(t, bad.Validate(), "retention-interval: 0s, must be positive")
+}
+
+// TestCheck: relay check reports how cleanup would run, and refuses a role
+// that may not delete the outbox's rows or, for a partitioned outbox, does
+// not own it and its partitions.
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	pg.CreateDatabase(t, "app")
+	pg.Exec(t, "app", `CREATE TABLE plain (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL);
+		CREATE TABLE parts (id bigserial, created_at timestamptz NOT NULL) PARTITION BY RANGE (created_at);
+		CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+		CREATE ROLE cleaner LOGIN;
+		CREATE ROLE owner_role;
+		ALTER TABLE parts OWNER TO owner_role;`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, strings.Replace(pg.URL("app"), "postgres@", "cleaner@", 1))
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	cfg := Config{
+		Retention: 168 * time.Hour, Interval: 5 * time.Minute, Schema: "public", CreatedAt: "created_at",
+		BatchSize: 1000, StatementTimeout: 5 * time.Second, LockTimeout: time.Second,
+	}
+	check := func(table string) (string, error) {
+		c := cfg
+		c.Table = table
+		return Check(ctx, conn, c)
+	}
+
+	_, err = check("plain")
+	require.ErrorContains(t, err, `the role may not delete rows of "public"."plain"; run GRANT DELETE ON "public"."plain" TO <role>`)
+	pg.Exec(t, "app", `GRANT DELETE ON plain TO cleaner`)
+	note, err := check("plain")
+	require.NoError(t, err)
+	require.Equal(t, `rows of "public"."plain" created more than 168h0m0s ago (by created_at) are deleted every 5m0s, in batches of 1000`, note)
+
+	pg.Exec(t, "app", `GRANT DELETE ON parts TO cleaner`)
+	_, err = check("parts")
+	require.ErrorContains(t, err, "does not own it and its partitions")
+	pg.Exec(t, "app", `GRANT owner_role TO cleaner`)
+	_, err = check("parts")
+	require.ErrorContains(t, err, "does not own it and its partitions", "parts_1 is still the superuser's")
+	pg.Exec(t, "app", `ALTER TABLE parts_1 OWNER TO owner_role`)
+	note, err = check("parts")
+	require.NoError(t, err)
+	require.Contains(t, note, "by dropping partitions whose upper bound is older")
 }

@@ -84,6 +84,12 @@ type Metrics struct {
 	PumpMarkSaveErrors    prometheus.Counter
 	PumpBlocked           *prometheus.GaugeVec
 	Leader                prometheus.Gauge
+
+	// janitor: removing outbox rows older than the retention.
+	JanitorRowsDeleted       prometheus.Counter
+	JanitorPartitionsDropped prometheus.Counter
+	JanitorErrors            prometheus.Counter
+	JanitorLastSuccess       prometheus.Gauge
 	// oldestPending computes outbox_relay_cdc_oldest_pending_age_seconds
 	// at scrape time; it changes with each leadership, while scrapes run.
 	oldestPending atomic.Pointer[func() float64]
@@ -140,6 +146,11 @@ func New(version, commit string) *Metrics {
 		PumpBlocked: f.gaugeVec("pump", "blocked", "1 while publishing is held up by a problem that does not clear by itself (the reason), else 0.",
 			"reason"),
 		Leader: f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
+
+		JanitorRowsDeleted:       f.counter("janitor", "rows_deleted_total", "Outbox rows older than --retention deleted (rows of dropped partitions excluded)."),
+		JanitorPartitionsDropped: f.counter("janitor", "partitions_dropped_total", "Partitions of the outbox detached and dropped because their upper bound is older than --retention."),
+		JanitorErrors:            f.counter("janitor", "errors_total", "Cleanup runs that ended with an error (retried at the next run)."),
+		JanitorLastSuccess:       f.gauge("janitor", "last_success_timestamp_seconds", "When the last cleanup run without an error ended, in Unix seconds; 0 before the first."),
 	}
 	for _, k := range PublishErrorKinds {
 		m.SinkPublishErrors.WithLabelValues(k)
