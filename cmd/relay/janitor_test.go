@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -202,4 +204,45 @@ func TestJanitorCrashMidRunLeavesNothingInconsistent(t *testing.T) {
 	code, out := runCommand(t, f.bin, f.env(cleanupEnv...), "status")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "partitions dropped: 1")
+}
+
+// TestInsertAndDeleteInOneTransaction: services that insert an event and
+// delete it again in the same transaction keep the outbox empty; the WAL
+// still carries each insert, so every event is on the stream once, in
+// commit order. The publication here publishes deletes too: the relay
+// ignores them.
+func TestInsertAndDeleteInOneTransaction(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.pg.Exec(t, f.db, `CREATE PUBLICATION outbox_relay FOR TABLE events WITH (publish = 'insert, update, delete', publish_via_partition_root = true)`)
+	f.startRelay(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				if _, err := f.writer.WriteDeleted(ctx, e2e.SampleEvents(1+(i*7+w)%10, 64, fmt.Sprintf("w%d-%d", w, i))); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	committed := f.writer.Committed(t)
+	require.NotEmpty(t, committed)
+	f.waitStream(t, len(committed), time.Minute)
+	msgs := f.verify(t)
+	require.Len(t, msgs, len(committed))
+	_, all := f.outboxRows(t)
+	require.Zero(t, all, "the outbox stays empty")
 }

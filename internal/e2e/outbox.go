@@ -88,6 +88,17 @@ func NewWriter(t testing.TB, url string, conns int) *Writer {
 // when rollback is set. Committed transactions are recorded in commit_log in
 // commit order. It returns the ids of the rows.
 func (w *Writer) Write(ctx context.Context, events []Event, rollback bool) ([]string, error) {
+	return w.write(ctx, events, rollback, false)
+}
+
+// WriteDeleted inserts events and deletes them again in one transaction, the
+// outbox pattern that keeps the table empty, and commits it; the commit is
+// recorded as Write records it.
+func (w *Writer) WriteDeleted(ctx context.Context, events []Event) ([]string, error) {
+	return w.write(ctx, events, false, true)
+}
+
+func (w *Writer) write(ctx context.Context, events []Event, rollback, deleteAgain bool) ([]string, error) {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return nil, err
@@ -96,6 +107,11 @@ func (w *Writer) Write(ctx context.Context, events []Event, rollback bool) ([]st
 	ids, err := insertEvents(ctx, tx, events, w.eventType)
 	if err != nil {
 		return nil, err
+	}
+	if deleteAgain {
+		if _, err := tx.Exec(ctx, `DELETE FROM events WHERE id = ANY ($1::uuid[])`, ids); err != nil {
+			return nil, err
+		}
 	}
 	if rollback {
 		return ids, tx.Rollback(ctx)
