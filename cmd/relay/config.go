@@ -95,6 +95,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	i(&c.cdc.EventBuffer, "event-buffer", 4096, "events buffered between reading and publishing")
 	fs.Int64Var(&c.cdc.EventBufferBytes, "event-buffer-bytes", 64<<20, "bytes of events (payloads, headers, ids) read and not yet acknowledged by JetStream, wherever they wait; reading pauses above it, and one larger event passes alone")
 	d(&c.cdc.PublicationCheckInterval, "publication-check-interval", time.Second, "how often the running relay checks that its publication is unchanged; the slot is confirmed only up to the last check")
+	s(&c.cdc.MessagePrefix, "message-prefix", "", "also publish the logical decoding messages with exactly this prefix, written by pg_logical_emit_message(true, prefix, content) with a JSON object of the outbox's columns as content (default none: no messages)")
 	s(&c.cdc.AcceptPublication, "accept-publication", "", "digest of a changed publication to accept, from the error that reported the change, after checking that no insert was skipped (default none)")
 
 	// NATS

@@ -35,6 +35,11 @@ var SlotWALStatuses = []string{"reserved", "extended", "unreserved", "lost", "mi
 // rows changed while the relay ran, or since it last ran).
 var PublicationProblemKinds = []string{"missing", "changed"}
 
+// IgnoredMessageReasons is the fixed label set of
+// outbox_relay_cdc_messages_ignored_total{reason}: logical decoding messages
+// with another prefix than --message-prefix, and non-transactional ones.
+var IgnoredMessageReasons = []string{"other_prefix", "non_transactional"}
+
 // latencyBuckets covers sub-millisecond publishes up to minutes-long outages.
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 
@@ -59,6 +64,7 @@ type Metrics struct {
 	CDCSlotProblems        prometheus.Counter
 	CDCPublicationProblems *prometheus.CounterVec
 	CDCWaitingForStandby   prometheus.Gauge
+	CDCMessagesIgnored     *prometheus.CounterVec
 
 	// sink: JetStream publishing.
 	SinkPublished       prometheus.Counter
@@ -122,6 +128,9 @@ func New(version, commit string) *Metrics {
 		CDCWaitingForStandby: f.gauge("cdc", "waiting_for_standby",
 			"1 while the slot's walsender holds changes back until a standby in synchronized_standby_slots confirms the WAL (PostgreSQL 17+), else 0."),
 
+		CDCMessagesIgnored: f.counterVec("cdc", "messages_ignored_total",
+			"Logical decoding messages read (with --message-prefix) and not published, by reason: another prefix, or non-transactional.", "reason"),
+
 		SinkPublished:       f.counter("sink", "published_total", "Messages JetStream acknowledged as stored (duplicates excluded)."),
 		SinkDuplicates:      f.counter("sink", "duplicates_total", "Publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id."),
 		SinkPublishErrors:   f.counterVec("sink", "publish_errors_total", "Failed publishes by kind.", "kind"),
@@ -166,6 +175,9 @@ func New(version, commit string) *Metrics {
 	}
 	for _, k := range PublicationProblemKinds {
 		m.CDCPublicationProblems.WithLabelValues(k)
+	}
+	for _, r := range IgnoredMessageReasons {
+		m.CDCMessagesIgnored.WithLabelValues(r)
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: "cdc", Name: "oldest_pending_age_seconds",
