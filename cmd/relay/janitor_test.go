@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -217,27 +216,10 @@ func TestInsertAndDeleteInOneTransaction(t *testing.T) {
 	f.pg.Exec(t, f.db, `CREATE PUBLICATION outbox_relay FOR TABLE events WITH (publish = 'insert, update, delete', publish_via_partition_root = true)`)
 	f.startRelay(t)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 25 {
-				if _, err := f.writer.WriteDeleted(ctx, e2e.SampleEvents(1+(i*7+w)%10, 64, fmt.Sprintf("w%d-%d", w, i))); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	writeConcurrently(t, 4, 25, func(ctx context.Context, w, i int) error {
+		_, err := f.writer.WriteDeleted(ctx, e2e.SampleEvents(1+(i*7+w)%10, 64, fmt.Sprintf("w%d-%d", w, i)))
+		return err
+	})
 	committed := f.writer.Committed(t)
 	require.NotEmpty(t, committed)
 	f.waitStream(t, len(committed), time.Minute)

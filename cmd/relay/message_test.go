@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,41 +26,29 @@ func TestLogicalDecodingMessagesArePublishedInCommitOrder(t *testing.T) {
 
 	// Transactions of rows only, messages only, and both interleaved.
 	shapes := [][]bool{{false}, {true}, {false, true, false, true, true}, {true, false}, {true, true, true}}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 20 {
-				shape := shapes[(w+i)%len(shapes)]
-				events := e2e.SampleEvents(len(shape), 64, fmt.Sprintf("w%d-%d", w, i))
-				for j, asMessage := range shape {
-					if asMessage {
-						events[j].Message = "outbox"
-						events[j].Headers = `{"kind": "message"}`
-					}
-				}
-				if _, err := f.writer.Write(ctx, events, i%7 == 3); err != nil { // some roll back
-					errs <- err
-					return
-				}
+	// Among them, messages the relay must not publish as events.
+	notEvents := []string{
+		`SELECT pg_logical_emit_message(false, 'outbox', '{"id": "non-transactional", "aggregate_type": "a", "aggregate_id": "1", "event_type": "e", "payload": {}}')`,
+		`SELECT pg_logical_emit_message(true, 'other', '{"id": "other-prefix", "aggregate_type": "a", "aggregate_id": "1", "event_type": "e", "payload": {}}')`,
+		`SELECT pg_logical_emit_message(true, 'outbox', 'not an event')`,
+	}
+	writeConcurrently(t, 4, 20, func(ctx context.Context, w, i int) error {
+		if w == 0 && i >= 5 && i-5 < len(notEvents) {
+			if err := f.pg.ExecContext(ctx, f.db, notEvents[i-5]); err != nil {
+				return err
 			}
-		}()
-		if w == 1 {
-			// Meanwhile, messages the relay must not publish.
-			f.pg.Exec(t, f.db, `SELECT pg_logical_emit_message(false, 'outbox', '{"id": "non-transactional", "aggregate_type": "a", "aggregate_id": "1", "event_type": "e", "payload": {}}')`)
-			f.pg.Exec(t, f.db, `SELECT pg_logical_emit_message(true, 'other', '{"id": "other-prefix", "aggregate_type": "a", "aggregate_id": "1", "event_type": "e", "payload": {}}')`)
-			f.pg.Exec(t, f.db, `SELECT pg_logical_emit_message(true, 'outbox', 'not an event')`)
 		}
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+		shape := shapes[(w+i)%len(shapes)]
+		events := e2e.SampleEvents(len(shape), 64, fmt.Sprintf("w%d-%d", w, i))
+		for j, asMessage := range shape {
+			if asMessage {
+				events[j].Message = "outbox"
+				events[j].Headers = `{"kind": "message"}`
+			}
+		}
+		_, err := f.writer.Write(ctx, events, i%7 == 3) // some roll back
+		return err
+	})
 
 	committed := f.writer.Committed(t)
 	f.waitStream(t, len(committed)+1, time.Minute) // and the dead letter
