@@ -49,3 +49,27 @@ func TestRetentionSetting(t *testing.T) {
 		})
 	}
 }
+
+// TestPipelineStopsTheJanitor: the janitor runs with the leader's pipeline
+// and has stopped before the pipeline's Stop returns, before the publisher
+// is closed and the lease given up: a relay that no longer leads does not
+// clean up.
+func TestPipelineStopsTheJanitor(t *testing.T) {
+	t.Parallel()
+	j := &journal{}
+	janitor := newFakeStage(j, "janitor")
+	p := &pipeline{
+		reader: newFakeStage(j, "reader"), pump: newFakeStage(j, "pump"), monitor: newFakeStage(j, "monitor"),
+		janitor: janitor, close: func() { j.add("publisher closed") },
+	}
+	p.Start()
+	select {
+	case <-janitor.running:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the janitor was not started")
+	}
+	require.NoError(t, p.Stop())
+	entries := j.all()
+	require.Contains(t, entries, "janitor stopped")
+	require.Equal(t, "publisher closed", entries[len(entries)-1])
+}
