@@ -175,8 +175,20 @@ func inTx(ctx context.Context, db *pgx.Conn, cfg Config, f func(pgx.Tx) error) e
 
 func millis(d time.Duration) string { return fmt.Sprintf("%dms", max(d.Milliseconds(), 1)) }
 
-// createdAtColumn returns the configured creation time column the table has.
+// errStandby: the relay reads from a hot standby, where nothing can be
+// deleted.
+var errStandby = errors.New("the server is a standby in recovery, where rows cannot be deleted; clean up on the primary (with your own job) or run without --retention")
+
+// createdAtColumn returns the configured creation time column the table has,
+// on a server where rows can be deleted.
 func createdAtColumn(ctx context.Context, db pgx.Tx, cfg Config) (string, error) {
+	var standby bool
+	if err := db.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&standby); err != nil {
+		return "", fmt.Errorf("read whether the server is in recovery: %w", err)
+	}
+	if standby {
+		return "", errStandby
+	}
 	names := cfg.createdAtColumns()
 	var found *string
 	err := db.QueryRow(ctx, `SELECT attname::text FROM pg_attribute

@@ -202,3 +202,29 @@ func TestCheck(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, note, "by dropping partitions whose upper bound is older")
 }
+
+// TestRunOnceOnAStandby: where the relay reads from a hot standby, the
+// janitor cannot delete; it says so, and relay check too, rather than fail
+// with PostgreSQL's read-only error at every run.
+func TestRunOnceOnAStandby(t *testing.T) {
+	t.Parallel()
+	primary := testenv.StartPostgres(t)
+	primary.CreateDatabase(t, "app")
+	primary.Exec(t, "app", `CREATE TABLE t (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL);
+		INSERT INTO t (created_at) VALUES (now() - interval '2 days')`)
+	standby := testenv.StartStandby(t, primary)
+	standby.CatchUp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, standby.AdminURL("app"))
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	cfg := Config{
+		Retention: time.Hour, Interval: time.Minute, Schema: "public", Table: "t", CreatedAt: "created_at",
+		BatchSize: 10, StatementTimeout: 5 * time.Second, LockTimeout: time.Second,
+	}
+	_, err = RunOnce(ctx, conn, cfg)
+	require.ErrorIs(t, err, errStandby)
+	_, err = Check(ctx, conn, cfg)
+	require.ErrorIs(t, err, errStandby)
+}
