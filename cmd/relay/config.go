@@ -140,7 +140,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.logFormat, "log-format", "json", "log format: json or console")
 
 	// Cleanup
-	d(&c.janitor.Retention, "retention", 0, "delete outbox rows older than this (by the created_at column), on the leader only: whole partitions of an outbox range-partitioned by created_at, other rows in small batches (default 0: never; see the README's cleaning up)")
+	d(&c.janitor.Retention, "retention", 0, "delete outbox rows older than this (by the created_at column; at least --recover-max-transaction-age), on the leader only: whole partitions of an outbox range-partitioned by created_at, other rows in small batches (default 0: never; see the README's cleaning up)")
 	d(&c.janitor.Interval, "retention-interval", 5*time.Minute, "how often rows older than --retention are deleted")
 
 	// relay recover
@@ -295,6 +295,11 @@ func (c *config) finish() error {
 	c.janitor.BatchSize = janitor.DefaultBatchSize
 	c.janitor.StatementTimeout = c.cdc.QueryTimeout
 	c.janitor.LockTimeout = min(janitor.DefaultLockTimeout, c.cdc.QueryTimeout)
+	if c.janitor.Enabled() && c.janitor.Retention < c.recoverMaxTxnAge {
+		// relay recover compares the rows created that long before the
+		// last published event with the stream.
+		errs = append(errs, fmt.Errorf("retention: %s is below recover-max-transaction-age %s, whose rows relay recover reads after a lost slot", c.janitor.Retention, c.recoverMaxTxnAge))
+	}
 	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate(), c.janitor.Validate())
 	if c.leaderElection {
 		errs = append(errs, c.election.Validate())

@@ -30,6 +30,8 @@ func TestRetentionSetting(t *testing.T) {
 		{name: "no created_at column from the environment", env: map[string]string{"RELAY_RETENTION": "1h", "RELAY_COLUMN_CREATED_AT": ""}, wantErr: "--column-created-at is empty"},
 		{name: "no created_at column, cleanup off", args: []string{"--column-created-at="}},
 		{name: "interval", args: []string{"--retention=1h", "--retention-interval=0s"}, wantErr: "retention-interval: 0s, must be positive"},
+		{name: "shorter than relay recover reads", args: []string{"--retention=30m"}, wantErr: "retention: 30m0s is below recover-max-transaction-age 1h0m0s"},
+		{name: "as long as relay recover reads", args: []string{"--retention=10m", "--recover-max-transaction-age=10m"}, want: 10 * time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
