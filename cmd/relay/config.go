@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/janitor"
 	"github.com/outbox-relay/outbox-relay/internal/leader"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
@@ -32,6 +33,7 @@ type config struct {
 	cloudEvents       bool
 	cloudEventsSource string
 	cloudEventsType   string
+	janitor           janitor.Config
 
 	postgresPassword string
 	table            string
@@ -100,6 +102,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	i(&c.cdc.EventBuffer, "event-buffer", 4096, "events buffered between reading and publishing")
 	fs.Int64Var(&c.cdc.EventBufferBytes, "event-buffer-bytes", 64<<20, "bytes of events (payloads, headers, ids) read and not yet acknowledged by JetStream, wherever they wait; reading pauses above it, and one larger event passes alone")
 	d(&c.cdc.PublicationCheckInterval, "publication-check-interval", time.Second, "how often the running relay checks that its publication is unchanged; the slot is confirmed only up to the last check")
+	s(&c.cdc.MessagePrefix, "message-prefix", "", "also publish the logical decoding messages with exactly this prefix, written by pg_logical_emit_message(true, prefix, content) with a JSON object of the outbox's columns as content (default none: no messages)")
 	s(&c.cdc.AcceptPublication, "accept-publication", "", "digest of a changed publication to accept, from the error that reported the change, after checking that no insert was skipped (default none)")
 
 	// NATS
@@ -142,6 +145,10 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	b(&c.pprof, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the HTTP address")
 	s(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	s(&c.logFormat, "log-format", "json", "log format: json or console")
+
+	// Cleanup
+	d(&c.janitor.Retention, "retention", 0, "delete outbox rows older than this (by the created_at column; at least --recover-max-transaction-age), on the leader only: whole partitions of an outbox range-partitioned by created_at, other rows in small batches (default 0: never; see the README's cleaning up)")
+	d(&c.janitor.Interval, "retention-interval", 5*time.Minute, "how often rows older than --retention are deleted")
 
 	// relay recover
 	s(&c.recoverPreviousSlot, "recover-previous-slot", "", "relay recover: the slot whose events the stream holds, when the slot to create is given another name (after a failover to a standby that lacked published WAL) (default: --slot)")
@@ -299,7 +306,16 @@ func (c *config) finish() error {
 	if c.httpAddr == "" {
 		errs = append(errs, errors.New("http-addr: must not be empty"))
 	}
-	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate())
+	c.janitor.Schema, c.janitor.Table, c.janitor.CreatedAt = c.cdc.Schema, c.cdc.Table, c.cdc.Columns.CreatedAt
+	c.janitor.BatchSize = janitor.DefaultBatchSize
+	c.janitor.StatementTimeout = c.cdc.QueryTimeout
+	c.janitor.LockTimeout = min(janitor.DefaultLockTimeout, c.cdc.QueryTimeout)
+	if c.janitor.Enabled() && c.janitor.Retention < c.recoverMaxTxnAge {
+		// relay recover compares the rows created that long before the
+		// last published event with the stream.
+		errs = append(errs, fmt.Errorf("retention: %s is below recover-max-transaction-age %s, whose rows relay recover reads after a lost slot", c.janitor.Retention, c.recoverMaxTxnAge))
+	}
+	errs = append(errs, c.cdc.Validate(), c.sink.Validate(), c.pump.Validate(), c.janitor.Validate())
 	errs = append(errs, c.tracing.Validate())
 	if c.cloudEvents {
 		// The default source needs the database's name, known only once

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,4 +181,31 @@ func (f *fixture) produce(ctx context.Context, total int, tag string) <-chan str
 // relay writes it in an error ("public"."events").
 func unescaped(s string) string {
 	return strings.NewReplacer(`\\`, `\`, `\"`, `"`).Replace(s)
+}
+
+// writeConcurrently runs writers goroutines, each calling write for i from 0
+// to txns-1 until one fails, and fails the test on the first error.
+func writeConcurrently(t *testing.T, writers, txns int, write func(ctx context.Context, w, i int) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range txns {
+				if err := write(ctx, w, i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
 }

@@ -255,13 +255,15 @@ type pipeline struct {
 	reader  source
 	pump    stage
 	monitor stage
+	// janitor, when cleanup is on, deletes old outbox rows; nil otherwise.
+	janitor stage
 	// close releases what the stages shared (the publisher), once they
 	// have all stopped.
 	close func()
 
-	stopReader, stopPump, stopMonitor context.CancelFunc
-	readerErr, pumpErr                error
-	readerDone, pumpDone, monitorDone chan struct{}
+	stopReader, stopPump, stopMonitor, stopJanitor context.CancelFunc
+	readerErr, pumpErr                             error
+	readerDone, pumpDone, monitorDone, janitorDone chan struct{}
 }
 
 // Start runs the stages, each until Stop stops it or it ends on its own.
@@ -284,6 +286,15 @@ func (p *pipeline) Start() {
 		defer close(p.pumpDone)
 		p.pumpErr = p.pump.Run(pumpCtx)
 	}()
+	var janitorCtx context.Context
+	janitorCtx, p.stopJanitor = context.WithCancel(context.Background())
+	p.janitorDone = make(chan struct{})
+	go func() {
+		defer close(p.janitorDone)
+		if p.janitor != nil {
+			_ = p.janitor.Run(janitorCtx) // the janitor logs and counts its errors
+		}
+	}()
 }
 
 // Done is closed when the pump has stopped on its own: a poison event, or
@@ -292,7 +303,9 @@ func (p *pipeline) Done() <-chan struct{} { return p.pumpDone }
 
 // Stop stops the stages in order and returns what they failed with:
 //
-//  1. The reader is retired: it starts no new replication session and ends
+//  1. The janitor (with --retention) is told to stop, cancelling a
+//     statement it has running: only the leader cleans. The reader is
+//     retired: it starts no new replication session and ends
 //     nobody else's, so that once this instance has lost its lease the new
 //     leader keeps the slot (and after a shutdown no reconnect happens
 //     while the rest winds down).
@@ -300,11 +313,12 @@ func (p *pipeline) Done() <-chan struct{} { return p.pumpDone }
 //     within --shutdown-timeout, acknowledging those stored.
 //  3. The reader sends its final status, confirming what the pump got
 //     acknowledged, on the session it has, and closes it.
-//  4. The slot monitor stops, and the publisher is closed.
+//  4. The slot monitor and the janitor stop, and the publisher is closed.
 //
 // The caller gives the lease up after Stop: until the reader has closed its
 // session, a new leader would only have to end it.
 func (p *pipeline) Stop() error {
+	p.stopJanitor()
 	p.reader.Retire()
 	p.stopPump()
 	<-p.pumpDone
@@ -312,6 +326,7 @@ func (p *pipeline) Stop() error {
 	<-p.readerDone
 	p.stopMonitor()
 	<-p.monitorDone
+	<-p.janitorDone
 	p.close()
 	return errors.Join(p.pumpErr, p.readerErr)
 }

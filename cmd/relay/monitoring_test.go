@@ -494,7 +494,7 @@ func TestMonitoringFilesAreConsistent(t *testing.T) {
 		"OutboxRelayRetainedWALHigh", "OutboxRelaySlotWALStatus", "OutboxRelaySlotMissing",
 		"OutboxRelayPublicationProblem", "OutboxRelayPublishErrors", "OutboxRelayPoisonEvents", "OutboxRelayDisconnected",
 		"OutboxRelayBlocked", "OutboxRelayEventsReordered", "OutboxRelayUnverifiedReplays", "OutboxRelayMarkNotSaved",
-		"OutboxRelayWaitingForStandby",
+		"OutboxRelayWaitingForStandby", "OutboxRelayCleanupFailing", "OutboxRelayMessagesIgnored",
 	}
 	var names []string
 	for _, r := range rules {

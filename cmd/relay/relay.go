@@ -15,11 +15,13 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/outbox-relay/outbox-relay/internal/backoff"
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/janitor"
 	"github.com/outbox-relay/outbox-relay/internal/leader"
 	"github.com/outbox-relay/outbox-relay/internal/metrics"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
@@ -238,7 +240,7 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		NATSUp:        nc.IsConnected,
 	})
 
-	return &pipeline{
+	p := &pipeline{
 		reader: reader,
 		pump:   pump,
 		monitor: stageFunc(func(ctx context.Context) error {
@@ -249,7 +251,56 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 			_ = publisher.Close() // nothing is in flight any more
 			closeSpans()
 		},
-	}, nil
+	}
+	if cfg.janitor.Enabled() {
+		p.janitor = janitor.New(cfg.janitor, func(ctx context.Context) (*pgx.Conn, error) { return cdc.Connect(ctx, cfg.cdc) },
+			janitorStore{store: store, key: janitorKey(cfg.sink.Stream, marks.Origin())}, janitorMetrics{m}, log.Named("janitor"))
+	}
+	return p, nil
+}
+
+// janitorKey is the state bucket key of the janitor's state for origin's
+// outbox.
+func janitorKey(stream, origin string) string { return "janitor." + relay.MarkKey(stream, origin) }
+
+// janitorStore keeps the janitor's state in the state bucket, where `relay
+// status` reads it.
+type janitorStore struct {
+	store *sink.StateStore
+	key   string
+}
+
+func (s janitorStore) Load(ctx context.Context) (janitor.State, bool, error) {
+	data, ok, err := s.store.Load(ctx, s.key)
+	if err != nil || !ok {
+		return janitor.State{}, false, err
+	}
+	var st janitor.State
+	if err := json.Unmarshal(data, &st); err != nil {
+		return janitor.State{}, false, fmt.Errorf("decode the janitor's state %q: %w", data, err)
+	}
+	return st, true, nil
+}
+
+func (s janitorStore) Save(ctx context.Context, st janitor.State) error {
+	data, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("encode the janitor's state: %w", err)
+	}
+	return s.store.Save(ctx, s.key, data)
+}
+
+// janitorMetrics counts the janitor's runs.
+type janitorMetrics struct{ m *metrics.Metrics }
+
+func (j janitorMetrics) Ran(res janitor.Result, err error, at time.Time) {
+	j.m.JanitorRowsDeleted.Add(float64(res.RowsDeleted))
+	j.m.JanitorPartitionsDropped.Add(float64(res.PartitionsDropped))
+	if err != nil {
+		j.m.JanitorErrors.Inc()
+		return
+	}
+	j.m.JanitorLastSuccess.Set(float64(at.UnixNano()) / 1e9)
 }
 
 // pumpConfig is the pump's configuration for publishing to stream: a dead

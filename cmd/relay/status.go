@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/outbox-relay/outbox-relay/internal/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/janitor"
 	"github.com/outbox-relay/outbox-relay/internal/metrics"
 	"github.com/outbox-relay/outbox-relay/internal/relay"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
@@ -62,6 +63,7 @@ func runCheck(ctx context.Context, cfg *config, out io.Writer) error {
 		stream = checkStream(ctx, cfg, nc, &r)
 	}
 	checkSlot(ctx, cfg, nc, stream, &r)
+	checkJanitor(ctx, cfg, &r)
 	for _, n := range r.oks {
 		fmt.Fprintln(out, "ok   ", n)
 	}
@@ -73,6 +75,24 @@ func runCheck(ctx context.Context, cfg *config, out io.Writer) error {
 	}
 	fmt.Fprintln(out, "all checks passed")
 	return nil
+}
+
+// checkJanitor checks, with --retention, that the janitor can clean up.
+func checkJanitor(ctx context.Context, cfg *config, r *checkReport) {
+	if !cfg.janitor.Enabled() {
+		return
+	}
+	conn, err := cdc.Connect(ctx, cfg.cdc)
+	if err != nil {
+		return // cdc.Check has reported it
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	note, err := janitor.Check(ctx, conn, cfg.janitor)
+	if err != nil {
+		r.fail(fmt.Errorf("retention: cleanup cannot run: %w", err))
+		return
+	}
+	r.ok("retention: " + note)
 }
 
 // refusedPrefix starts cdc.Check's report of a refused replication
@@ -436,6 +456,9 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	if err := printTimeline(ctx, cfg, nc, ours, mark.Position.CommitLSN, out); err != nil {
 		problems = append(problems, err)
 	}
+	if err := printJanitor(ctx, cfg, nc, ours, out); err != nil {
+		problems = append(problems, err)
+	}
 	if (reading.Recorded || !mark.Position.IsZero()) && !slot.Exists {
 		problems = append(problems, fmt.Errorf("the relay published events of slot %q, which no longer exists: it was dropped; see the README's slot recovery section", cfg.cdc.Slot))
 	}
@@ -450,6 +473,39 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		return nil
 	}
 	fmt.Fprintln(out, "consistency:         ok")
+	return nil
+}
+
+// printJanitor prints whether cleanup is on in this configuration and what
+// the janitor of the slot's leader recorded of its last run.
+func printJanitor(ctx context.Context, cfg *config, nc *sink.Connection, origin string, out io.Writer) error {
+	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
+	if err != nil {
+		return err
+	}
+	state, ran, err := janitorStore{store: store, key: janitorKey(cfg.sink.Stream, origin)}.Load(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "janitor")
+	if cfg.janitor.Enabled() {
+		fmt.Fprintf(out, "  enabled:             yes, retention %s, every %s\n", cfg.janitor.Retention, cfg.janitor.Interval)
+	} else {
+		fmt.Fprintln(out, "  enabled:             no (--retention is 0)")
+	}
+	if !ran {
+		fmt.Fprintln(out, "  last run:            none")
+		return nil
+	}
+	result := "ok"
+	if state.LastError != "" {
+		result = "failed: " + state.LastError
+	}
+	fmt.Fprintf(out, "  last run:            %s, retention %s: %s\n", state.LastRun.UTC().Format(time.RFC3339), state.Retention, result)
+	if !state.LastSuccess.IsZero() {
+		fmt.Fprintf(out, "  last success:        %s\n", state.LastSuccess.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(out, "  rows deleted:        %d, partitions dropped: %d (all runs)\n", state.RowsDeleted, state.PartitionsDropped)
 	return nil
 }
 

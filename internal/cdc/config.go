@@ -71,6 +71,11 @@ type Config struct {
 	// AcceptPublication is the Digest of a publication fingerprint the
 	// operator acknowledged after a change (ReconcilePublication).
 	AcceptPublication string
+	// MessagePrefix, when not empty, makes transactional logical decoding
+	// messages with exactly this prefix events too
+	// (pg_logical_emit_message(true, prefix, content)); empty reads no
+	// messages.
+	MessagePrefix string
 }
 
 // identifierPattern accepts what the relay will put unquoted into replication
@@ -118,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.EventBufferBytes < 1 {
 		errs = append(errs, fmt.Errorf("event-buffer-bytes: %d, must be at least 1", c.EventBufferBytes))
+	}
+	if strings.ContainsRune(c.MessagePrefix, 0) {
+		errs = append(errs, fmt.Errorf("message-prefix: %q contains a NUL byte", c.MessagePrefix))
 	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event-buffer: %d, must be at least 1", c.EventBuffer))

@@ -113,6 +113,20 @@ const (
 	// outbox. (With publish_via_partition_root, a partition's Relation
 	// message is sent too, but its inserts come under the root's OID.)
 	changeForeignInsert
+	// changeIgnoredMessage is a logical decoding message the relay does
+	// not publish, for the reason in change.ignored.
+	changeIgnoredMessage
+)
+
+// Why a logical decoding message is not published: the values of
+// outbox_relay_cdc_messages_ignored_total{reason}.
+const (
+	// ignoredOtherPrefix: the message's prefix is not --message-prefix.
+	ignoredOtherPrefix = "other_prefix"
+	// ignoredNonTransactional: pg_logical_emit_message(false, ...), sent
+	// when written, whether its transaction commits or not, and outside of
+	// commit order.
+	ignoredNonTransactional = "non_transactional"
 )
 
 // change is a decoded pgoutput message.
@@ -123,6 +137,8 @@ type change struct {
 	event  Event // for changeEvent; positions are filled in by the reader
 	// relation is the relation of a changeRelation or changeForeignInsert.
 	relation relationName
+	// ignored is why a changeIgnoredMessage is not published.
+	ignored string
 }
 
 // relationName identifies a relation of a Relation message.
@@ -144,6 +160,9 @@ type decoder struct {
 	// maxRow, when positive, leaves out payload and headers of larger
 	// rows (Event.Omitted).
 	maxRow int64
+	// messagePrefix, when not empty, is the prefix of the logical decoding
+	// messages that are events (Config.MessagePrefix).
+	messagePrefix string
 }
 
 func newDecoder(schema, table string, columns Columns) *decoder {
@@ -179,7 +198,12 @@ func (d *decoder) decode(data []byte) (change, error) {
 		return change{}, nil
 	case kindInsert:
 		return d.decodeInsert(body)
-	case kindOrigin, kindType, kindUpdate, kindDelete, kindTruncate, kindMessage:
+	case kindMessage:
+		if d.messagePrefix == "" {
+			return change{}, nil // not asked for
+		}
+		return d.decodeMessage(body)
+	case kindOrigin, kindType, kindUpdate, kindDelete, kindTruncate:
 		// The publication publishes inserts only; anything else (from a
 		// publication shared with other tables, say) is not ours.
 		return change{}, nil

@@ -37,6 +37,8 @@ func FuzzDecode(f *testing.F) {
 		encType(70000, "public", "mood"),
 		encOrigin(0x1234, "upstream"),
 		encLogicalMessage(false, 0x1234, "prefix", []byte("content")),
+		encLogicalMessage(true, 0x1234, "prefix", []byte(`{"id": "a", "aggregate_type": "t", "aggregate_id": 7, "event_type": "e", "payload": {"x": [1]}, "headers": null}`)),
+		encLogicalMessage(true, 0x1234, "prefix", []byte(`["not", "an", "object"]`)),
 		encRelation(outboxRelID, "public", "outbox", 'd', outboxCols[:3]),
 		encRelation(outboxRelID, "public", "outbox", 'd', append([]relCol{{name: "extra"}}, outboxCols...)),
 	} {
@@ -45,6 +47,7 @@ func FuzzDecode(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d := outboxDecoder(t)
+		d.messagePrefix = "prefix" // logical decoding messages are events too
 		// Decode a copy with no spare capacity, so a read past the end
 		// cannot hide in the slack of the fuzzer's buffer.
 		in := append(make([]byte, 0, len(data)), data...)

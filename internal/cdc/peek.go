@@ -27,13 +27,14 @@ func PeekEvents(ctx context.Context, conn *pgx.Conn, cfg Config, limit int) ([]E
 	// publication_names is a list of identifiers: quoted, a name keeps its
 	// case and may hold commas or spaces.
 	rows, err := q.query(ctx, `SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2,
-		'proto_version', '1', 'publication_names', $3)`,
-		cfg.Slot, limit, pgx.Identifier{cfg.Publication}.Sanitize())
+		'proto_version', '1', 'publication_names', $3, 'messages', $4)`,
+		cfg.Slot, limit, pgx.Identifier{cfg.Publication}.Sanitize(), fmt.Sprint(cfg.MessagePrefix != ""))
 	if err != nil {
 		return nil, fmt.Errorf("peek slot %q: %w", cfg.Slot, err)
 	}
 	defer rows.Close()
 	d := newDecoder(cfg.Schema, cfg.Table, cfg.Columns)
+	d.messagePrefix = cfg.MessagePrefix
 	var (
 		events []Event
 		open   bool

@@ -73,6 +73,16 @@ type insertMessage struct {
 	values     []tupleValue
 }
 
+// logicalMessage is pgoutput's Message: what pg_logical_emit_message wrote,
+// sent with the messages option (PostgreSQL 14+). content aliases the
+// message buffer.
+type logicalMessage struct {
+	transactional bool
+	lsn           pglogrepl.LSN
+	prefix        string
+	content       []byte
+}
+
 // parser reads pgoutput fields with bounds checks: pgoutput messages come off
 // the network, and a short or corrupt one must give an error, never a panic.
 type parser struct {
@@ -212,6 +222,19 @@ func decodeInsert(data []byte, m *insertMessage) error {
 		m.values = append(m.values, v)
 	}
 	return p.done("insert")
+}
+
+// decodeMessage decodes a Message of protocol 1: no transaction id, which
+// only streamed transactions (protocol 2 with streaming) carry.
+func decodeMessage(data []byte) (logicalMessage, error) {
+	p := parser{buf: data}
+	m := logicalMessage{transactional: p.uint8()&1 != 0, lsn: p.lsn(), prefix: p.cstring()}
+	size := p.uint32()
+	if p.err == nil && size > uint32(len(p.buf)) {
+		p.err = errTruncated
+	}
+	m.content = p.take(int(size))
+	return m, p.done("message")
 }
 
 // done reports a decoding error, naming the message, and rejects trailing

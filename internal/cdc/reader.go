@@ -238,6 +238,7 @@ func (r *Reader) session(ctx context.Context) error {
 	}
 	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns), partitions: newPartitionCheck(r.cfg)}
 	s.decoder.maxRow = r.cfg.MaxRowBytes
+	s.decoder.messagePrefix = r.cfg.MessagePrefix
 	defer s.close()
 	r.filter.SessionStarted()
 
@@ -287,9 +288,7 @@ func (r *Reader) session(ctx context.Context) error {
 	// Start at 0: the server then resumes from the slot's
 	// confirmed_flush_lsn, never from a position only this process knew.
 	err = pglogrepl.StartReplication(startCtx, s.conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
-		// Protocol 1 sends a transaction only after it commits, so no row
-		// of a transaction that may still abort ever reaches the relay.
-		PluginArgs: []string{"proto_version '1'", "publication_names " + publicationNamesOption(r.cfg.Publication)},
+		PluginArgs: pluginArgs(r.cfg),
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %q: %w", r.cfg.Slot, err)
@@ -299,6 +298,18 @@ func (r *Reader) session(ctx context.Context) error {
 	r.log.Info("replication started", zap.String("slot", r.cfg.Slot), zap.String("publication", r.cfg.Publication),
 		zap.Stringer("confirmed_lsn", slot.confirmedFlush))
 	return s.stream(ctx)
+}
+
+// pluginArgs are pgoutput's options: protocol 1, the publication, and the
+// logical decoding messages when events come as messages too.
+func pluginArgs(cfg Config) []string {
+	// Protocol 1 sends a transaction only after it commits, so no row of a
+	// transaction that may still abort ever reaches the relay.
+	args := []string{"proto_version '1'", "publication_names " + publicationNamesOption(cfg.Publication)}
+	if cfg.MessagePrefix != "" {
+		args = append(args, "messages 'true'")
+	}
+	return args
 }
 
 // checkTimeline refuses a server whose WAL does not hold what the relay
@@ -496,6 +507,13 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 		return nil
 	case changeForeignInsert:
 		return s.checkRelation(ctx, ch.relation, lsn)
+	case changeIgnoredMessage:
+		r.m.CDCMessagesIgnored.WithLabelValues(ch.ignored).Inc()
+		if ch.ignored == ignoredNonTransactional {
+			r.log.Warn("non-transactional message ignored: only pg_logical_emit_message(true, ...) is published",
+				zap.Stringer("lsn", lsn), zap.String("reason", ch.ignored))
+		}
+		return nil
 	case changeBegin:
 		_, err := r.filter.Begin(ch.begin, func() *txnEntry { return r.tracker.Begin(ch.begin.commitTime) })
 		return err

@@ -53,6 +53,10 @@ type Event struct {
 	Headers       string // JSON object or "" for NULL
 	// CreatedAt is the created_at value (timestamptz text); "" for now().
 	CreatedAt string
+	// Message, when set, writes the event as a transactional logical
+	// decoding message with this prefix instead of a row: its content is a
+	// JSON object of the row's columns.
+	Message string
 }
 
 // Writer writes outbox transactions and records their commit order.
@@ -88,14 +92,30 @@ func NewWriter(t testing.TB, url string, conns int) *Writer {
 // when rollback is set. Committed transactions are recorded in commit_log in
 // commit order. It returns the ids of the rows.
 func (w *Writer) Write(ctx context.Context, events []Event, rollback bool) ([]string, error) {
+	return w.write(ctx, events, rollback, false)
+}
+
+// WriteDeleted inserts events and deletes them again in one transaction, the
+// outbox pattern that keeps the table empty, and commits it; the commit is
+// recorded as Write records it.
+func (w *Writer) WriteDeleted(ctx context.Context, events []Event) ([]string, error) {
+	return w.write(ctx, events, false, true)
+}
+
+func (w *Writer) write(ctx context.Context, events []Event, rollback, deleteAgain bool) ([]string, error) {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // no-op after commit
-	ids, err := insertEvents(ctx, tx, events, w.eventType)
+	ids, err := writeEvents(ctx, tx, events, w.eventType)
 	if err != nil {
 		return nil, err
+	}
+	if deleteAgain {
+		if _, err := tx.Exec(ctx, `DELETE FROM events WHERE id = ANY ($1::uuid[])`, ids); err != nil {
+			return nil, err
+		}
 	}
 	if rollback {
 		return ids, tx.Rollback(ctx)
@@ -109,6 +129,55 @@ func (w *Writer) Write(ctx context.Context, events []Event, rollback bool) ([]st
 		return nil, err
 	}
 	return ids, tx.Commit(ctx)
+}
+
+// writeEvents writes events in order: runs of rows with one INSERT each,
+// messages one by one.
+func writeEvents(ctx context.Context, tx pgx.Tx, events []Event, eventType string) ([]string, error) {
+	var ids []string
+	for len(events) > 0 {
+		n := 1
+		for n < len(events) && (events[n].Message == "") == (events[0].Message == "") {
+			n++
+		}
+		var more []string
+		var err error
+		if events[0].Message == "" {
+			more, err = insertEvents(ctx, tx, events[:n], eventType)
+		} else {
+			more, err = emitMessages(ctx, tx, events[:n])
+		}
+		if err != nil {
+			return nil, err
+		}
+		ids, events = append(ids, more...), events[n:]
+	}
+	return ids, nil
+}
+
+// emitMessages writes each event as pg_logical_emit_message(true, prefix,
+// content), content a JSON object with the outbox's default column names.
+func emitMessages(ctx context.Context, tx pgx.Tx, events []Event) ([]string, error) {
+	ids := make([]string, 0, len(events))
+	for _, e := range events {
+		var headers, created *string
+		if e.Headers != "" {
+			headers = &e.Headers
+		}
+		if e.CreatedAt != "" {
+			created = &e.CreatedAt
+		}
+		var id string
+		err := tx.QueryRow(ctx, `SELECT g.id::text FROM (SELECT gen_random_uuid() AS id) g,
+			LATERAL pg_logical_emit_message(true, $1, jsonb_build_object('id', g.id, 'aggregate_type', $2::text, 'aggregate_id', $3::text,
+				'event_type', $4::text, 'payload', $5::jsonb, 'headers', $6::jsonb, 'created_at', COALESCE($7::timestamptz, now()))::text)`,
+			e.Message, e.AggregateType, e.AggregateID, e.EventType, e.Payload, headers, created).Scan(&id)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 func insertEvents(ctx context.Context, tx pgx.Tx, events []Event, eventType string) ([]string, error) {

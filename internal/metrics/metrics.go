@@ -39,6 +39,11 @@ var PublicationProblemKinds = []string{"missing", "changed"}
 // outbox_relay_trace_spans_total{outcome}.
 var TraceSpanOutcomes = []string{"exported", "failed", "dropped"}
 
+// IgnoredMessageReasons is the fixed label set of
+// outbox_relay_cdc_messages_ignored_total{reason}: logical decoding messages
+// with another prefix than --message-prefix, and non-transactional ones.
+var IgnoredMessageReasons = []string{"other_prefix", "non_transactional"}
+
 // latencyBuckets covers sub-millisecond publishes up to minutes-long outages.
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 
@@ -63,6 +68,7 @@ type Metrics struct {
 	CDCSlotProblems        prometheus.Counter
 	CDCPublicationProblems *prometheus.CounterVec
 	CDCWaitingForStandby   prometheus.Gauge
+	CDCMessagesIgnored     *prometheus.CounterVec
 
 	// sink: JetStream publishing.
 	SinkPublished       prometheus.Counter
@@ -91,6 +97,12 @@ type Metrics struct {
 
 	// trace: the optional span export (--otlp-traces-endpoint).
 	TraceSpans *prometheus.CounterVec
+
+	// janitor: removing outbox rows older than the retention.
+	JanitorRowsDeleted       prometheus.Counter
+	JanitorPartitionsDropped prometheus.Counter
+	JanitorErrors            prometheus.Counter
+	JanitorLastSuccess       prometheus.Gauge
 
 	// oldestPending computes outbox_relay_cdc_oldest_pending_age_seconds
 	// at scrape time; it changes with each leadership, while scrapes run.
@@ -124,6 +136,9 @@ func New(version, commit string) *Metrics {
 		CDCWaitingForStandby: f.gauge("cdc", "waiting_for_standby",
 			"1 while the slot's walsender holds changes back until a standby in synchronized_standby_slots confirms the WAL (PostgreSQL 17+), else 0."),
 
+		CDCMessagesIgnored: f.counterVec("cdc", "messages_ignored_total",
+			"Logical decoding messages read (with --message-prefix) and not published, by reason: another prefix, or non-transactional.", "reason"),
+
 		SinkPublished:       f.counter("sink", "published_total", "Messages JetStream acknowledged as stored (duplicates excluded)."),
 		SinkDuplicates:      f.counter("sink", "duplicates_total", "Publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id."),
 		SinkPublishErrors:   f.counterVec("sink", "publish_errors_total", "Failed publishes by kind.", "kind"),
@@ -149,6 +164,10 @@ func New(version, commit string) *Metrics {
 			"reason"),
 		Leader: f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
 
+		JanitorRowsDeleted:       f.counter("janitor", "rows_deleted_total", "Outbox rows older than --retention deleted (rows of dropped partitions excluded)."),
+		JanitorPartitionsDropped: f.counter("janitor", "partitions_dropped_total", "Partitions of the outbox detached and dropped because their upper bound is older than --retention."),
+		JanitorErrors:            f.counter("janitor", "errors_total", "Cleanup runs that ended with an error (retried at the next run)."),
+		JanitorLastSuccess:       f.gauge("janitor", "last_success_timestamp_seconds", "When the last cleanup run without an error ended, in Unix seconds; 0 before the first."),
 		TraceSpans: f.counterVec("trace", "spans_total",
 			"Spans of published events (--otlp-traces-endpoint) by outcome: exported, failed (the collector refused them or was unreachable), dropped (the export queue was full).", "outcome"),
 	}
@@ -169,6 +188,9 @@ func New(version, commit string) *Metrics {
 	}
 	for _, k := range PublicationProblemKinds {
 		m.CDCPublicationProblems.WithLabelValues(k)
+	}
+	for _, r := range IgnoredMessageReasons {
+		m.CDCMessagesIgnored.WithLabelValues(r)
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: "cdc", Name: "oldest_pending_age_seconds",
