@@ -66,9 +66,9 @@
 // same transaction, one more statement per Write: the table never grows,
 // and the relay, which reads inserts from the WAL, still publishes every
 // event (TestWriterPackageEndToEnd in cmd/relay proves it with the real
-// relay). ModeMessage is the place for writing events with
-// pg_logical_emit_message and no table at all; the relay cannot read those
-// yet, so New refuses it.
+// relay). ModeMessage writes each event as a transactional logical decoding
+// message (pg_logical_emit_message) and no row at all, for a relay run with
+// --message-prefix (TestWriterPackageEndToEnd again).
 //
 // # The table
 //

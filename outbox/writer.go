@@ -103,11 +103,12 @@ const (
 	// (one more round trip) per Write, and leaves nothing in the table to
 	// investigate or republish from.
 	ModeInsertDelete
-	// ModeMessage is reserved for writing events with
-	// pg_logical_emit_message, without a table. The relay does not read
-	// such messages yet (the table-less mode of the outbox-lifecycle issue
-	// is not done), so New refuses it: events written that way would never
-	// be published.
+	// ModeMessage writes each event as a transactional logical decoding
+	// message, pg_logical_emit_message(true, prefix, content), instead of a
+	// row: nothing in any table, nothing to clean up. Run the relay with
+	// --message-prefix set to the writer's prefix (WithMessagePrefix,
+	// default "outbox"); without it the relay ignores the messages. The
+	// events cannot be read back from the table (relay recover, replays).
 	ModeMessage
 )
 
@@ -123,8 +124,6 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
-// ErrModeUnsupported is returned by New for ModeMessage.
-var ErrModeUnsupported = errors.New("outbox: the relay cannot read events written with pg_logical_emit_message yet; use ModeInsert or ModeInsertDelete")
 
 // Option configures a Writer.
 type Option func(*config)
@@ -135,6 +134,7 @@ type config struct {
 	propagator propagation.TextMapPropagator
 	newID      func() (string, error)
 	clock      func() time.Time
+	prefix     string
 }
 
 // WithTable writes to table (optionally schema-qualified, "billing.events")
@@ -143,6 +143,10 @@ func WithTable(table string) Option { return func(c *config) { c.table = table }
 
 // WithMode sets how events are stored (default ModeInsert).
 func WithMode(m Mode) Option { return func(c *config) { c.mode = m } }
+
+// WithMessagePrefix sets the prefix of the messages ModeMessage writes
+// (default "outbox"): the relay's --message-prefix.
+func WithMessagePrefix(prefix string) Option { return func(c *config) { c.prefix = prefix } }
 
 // WithPropagator sets what the writer takes from a Write's context into
 // each event's headers. The default is the W3C trace context (traceparent,
@@ -170,6 +174,7 @@ type Writer struct {
 	valuesSQL    []string
 	recordsetSQL string
 	deleteSQL    string
+	messageSQL   string
 }
 
 // valuesMax is the largest batch written as INSERT ... VALUES. It is the
@@ -188,6 +193,7 @@ func New(opts ...Option) (*Writer, error) {
 		propagator: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		newID:      newUUIDv7,
 		clock:      time.Now,
+		prefix:     "outbox",
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -195,7 +201,9 @@ func New(opts ...Option) (*Writer, error) {
 	switch cfg.mode {
 	case ModeInsert, ModeInsertDelete:
 	case ModeMessage:
-		return nil, ErrModeUnsupported
+		if cfg.prefix == "" {
+			return nil, errors.New("outbox: the message prefix is empty")
+		}
 	default:
 		return nil, fmt.Errorf("outbox: unknown mode %s", cfg.mode)
 	}
@@ -216,6 +224,14 @@ SELECT id, t, a, e, p, h, c FROM ROWS FROM (jsonb_to_recordset($1::jsonb)
 		// partition that has the row.
 		deleteSQL: `DELETE FROM ` + table + ` WHERE (id, created_at) IN (
 SELECT id, c FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, c timestamptz))`,
+		// One message per element, in the order of the array (the volatile
+		// function is evaluated after the sort), with the keys the relay
+		// maps: the outbox's column names. A missing "h" is JSON null,
+		// which the relay takes as NULL headers.
+		messageSQL: `SELECT pg_logical_emit_message(true, $1, jsonb_build_object(
+  'id', x->'id', 'aggregate_type', x->'t', 'aggregate_id', x->'a', 'event_type', x->'e',
+  'payload', x->'p', 'headers', x->'h', 'created_at', x->'c')::text)
+FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS r(x, n) ORDER BY n`,
 	}
 	var b strings.Builder
 	for n := 1; n <= valuesMax; n++ {
@@ -272,6 +288,12 @@ func (w *Writer) Write(ctx context.Context, db Execer, events ...Event) ([]strin
 			return nil, fmt.Errorf("outbox: event %d (%s/%s %s): %w", i, ev.AggregateType, ev.AggregateID, ev.EventType, err)
 		}
 		rows[i], ids[i] = r, r.ID
+	}
+	if w.cfg.mode == ModeMessage {
+		if err := db.Exec(ctx, w.messageSQL, w.cfg.prefix, recordset(rows)); err != nil {
+			return nil, fmt.Errorf("outbox: emit %d events as logical decoding messages: %w", len(events), err)
+		}
+		return ids, nil
 	}
 	if err := w.insert(ctx, db, rows); err != nil {
 		return nil, fmt.Errorf("outbox: insert %d events: %w", len(events), err)

@@ -326,8 +326,15 @@ func TestWriteIsOneStatement(t *testing.T) {
 	_, err = w.Write(context.Background(), &fakeDB{err: boom}, events[0])
 	require.ErrorIs(t, err, boom)
 
-	_, err = outbox.New(outbox.WithMode(outbox.ModeMessage))
-	require.ErrorIs(t, err, outbox.ErrModeUnsupported)
+	messages, err := outbox.New(outbox.WithMode(outbox.ModeMessage), outbox.WithMessagePrefix("billing"))
+	require.NoError(t, err)
+	db = &fakeDB{}
+	_, err = messages.Write(context.Background(), db, events...)
+	require.NoError(t, err)
+	require.Len(t, db.calls, 1, "one statement for all the events")
+	require.True(t, strings.HasPrefix(db.calls[0], `SELECT pg_logical_emit_message(true, $1,`), db.calls[0])
+	_, err = outbox.New(outbox.WithMode(outbox.ModeMessage), outbox.WithMessagePrefix(""))
+	require.ErrorContains(t, err, "prefix is empty")
 }
 
 // TestInsertDeleteLeavesNothing checks that ModeInsertDelete leaves neither

@@ -19,12 +19,13 @@ import (
 // TestWriterPackageEndToEnd runs the service side as a service would: the
 // outbox package creates a partitioned outbox and its publication, and
 // writes events in transactions (some rolled back, some large enough to be
-// TOASTed), half of them with ModeInsertDelete, so that their rows are
-// deleted in the transaction that wrote them. The relay runs with
+// TOASTed), a third of them with ModeInsertDelete, so that their rows are
+// deleted in the transaction that wrote them, a third with ModeMessage, as
+// logical decoding messages (some in the same transaction as rows). The relay runs with
 // --create-publication=false, so it must accept the publication Migrate
 // made as it is. Every committed event reaches the stream once, in commit
-// order, inserted-and-deleted ones included; the table keeps only the rows
-// written without ModeInsertDelete.
+// order, inserted-and-deleted ones and messages included; the table keeps
+// only the rows written with ModeInsert.
 func TestWriterPackageEndToEnd(t *testing.T) {
 	f := newFixture(t)
 	const db = "svc"
@@ -36,20 +37,19 @@ func TestWriterPackageEndToEnd(t *testing.T) {
 	// Rows of today go to a range partition, the rest to the default one.
 	_, err := conn.Exec(ctx, `CREATE TABLE events_today PARTITION OF events FOR VALUES FROM (now() - interval '1 day') TO (now() + interval '1 day')`)
 	require.NoError(t, err)
-	relay := f.startRelay(t, "RELAY_POSTGRES_URL", f.pg.URL(db), "RELAY_CREATE_PUBLICATION", "false")
+	relay := f.startRelay(t, "RELAY_POSTGRES_URL", f.pg.URL(db), "RELAY_CREATE_PUBLICATION", "false", "RELAY_MESSAGE_PREFIX", "outbox")
 
 	keeping, err := outbox.New()
 	require.NoError(t, err)
 	deleting, err := outbox.New(outbox.WithMode(outbox.ModeInsertDelete))
 	require.NoError(t, err)
+	emitting, err := outbox.New(outbox.WithMode(outbox.ModeMessage))
+	require.NoError(t, err)
 	traced, _ := e2e.TracedContext()
 
 	var committed, kept []string
 	for i := range 24 {
-		w := keeping
-		if i%2 == 1 {
-			w = deleting
-		}
+		w := []*outbox.Writer{keeping, deleting, emitting}[i%3]
 		events := make([]outbox.Event, 1+i%4)
 		for j := range events {
 			events[j] = outbox.Event{AggregateType: "order", AggregateID: tagf("o-%d", i), EventType: "created", Payload: json.RawMessage(tagf(`{"i": %d, "j": %d}`, i, j))}
@@ -68,14 +68,27 @@ func TestWriterPackageEndToEnd(t *testing.T) {
 		require.NoError(t, err)
 		ids, err := w.Write(traced, outbox.Pgx(tx), events...)
 		require.NoError(t, err)
+		var rowIDs []string
+		rowsKept := false
+		if i%4 == 2 {
+			// Rows and messages in one transaction: commit order holds
+			// across both.
+			other := []*outbox.Writer{emitting, keeping}[(i/4)%2]
+			rowIDs, err = other.Write(traced, outbox.Pgx(tx), outbox.Event{AggregateType: "order", AggregateID: tagf("o-%d", i), EventType: "created", Payload: json.RawMessage(`{"mixed": true}`)})
+			require.NoError(t, err)
+			rowsKept = other == keeping
+		}
 		if i%6 == 5 {
 			require.NoError(t, tx.Rollback(ctx))
 			continue
 		}
 		require.NoError(t, tx.Commit(ctx))
-		committed = append(committed, ids...)
+		committed = append(append(committed, ids...), rowIDs...)
 		if w == keeping {
 			kept = append(kept, ids...)
+		}
+		if rowsKept {
+			kept = append(kept, rowIDs...)
 		}
 	}
 
