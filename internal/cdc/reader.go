@@ -212,9 +212,10 @@ type session struct {
 	partitions *partitionCheck
 	// replicationTimeout is the configured or derived ReplicationTimeout.
 	replicationTimeout time.Duration
-	// held is the last row read of the open transaction, handed on with the
-	// next row or, marked TxnEnd, with the commit; a session that ends drops
-	// it unsent (the next session reads it again).
+	// held is the last row read of the open transaction (with
+	// Config.MarkTxnEnd), handed on with the next row or, marked TxnEnd,
+	// with the commit; a session that ends drops it unsent (the next session
+	// reads it again).
 	held    Event
 	holding bool
 }
@@ -443,6 +444,9 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 		ev.LSN = lsn
 		ev.txn = txn.entry
 		s.held, s.holding = ev, true
+		if !r.cfg.MarkTxnEnd {
+			return s.release(ctx)
+		}
 		return nil
 	case changeCommit:
 		if s.holding {

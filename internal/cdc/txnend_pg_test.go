@@ -45,6 +45,7 @@ func TestReaderMarksTheLastRowOfEachTransaction(t *testing.T) {
 	cfg.PostgresURL = pg.URL("app")
 	cfg.StatusInterval = 200 * time.Millisecond
 	cfg.ReplicationTimeout = 0
+	cfg.MarkTxnEnd = true
 	r := NewReader(cfg, zaptest.NewLogger(t), metrics.New("test", "test"))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
