@@ -24,6 +24,10 @@ type Config struct {
 	// DeadLetterSubject, when set, must be captured by some stream (this one
 	// or another): poison events are published there.
 	DeadLetterSubject string
+	// Atomic publishes each transaction as an atomic batch: a stream the
+	// relay creates allows them, and preflight refuses a stream that does
+	// not or a server older than MinAtomicServer.
+	Atomic bool
 	// PublishTimeout bounds the wait for each PubAck.
 	PublishTimeout time.Duration
 	// ConnectTimeout bounds dialing a server; RequestTimeout bounds each
