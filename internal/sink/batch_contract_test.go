@@ -94,7 +94,9 @@ func storedIDs(t *testing.T, s jetstream.Stream) []string {
 //   - an id in the duplicate window, or twice in the batch, makes JetStream
 //     refuse the whole batch (10201) without saying which;
 //   - DuplicateOf tells, without storing anything, whether an id is in the
-//     duplicate window and where (10070 or 10071 otherwise).
+//     duplicate window and where (10070 or 10071 otherwise);
+//   - a commit with Nats-Batch-Commit: eob is not stored itself, and its
+//     PubAck is the batch's last message's.
 func TestJetStreamAtomicBatchRules(t *testing.T) {
 	t.Run("one replica", func(t *testing.T) {
 		ns := testenv.StartNATS(t)
@@ -176,12 +178,20 @@ func atomicBatchRules(t *testing.T, nc *nats.Conn, replicas int) {
 	require.Equal(t, uint64(10), lastSeq(t, s), "the probes store nothing")
 	require.Equal(t, []string{"a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "-"}, storedIDs(t, s))
 
+	// Committed by a message that is not stored (eob).
+	p = newPipeline(t, nc)
+	p.publish(t, "A.e", batchMsg("a14", "b11", 1, false, nil))
+	p.publish(t, "A.e", nats.Header{headerBatchID: {"b11"}, headerBatchSeq: {"2"}, headerBatchCommit: {"eob"}})
+	replies = p.wait(t)
+	require.Equal(t, []rawReply{staged, {Seq: 11}}, replies, "%s", p.dump())
+	require.Equal(t, []string{"a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "-", "a14"}, storedIDs(t, s))
+
 	if replicas > 1 {
 		// The stream is still healthy: a last message id expectation never
 		// reached it.
 		p = newPipeline(t, nc)
-		idx = sendBatch(t, p, "A.e", "b10", []string{"a14"}, 10)
-		require.Equal(t, rawReply{Seq: 11}, p.wait(t)[idx[0]])
+		idx = sendBatch(t, p, "A.e", "b12", []string{"a15"}, 11)
+		require.Equal(t, rawReply{Seq: 12}, p.wait(t)[idx[0]])
 	}
 }
 

@@ -110,12 +110,24 @@ func TestSinkPublishesAtomicBatches(t *testing.T) {
 	require.Zero(t, testutil.ToFloat64(s.m.SinkInflight), "the abandoned batch is not in flight")
 	require.Equal(t, 8.0, testutil.ToFloat64(s.m.SinkPublished))
 
+	// Committed by a message that is not stored.
+	p, err = s.Publish(ctx, Message{Subject: "outbox.a", ID: "9", Data: []byte("xy"), BatchID: "b5", BatchSeq: 1, NoReply: true})
+	require.NoError(t, err)
+	require.Nil(t, p)
+	p, err = s.Publish(ctx, Message{Subject: "outbox.a", BatchID: "b5", BatchSeq: 2, BatchCommit: true, BatchEOB: true})
+	require.NoError(t, err)
+	ack, err = waitAck(t, p)
+	require.NoError(t, err)
+	require.Equal(t, Ack{Stream: "OUTBOX", Seq: 9, Count: 1}, ack)
+	require.Equal(t, 9.0, testutil.ToFloat64(s.m.SinkPublished))
+	require.Zero(t, testutil.ToFloat64(s.m.SinkInflight))
+
 	// A stored id: refused whole.
-	ps = batch("b5", []string{"9", "2"}, true, nil)
+	ps = batch("b6", []string{"10", "2"}, true, nil)
 	_, err = waitAck(t, ps[1])
 	require.ErrorIs(t, err, ErrBatchDuplicate)
 	require.Zero(t, testutil.ToFloat64(s.m.SinkInflight))
-	require.Equal(t, 8.0, testutil.ToFloat64(s.m.SinkPublished))
+	require.Equal(t, 9.0, testutil.ToFloat64(s.m.SinkPublished))
 }
 
 // TestPreflightForAtomicBatches: the atomic mode refuses a stream that does

@@ -52,6 +52,10 @@ type Message struct {
 	BatchID     string
 	BatchSeq    uint64
 	BatchCommit bool
+	// BatchEOB, with BatchCommit, commits the batch with a message that is
+	// not stored itself (Nats-Batch-Commit: eob): the batch is the messages
+	// before it.
+	BatchEOB bool
 }
 
 // Ack is JetStream's acknowledgement: the message is stored in Stream at Seq,
@@ -277,6 +281,9 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	p.staged = m.BatchID != "" && !m.BatchCommit
 	if m.BatchCommit {
 		p.batchMsgs, p.batchBytes = m.BatchSeq, s.batchBytes
+		if m.BatchEOB {
+			p.batchMsgs--
+		}
 		s.batchBytes = 0
 	}
 	// The messages sent without a reply are settled with this one, or,
@@ -326,9 +333,12 @@ func (s *Sink) setBatchHeaders(m Message, header nats.Header) {
 	s.batchSeq[0] = strconv.FormatUint(m.BatchSeq, 10)
 	header[headerBatchID] = s.batchID[:]
 	header[headerBatchSeq] = s.batchSeq[:]
-	if m.BatchCommit {
+	switch {
+	case m.BatchEOB:
+		header[headerBatchCommit] = eobValue
+	case m.BatchCommit:
 		header[headerBatchCommit] = commitValue
-	} else {
+	default:
 		delete(header, headerBatchCommit)
 	}
 }
@@ -340,9 +350,12 @@ const (
 	headerBatchCommit = "Nats-Batch-Commit"
 )
 
-// commitValue is Nats-Batch-Commit's value for a commit that stores its own
-// message too. Never written to.
-var commitValue = []string{"1"}
+// commitValue and eobValue are Nats-Batch-Commit's values for a commit that
+// stores its own message too and for one that does not. Never written to.
+var (
+	commitValue = []string{"1"}
+	eobValue    = []string{"eob"}
+)
 
 // send writes m to the connection with header and reply (none when empty).
 // The message struct is reused: the client encodes it before returning.
