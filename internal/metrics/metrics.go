@@ -82,6 +82,8 @@ type Metrics struct {
 	PumpUnverifiedReplays prometheus.Counter
 	PumpMarkSaveErrors    prometheus.Counter
 	PumpBlocked           *prometheus.GaugeVec
+	// Atomic batches (--atomic-transactions).
+	PumpSplitTransactions prometheus.Counter
 	Leader                prometheus.Gauge
 	// oldestPending computes outbox_relay_cdc_oldest_pending_age_seconds
 	// at scrape time; it changes with each leadership, while scrapes run.
@@ -136,6 +138,8 @@ func New(version, commit string) *Metrics {
 		PumpMarkSaveErrors: f.counter("pump", "mark_save_errors_total", "Failed writes of the high-water mark to the key-value bucket."),
 		PumpBlocked: f.gaugeVec("pump", "blocked", "1 while publishing is held up by a problem that does not clear by itself (the reason), else 0.",
 			"reason"),
+		PumpSplitTransactions: f.counter("pump", "split_transactions_total",
+			"Atomic batches a transaction too large for one was split into, besides its last (--on-large-transaction=split)."),
 		Leader: f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
 	}
 	for _, k := range PublishErrorKinds {

@@ -257,6 +257,11 @@ type fakeStream struct {
 	holds          sync.WaitGroup
 	// late holds publishes to store later, by event id.
 	late map[string]*fakePending
+	// batches are the atomic batches staged and not yet committed, by id;
+	// maxBatch is the server's max_batch_size (fakes_batch_test.go).
+	batches  map[string]*fakeBatch
+	maxBatch int
+	commits  int
 }
 
 var (
@@ -276,6 +281,8 @@ func newFakeStream(t testing.TB, dedup, replicated bool) *fakeStream {
 		main:       streamStore{name: "OUTBOX", ids: map[string]uint64{}},
 		other:      streamStore{name: "OTHER", ids: map[string]uint64{}},
 		marks:      newFakeMarkStore(),
+		batches:    map[string]*fakeBatch{},
+		maxBatch:   1000,
 	}
 }
 
@@ -524,6 +531,9 @@ func (s *fakeStream) applyLocked(p *fakePending) (sink.Ack, error) {
 		return sink.Ack{}, fmt.Errorf("publish to %q: %w", m.Subject, nats.ErrTimeout)
 	case faultPermanentAsync:
 		return sink.Ack{}, fmt.Errorf("%w: publish to %q: nats: API error: code=400 err_code=10054 description=message size exceeds maximum allowed", sink.ErrPermanent, m.Subject)
+	}
+	if m.BatchID != "" {
+		return s.applyBatchLocked(p)
 	}
 	st := s.storeFor(m.Subject)
 	dup := func() (sink.Ack, bool) {
