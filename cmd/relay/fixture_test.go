@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -50,11 +51,32 @@ func (f *fixture) env(overrides ...string) map[string]string {
 		"RELAY_RETRY_MAX":       "1s",
 		"RELAY_LOG_LEVEL":       "info",
 	}
+	for k, v := range publishModeEnv() {
+		env[k] = v
+	}
 	for i := 0; i+1 < len(overrides); i += 2 {
 		env[overrides[i]] = overrides[i+1]
 	}
 	return env
 }
+
+// publishModeEnv is the relay's configuration for the publishing mode the
+// end-to-end tests run in: OUTBOX_RELAY_TEST_PUBLISH_MODE, empty for the
+// default (one message at a time, pipelined) or atomic (--atomic-transactions;
+// make test-modes runs the suite so). Every guarantee must hold in each.
+func publishModeEnv() map[string]string {
+	switch mode := os.Getenv("OUTBOX_RELAY_TEST_PUBLISH_MODE"); mode {
+	case "":
+		return nil
+	case "atomic":
+		return map[string]string{"RELAY_ATOMIC_TRANSACTIONS": "true"}
+	default:
+		panic("OUTBOX_RELAY_TEST_PUBLISH_MODE: unknown mode " + mode)
+	}
+}
+
+// atomicMode reports whether the tests run with --atomic-transactions.
+func atomicMode() bool { return publishModeEnv()["RELAY_ATOMIC_TRANSACTIONS"] == "true" }
 
 // startRelay starts the relay and waits until it is streaming, so the slot
 // exists before the test writes.

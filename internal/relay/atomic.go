@@ -54,17 +54,36 @@ type openBatch struct {
 }
 
 // batchID names the atomic batch that starts with the event at pos, for the
-// relay of origin: the event's place in commit order, and attempt, which
-// tells a batch from an earlier copy the pump gave up on (a copy left
-// without its commit stays with the server until its batch timeout, and one
-// sent again under the same id would be refused once as incomplete).
-// Consumers can group a transaction's messages by their Nats-Batch-Id.
-func batchID(origin string, pos cdc.Position, attempt uint64) string {
-	h := fnv.New64a()
+// relay of origin: the event's place in commit order, then what tells this
+// copy of the batch from another: the process (nonce) and its attempt (the
+// reads of the stream so far). A copy left without its commit (the relay
+// stopped or gave up on it) stays with the server until its batch timeout,
+// and one sent again under its id would be refused once as incomplete.
+// Consumers can group a transaction's messages by their Nats-Batch-Id; the
+// id is at most 8+1+16+1+10+1+8+20 = 65 characters only after 10^18 reads
+// of the stream.
+func batchID(origin string, pos cdc.Position, nonce uint32, attempt uint64) string {
+	h := fnv.New32a()
 	_, _ = h.Write([]byte(origin))
-	id := strconv.FormatUint(h.Sum64(), 16) + "-" + strconv.FormatUint(uint64(pos.CommitLSN), 16) + "-" +
-		strconv.FormatUint(uint64(pos.Index), 10) + "-" + strconv.FormatUint(attempt, 10)
-	return id // at most 16+1+16+1+10+1+20 = 65: attempt stays far below 10^19
+	var b []byte
+	b = appendHex(b, uint64(h.Sum32()), 8)
+	b = append(b, '-')
+	b = strconv.AppendUint(b, uint64(pos.CommitLSN), 16)
+	b = append(b, '-')
+	b = strconv.AppendUint(b, uint64(pos.Index), 10)
+	b = append(b, '-')
+	b = appendHex(b, uint64(nonce), 8)
+	b = strconv.AppendUint(b, attempt, 10)
+	return string(b)
+}
+
+// appendHex appends v in lower-case hex, zero-padded to width digits.
+func appendHex(b []byte, v uint64, width int) []byte {
+	s := strconv.FormatUint(v, 16)
+	for i := len(s); i < width; i++ {
+		b = append(b, '0')
+	}
+	return append(b, s...)
 }
 
 // batchHeadersSize is the most the atomic batch headers add to a message's
@@ -127,7 +146,7 @@ func (p *Pump) publishAtomic(ctx context.Context, ev cdc.Event) error {
 		headerBytes = headerSize(msg.Header)
 	}
 	if !p.batch.open {
-		p.batch = openBatch{open: true, id: batchID(p.mapper.Origin(), ev.Position, p.attempt)}
+		p.batch = openBatch{open: true, id: batchID(p.mapper.Origin(), ev.Position, p.nonce, p.attempt)}
 		if p.order == orderSequence {
 			p.batch.expects, p.batch.base = true, p.lastSeq
 		}
@@ -135,7 +154,7 @@ func (p *Pump) publishAtomic(ctx context.Context, ev cdc.Event) error {
 	b := &p.batch
 	b.n++
 	b.bytes += int64(len(msg.Data)) + headerBytes
-	commit := ev.TxnEnd
+	commit, split := ev.TxnEnd, false
 	if !commit && (b.n >= uint64(p.batchMax) || (p.cfg.BatchMaxBytes > 0 && b.bytes >= p.cfg.BatchMaxBytes)) {
 		if p.cfg.OnLargeTransaction != LargeTransactionSplit {
 			b.n--
@@ -145,9 +164,7 @@ func (p *Pump) publishAtomic(ctx context.Context, ev cdc.Event) error {
 				ev.ID, ev.Position, ev.XID, p.batchMax, p.cfg.BatchMaxBytes, ErrLargeTransaction))
 		}
 		commit = true
-		p.m.PumpSplitTransactions.Inc()
-		p.log.Warn("transaction larger than an atomic batch: split, consumers may see its first part before the rest",
-			zap.String("event_id", ev.ID), zap.Stringer("lsn", ev.Position.CommitLSN), zap.Uint32("xid", ev.XID))
+		split = true
 	}
 	msg.CheckLastSeq, msg.ExpectLastMsgID = false, ""
 	if b.n == 1 && b.expects {
@@ -162,7 +179,7 @@ func (p *Pump) publishAtomic(ctx context.Context, ev cdc.Event) error {
 	if commit && b.expects {
 		expect = b.base + b.n
 	}
-	f := inflight{ev: ev, expect: expect, covered: msg.NoReply, batchSeq: b.n, commit: commit, deadLetter: dl}
+	f := inflight{ev: ev, expect: expect, covered: msg.NoReply, batchSeq: b.n, commit: commit, split: split, deadLetter: dl}
 	pending, err := p.pub.Publish(ctx, msg)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -314,6 +331,11 @@ func (p *Pump) settleBatch(ctx context.Context) error {
 // as its dead letter.
 func (p *Pump) storedInBatch(f *inflight, seq uint64) {
 	p.stored(f.ev, seq)
+	if f.split {
+		p.m.PumpSplitTransactions.Inc()
+		p.log.Warn("transaction larger than an atomic batch: split, consumers may see its first part before the rest",
+			zap.String("event_id", f.ev.ID), zap.Stringer("lsn", f.ev.Position.CommitLSN), zap.Uint32("xid", f.ev.XID))
+	}
 	if f.deadLetter != nil {
 		p.m.PumpDeadLettered.Inc()
 		p.log.Warn("poison event dead-lettered", zap.String("event_id", f.ev.ID), zap.String("subject", p.cfg.DeadLetterSubject), zap.Error(f.deadLetter))

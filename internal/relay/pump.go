@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -143,6 +144,7 @@ type inflight struct {
 	// event's dead letter.
 	batchSeq   uint64
 	commit     bool
+	split      bool // commits a batch of a transaction too large for one
 	deadLetter *PoisonError
 }
 
@@ -196,8 +198,9 @@ type Pump struct {
 	batch    openBatch
 	batchMax int
 	poisoned map[cdc.Position]*PoisonError
-	// attempt counts the reads of the stream: a batch sent again after one
-	// gets another id (see batchID).
+	// nonce and attempt (the reads of the stream so far) tell a batch sent
+	// again from its earlier copies (see batchID).
+	nonce   uint32
 	attempt uint64
 
 	// progress (Unix nanoseconds) is when an event was last acknowledged.
@@ -221,6 +224,7 @@ func New(src Source, pub Publisher, marks *Watermark, mapper *Mapper, cfg Config
 		ackEvery:   cfg.AckEvery,
 		batchMax:   cfg.BatchMaxMessages,
 		poisoned:   map[cdc.Position]*PoisonError{},
+		nonce:      rand.Uint32(),
 	}
 }
 

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 
+	"github.com/outbox-relay/outbox-relay/internal/cdc"
 	"github.com/outbox-relay/outbox-relay/internal/sink"
 )
 
@@ -116,4 +118,19 @@ func TestLandedBatches(t *testing.T) {
 	assert.ErrorIs(t, causes[3], sink.ErrWrongSequence)
 	open := batchCauses([]result{{sent: true, covered: true}, {sent: true, covered: true}})
 	assert.ErrorIs(t, open[1], errBatchOpen)
+}
+
+// TestBatchID: a batch's id starts with its first event's place in commit
+// order (and a hash of the origin), deterministically; the process and the
+// attempt tell copies apart; it fits JetStream's 64 characters.
+func TestBatchID(t *testing.T) {
+	pos := cdc.Position{CommitLSN: 0x16B374D848, Index: 3}
+	a := batchID("sys/app/slot", pos, 0xbeef, 1)
+	assert.Equal(t, a, batchID("sys/app/slot", pos, 0xbeef, 1))
+	assert.True(t, strings.HasPrefix(a, strings.SplitN(a, "-", 2)[0]+"-16b374d848-3-"), a)
+	assert.NotEqual(t, a, batchID("sys/app/slot", pos, 0xbeef, 2))
+	assert.NotEqual(t, a, batchID("sys/app/slot", pos, 0xbeee, 1))
+	assert.NotEqual(t, a, batchID("sys/other/slot", pos, 0xbeef, 1))
+	longest := batchID("x", cdc.Position{CommitLSN: math.MaxUint64, Index: math.MaxUint32}, math.MaxUint32, 1<<50)
+	assert.LessOrEqual(t, len(longest), sink.MaxBatchID, longest)
 }

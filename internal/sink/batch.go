@@ -27,11 +27,16 @@ const MinAtomicServer = "2.15.2"
 const MaxBatchID = 64
 
 // checkAtomic refuses, for the atomic mode, a server older than
-// MinAtomicServer and a stream that does not allow atomic batches. (A stream
+// MinAtomicServer, a stream that does not allow atomic batches, and a
+// dead-letter subject (deadLetter, when dead-lettering) outside the stream. (A stream
 // with persist_mode async is refused in every mode, and the server refuses
 // it together with allow_atomic anyway.)
-func checkAtomic(stream string, sc jetstream.StreamConfig, version string) error {
+func checkAtomic(stream string, sc jetstream.StreamConfig, version, deadLetter string) error {
 	var errs []error
+	if deadLetter != "" && !Captures(sc.Subjects, deadLetter) {
+		errs = append(errs, fmt.Errorf("dead-letter-subject: %q is not in stream %q: with --atomic-transactions a poison event's dead letter takes its place in its transaction's batch, so the stream must capture it: %w",
+			deadLetter, stream, ErrConfig))
+	}
 	if !versionAtLeast(version, MinAtomicServer) {
 		errs = append(errs, fmt.Errorf("atomic-transactions: the NATS server is %s; atomic batches need %s or later (earlier releases lack fixes the relay relies on): %w",
 			version, MinAtomicServer, ErrConfig))

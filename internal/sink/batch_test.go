@@ -167,6 +167,11 @@ func TestVersionAtLeast(t *testing.T) {
 	} {
 		require.Equal(t, tc.want, versionAtLeast(tc.v, MinAtomicServer), "%q", tc.v)
 	}
-	require.Error(t, checkAtomic("S", jetstream.StreamConfig{AllowAtomicPublish: true}, "2.14.4"))
-	require.NoError(t, checkAtomic("S", jetstream.StreamConfig{AllowAtomicPublish: true}, MinAtomicServer))
+	sc := jetstream.StreamConfig{AllowAtomicPublish: true, Subjects: []string{"outbox.>"}}
+	require.Error(t, checkAtomic("S", sc, "2.14.4", ""))
+	require.NoError(t, checkAtomic("S", sc, MinAtomicServer, ""))
+	require.NoError(t, checkAtomic("S", sc, MinAtomicServer, "outbox.dlq.x"))
+	err := checkAtomic("S", sc, MinAtomicServer, "dlq.x")
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "dead-letter-subject")
 }

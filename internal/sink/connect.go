@@ -325,7 +325,7 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 			"recreate the stream without persist_mode (the default) and see the README on durability: %w", cfg.Stream, ErrConfig)
 	}
 	if cfg.Atomic {
-		if err := checkAtomic(cfg.Stream, sc, state.ServerVersion); err != nil {
+		if err := checkAtomic(cfg.Stream, sc, state.ServerVersion, cfg.DeadLetterSubject); err != nil {
 			return state, err
 		}
 	}
