@@ -12,7 +12,7 @@ PROMTOOL_VERSION      := v0.316.0
 HELM_VERSION          := v3.22.0
 GOLANGCI_LINT_VERSION := v2.15.0
 
-.PHONY: build test test-short test-deploy fuzz lint vet demo bench bench-smoke chaos docker helm-lint tools clean
+.PHONY: build test test-modes test-short test-deploy fuzz lint vet demo bench bench-smoke chaos docker helm-lint tools clean
 
 build: ## Build bin/relay, as the Dockerfile does
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
@@ -21,9 +21,15 @@ build: ## Build bin/relay, as the Dockerfile does
 # are built once into TOOLS_BIN; the first run on a new machine takes minutes.
 TEST_TOOLS := HELM=$(TOOLS_BIN)/helm-$(HELM_VERSION) PROMTOOL=$(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
 
+# The end-to-end tests every publishing mode must pass (make test-modes).
+E2E_TESTS = TestRelayDeliversEveryCommittedEventOnceInCommitOrder|TestRestartsAndCrashesLoseAndDuplicateNothing|TestOutagesAreRiddenOut|TestSlotMovesOnlyPastAcknowledgedEvents|TestIdleOutboxDoesNotPinWAL|TestRelaysShareAStreamWithOtherWriters|TestRetentionRemovesTheRelaysMessages|TestSharedReplicatedStream|TestPoisonEventStopsTheRelay|TestPoisonEventsGoToTheDeadLetterSubject|TestExactlyOncePastTheDuplicateWindow|TestStandbyTakesOver
+
 test: $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION) ## The whole suite: unit, integration, end-to-end, fault and deploy tests, with -race
 	$(TEST_TOOLS) $(GO) test -race -count=1 -timeout 30m ./...
 	$(TEST_TOOLS) monitoring/check.sh
+
+test-modes: ## The end-to-end suite again in each publishing mode besides the default (--atomic-transactions), with -race
+	OUTBOX_RELAY_TEST_PUBLISH_MODE=atomic $(GO) test -race -count=1 -timeout 30m -run '$(E2E_TESTS)' ./cmd/relay/
 
 test-deploy: $(TOOLS_BIN)/helm-$(HELM_VERSION) ## Dockerfile and Helm checks, no Docker engine needed
 	$(TEST_TOOLS) $(GO) test -count=1 ./deploy/...
