@@ -450,10 +450,6 @@ func (p *Pump) resolveDuplicates(ctx context.Context, batch []cdc.Event) error {
 		}
 		seen[ev.ID] = ev.Position
 	}
-	subject, ok := probeSubject(p.info.Subjects)
-	if !ok {
-		return nil
-	}
 	type found struct {
 		ev  cdc.Event
 		seq uint64
@@ -464,22 +460,13 @@ func (p *Pump) resolveDuplicates(ctx context.Context, batch []cdc.Event) error {
 		if p.mark.Stored(ev.Position) {
 			continue
 		}
-		seq, dup, err := p.marks.log.DuplicateOf(ctx, subject, ev.ID, p.info.Replicas > 1)
+		seq, dup, err := p.storedCopy(ctx, ev)
 		if err != nil {
-			// Asked again when the batch is refused again.
-			delay := p.retry.Next()
-			p.log.Warn("read stream failed, retrying", zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
-			if !backoff.Sleep(ctx, delay) {
-				return ctx.Err()
-			}
-			return nil
+			return err
 		}
 		if !dup {
 			gap = true
 			continue
-		}
-		if err := p.checkDuplicate(ctx, ev, sink.Ack{Seq: seq}); err != nil {
-			return err
 		}
 		if gap {
 			return fmt.Errorf("event %s at %s is on the stream at sequence %d while an earlier event of its transaction is not: %w", ev.ID, ev.Position, seq, errOrderViolation)
@@ -496,4 +483,36 @@ func (p *Pump) resolveDuplicates(ctx context.Context, batch []cdc.Event) error {
 		return p.flushMark(ctx)
 	}
 	return nil
+}
+
+// storedCopy asks the stream whether a message with ev's id is in its
+// duplicate window (storing nothing), retrying until it answers or ctx ends,
+// and, if so, checks that it is this relay's for this very event (see
+// checkDuplicate): ok reports that ev is stored, at seq. The message may have
+// been removed since (retention): JetStream's word stands then.
+func (p *Pump) storedCopy(ctx context.Context, ev cdc.Event) (uint64, bool, error) {
+	subject, ok := probeSubject(p.info.Subjects)
+	if !ok {
+		return 0, false, nil
+	}
+	for {
+		seq, dup, err := p.marks.log.DuplicateOf(ctx, subject, ev.ID, p.info.Replicas > 1)
+		if err == nil && !dup {
+			return 0, false, nil
+		}
+		if err == nil {
+			if err := p.checkDuplicate(ctx, ev, sink.Ack{Seq: seq}); err != nil {
+				return 0, false, err
+			}
+			return seq, true, nil
+		}
+		if ctx.Err() != nil {
+			return 0, false, ctx.Err()
+		}
+		delay := p.retry.Next()
+		p.log.Warn("read stream failed, retrying", zap.Int("attempt", p.retry.Attempt()), zap.Duration("backoff", delay), zap.Error(err))
+		if !backoff.Sleep(ctx, delay) {
+			return 0, false, ctx.Err()
+		}
+	}
 }

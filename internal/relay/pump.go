@@ -761,6 +761,18 @@ func (p *Pump) recordHoles(ctx context.Context, failed []failure, lastStored int
 			p.stored(f.ev, seq)
 			continue
 		}
+		if p.cfg.Atomic && errors.Is(f.err, sink.ErrBatchDuplicate) {
+			// Its batch was refused for a copy of it the stream may have
+			// removed since (retention): a late copy is no hole.
+			seq, ok, err := p.storedCopy(ctx, f.ev)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				p.stored(f.ev, seq)
+				continue
+			}
+		}
 		rest = append(rest, f)
 		if f.ev.Position.Less(p.mark.Position) {
 			p.mark.Holes = append(p.mark.Holes, f.ev.Position)
