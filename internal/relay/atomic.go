@@ -220,9 +220,11 @@ func (p *Pump) atomicMessage(ev *cdc.Event) (sink.Message, int64, *PoisonError, 
 	}
 	headerBytes := headerSize(msg.Header)
 	if !fitsBatch(msg, headerBytes, p.cfg.MaxPayload) {
-		return sink.Message{}, 0, &PoisonError{Reason: "too_large", Detail: fmt.Sprintf(
-			"%d bytes of payload and %d of headers exceed the server's max payload (%d bytes) or JetStream's 64 KiB header limit", len(msg.Data), headerBytes, p.cfg.MaxPayload),
-			ID: ev.ID, Position: ev.Position}, nil
+		return sink.Message{}, 0, &PoisonError{
+			Reason: "too_large", Detail: fmt.Sprintf(
+				"%d bytes of payload and %d of headers exceed the server's max payload (%d bytes) or JetStream's 64 KiB header limit", len(msg.Data), headerBytes, p.cfg.MaxPayload),
+			ID: ev.ID, Position: ev.Position,
+		}, nil
 	}
 	return msg, headerBytes, nil, nil
 }

@@ -587,8 +587,10 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 	for i := range results {
 		f := p.window.At(i)
 		// A staged message's reply (atomic batches) proves nothing stored.
-		results[i] = result{covered: f.covered, sent: f.sent, replied: f.waited && !f.ack.Staged, ack: f.ack, expect: f.expect, err: f.werr,
-			commit: f.commit}
+		results[i] = result{
+			covered: f.covered, sent: f.sent, replied: f.waited && !f.ack.Staged, ack: f.ack, expect: f.expect, err: f.werr,
+			commit: f.commit,
+		}
 		if !f.sent {
 			results[i].err = f.err
 		}

@@ -527,7 +527,6 @@ func foreignMessages(t *testing.T, evs ...cdc.Event) []sink.Message {
 func TestPumpTailFromAnotherOrigin(t *testing.T) {
 	t.Parallel()
 	forEachMode(t, func(t *testing.T, mode publishMode) {
-
 		t.Run("positions of another origin are ignored", func(t *testing.T) {
 			t.Parallel()
 			stream := newFakeStream(t, false, false)

@@ -51,8 +51,10 @@ func TestSinkPublishesAtomicBatches(t *testing.T) {
 		var out []Pending
 		for k, mid := range ids {
 			commit := k == len(ids)-1
-			p, err := s.Publish(ctx, Message{Subject: "outbox.a", ID: mid, Data: []byte("xy"), Header: header,
-				BatchID: id, BatchSeq: uint64(k + 1), BatchCommit: commit, NoReply: noReply && !commit})
+			p, err := s.Publish(ctx, Message{
+				Subject: "outbox.a", ID: mid, Data: []byte("xy"), Header: header,
+				BatchID: id, BatchSeq: uint64(k + 1), BatchCommit: commit, NoReply: noReply && !commit,
+			})
 			require.NoError(t, err)
 			out = append(out, p)
 		}
@@ -161,9 +163,18 @@ func TestVersionAtLeast(t *testing.T) {
 		v    string
 		want bool
 	}{
-		{"2.15.2", true}, {"2.15.3", true}, {"2.16.0", true}, {"3.0.0", true}, {"v2.15.2", true},
-		{"2.15.2-beta.1", true}, {"2.15.1", false}, {"2.14.9", false}, {"2.12.14", false},
-		{"", false}, {"2.15", false}, {"garbage", false},
+		{"2.15.2", true},
+		{"2.15.3", true},
+		{"2.16.0", true},
+		{"3.0.0", true},
+		{"v2.15.2", true},
+		{"2.15.2-beta.1", true},
+		{"2.15.1", false},
+		{"2.14.9", false},
+		{"2.12.14", false},
+		{"", false},
+		{"2.15", false},
+		{"garbage", false},
 	} {
 		require.Equal(t, tc.want, versionAtLeast(tc.v, MinAtomicServer), "%q", tc.v)
 	}
