@@ -89,11 +89,7 @@ func TestResolveBatches(t *testing.T) {
 				results[i] = res
 			}
 			got := resolveBatches(results, tt.order)
-			var fates []string
-			for _, f := range got.fates {
-				fates = append(fates, map[fate]string{fateStored: "s", fateNotStored: "n", fateUnknown: "?"}[f])
-			}
-			assert.Equal(t, tt.fates, strings.Join(fates, " "), "fates")
+			assert.Equal(t, tt.fates, fateString(got.fates), "fates")
 			assert.Equal(t, tt.broken, got.broken, "broken")
 			assert.Equal(t, tt.violation, got.violation != nil, "violation: %v", got.violation)
 		})
