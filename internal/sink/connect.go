@@ -290,6 +290,7 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 			Replicas:   cfg.Replicas,
 
 			AllowAtomicPublish: cfg.Atomic,
+			AllowBatchPublish:  cfg.PublishMode == PublishBatch,
 		})
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStreamSubjectOverlap {
@@ -323,6 +324,11 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 	if sc.PersistMode == jetstream.AsyncPersistMode {
 		return state, fmt.Errorf("stream: %q has persist_mode async: the server acknowledges writes before it stores them, so the slot would move past events a NATS restart can lose; "+
 			"recreate the stream without persist_mode (the default) and see the README on durability: %w", cfg.Stream, ErrConfig)
+	}
+	if cfg.PublishMode == PublishBatch {
+		if err := checkFastBatch(cfg.Stream, sc); err != nil {
+			return state, err
+		}
 	}
 	if cfg.Atomic {
 		if err := checkAtomic(cfg.Stream, sc, state.ServerVersion, cfg.DeadLetterSubject); err != nil {

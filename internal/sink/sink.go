@@ -132,6 +132,20 @@ type Sink struct {
 	// batch is left without a commit).
 	batchBytes   int
 	batchNoReply bool
+
+	// Fast batches (Config.FastBatch; see fastbatch.go): replies come to
+	// fastInbox, batch ids start with fastPrefix and end with fastSeq;
+	// fastOpen is the batch being sent, dropped at a disconnect (counted
+	// by fastDiscGen). fastBatches, guarded by mu, are the batches whose
+	// end is awaited.
+	fast        bool
+	fastInbox   string
+	fastPrefix  string
+	fastSeq     uint64
+	fastSub     *nats.Subscription
+	fastOpen    *fastBatch
+	fastDiscGen uint64
+	fastBatches map[string]*fastBatch
 }
 
 // slotState is where a slot is in its life; slots are reused.
@@ -171,6 +185,9 @@ type slot struct {
 	staged     bool
 	batchMsgs  uint64
 	batchBytes int
+	// fast is the fast batch this slot commits, until resolved (guarded
+	// by sink.mu).
+	fast *fastBatch
 }
 
 // New builds a Sink publishing over nc. It subscribes to the sink's reply
@@ -194,6 +211,13 @@ func New(nc *nats.Conn, cfg Config, m *metrics.Metrics) (*Sink, error) {
 		return nil, fmt.Errorf("subscribe to publish replies: %w", err)
 	}
 	s.sub = sub
+	if cfg.FastBatch {
+		s.fast = true
+		if err := s.startFastBatches(); err != nil {
+			_ = sub.Unsubscribe()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -228,6 +252,11 @@ func (s *Sink) Close() error {
 	s.unacked, s.unackedBytes = 0, 0
 	if s.sub == nil {
 		return nil
+	}
+	if s.fastSub != nil {
+		if err := s.fastSub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			return err
+		}
 	}
 	err := s.sub.Unsubscribe()
 	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrBadSubscription) {
@@ -267,6 +296,14 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	}
 	s.setBatchHeaders(m, header)
 	s.noteDisconnects()
+	if s.fast {
+		return s.publishFast(m, header)
+	}
+	return s.publishOne(m, header)
+}
+
+// publishOne sends m, with header, as a single publish.
+func (s *Sink) publishOne(m Message, header nats.Header) (Pending, error) {
 	if m.NoReply {
 		if err := s.send(m, header, ""); err != nil {
 			return nil, err
@@ -392,6 +429,7 @@ func (s *Sink) replySubject(p *slot) string {
 func (s *Sink) release(p *slot) {
 	s.mu.Lock()
 	p.state, p.ack, p.err = slotFree, Ack{}, nil
+	p.fast = nil
 	s.mu.Unlock()
 	p.subject = ""
 	p.staged, p.batchMsgs, p.batchBytes = false, 0, 0
@@ -504,6 +542,9 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			// not resolve the slot's next publish.
 			p.gen++
 			p.reply = s.replySubject(p)
+			if p.fast != nil {
+				delete(s.fastBatches, p.fast.id)
+			}
 			s.mu.Unlock()
 			subject, covers := p.subject, p.covers
 			s.release(p)
@@ -587,6 +628,8 @@ func Classify(err error) (kind string, class error) {
 	switch {
 	case errors.Is(err, nats.ErrMaxPayload):
 		return "too_large", ErrPermanent
+	case errors.Is(err, errBatchEnded):
+		return "wrong_sequence", ErrWrongSequence
 	case errors.As(err, &apiErr):
 		switch apiErr.ErrorCode {
 		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, errCodeWrongLastMsgID:
