@@ -22,9 +22,13 @@ import (
 type publishMode struct {
 	name   string
 	atomic bool
+	// batch publishes bursts in fast batches (sink.Config.FastBatch): the
+	// fake stream models them (fakes_fast_test.go); the pump is as with
+	// messages.
+	batch bool
 }
 
-var publishModes = []publishMode{{name: "messages"}, {name: "atomic", atomic: true}}
+var publishModes = []publishMode{{name: "messages"}, {name: "atomic", atomic: true}, {name: "batch", batch: true}}
 
 // apply sets the mode in cfg.
 func (m publishMode) apply(cfg relay.Config) relay.Config {
@@ -57,9 +61,25 @@ func (m publishMode) maxInFlight(window, perTxn int) int {
 // forEachMode runs f as a parallel subtest in every publishing mode.
 func forEachMode(t *testing.T, f func(t *testing.T, mode publishMode)) {
 	t.Helper()
-	for _, mode := range publishModes {
+	forModes(t, publishModes, f)
+}
+
+// forEachBurstMode runs f as a parallel subtest in the modes that publish
+// bursts of messages, one per event: messages and batch.
+func forEachBurstMode(t *testing.T, f func(t *testing.T, mode publishMode)) {
+	t.Helper()
+	forModes(t, []publishMode{publishModes[0], publishModes[2]}, f)
+}
+
+// forModes runs f as a parallel subtest in each of modes.
+func forModes(t *testing.T, modes []publishMode, f func(t *testing.T, mode publishMode)) {
+	t.Helper()
+	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
 			t.Parallel()
+			if mode.batch {
+				fastBatchTests.Store(t.Name(), true)
+			}
 			f(t, mode)
 		})
 	}

@@ -262,6 +262,11 @@ type fakeStream struct {
 	batches  map[string]*fakeBatch
 	maxBatch int
 	commits  int
+	// fast models the sink's fast batches (fakes_fast_test.go); fastOpen
+	// is the batch being sent.
+	fast                   bool
+	fastOpen               *fakeFastBatch
+	fastCommits, fastEnded int
 }
 
 var (
@@ -455,6 +460,11 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 		f = s.script(n, m)
 	}
 	switch f.kind {
+	case faultSync, faultPermanentSync:
+		// Not sent: the sink leaves its open fast batch.
+		s.fastOpen = nil
+	}
+	switch f.kind {
 	case faultSync:
 		s.pendings = append(s.pendings, nil)
 		return nil, fmt.Errorf("publish to %q: %w", m.Subject, nats.ErrReconnectBufExceeded)
@@ -471,6 +481,7 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 		ok: make(chan sink.Ack, 1), errc: make(chan error, 1),
 	}
 	s.pendings = append(s.pendings, p)
+	s.joinFastBatchLocked(p)
 	if !m.NoReply {
 		s.outstanding++
 		s.maxOutstanding = max(s.maxOutstanding, s.outstanding)
@@ -508,7 +519,7 @@ func (s *fakeStream) processLocked(p *fakePending) {
 	if p.fault.foreign != nil {
 		s.appendLocked(*p.fault.foreign)
 	}
-	ack, err := s.applyLocked(p)
+	ack, err := s.applyFastLocked(p)
 	if p.fault.kind == faultAckLost {
 		ack, err = sink.Ack{}, fmt.Errorf("publish to %q: %w", p.msg.Subject, nats.ErrTimeout)
 	}
@@ -710,6 +721,10 @@ type fakePending struct {
 	// storedSeq is where the message was stored (0: not stored); set
 	// under stream.mu when processed.
 	storedSeq uint64
+	// fastBatch is the fast batch the message belongs to, which it
+	// commits when fastCommit (fakes_fast_test.go).
+	fastBatch  *fakeFastBatch
+	fastCommit bool
 
 	waits atomic.Int32
 }

@@ -112,6 +112,11 @@ func deadLetterConfig(window int, subject string) relay.Config {
 func newTestPump(t *testing.T, cfg relay.Config, src relay.Source, stream *fakeStream) (*relay.Pump, *metrics.Metrics) {
 	t.Helper()
 	require.NoError(t, cfg.Validate())
+	if inBatchMode(t) {
+		stream.mu.Lock()
+		stream.fast = true
+		stream.mu.Unlock()
+	}
 	m := metrics.New("test", "test")
 	log := zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel))
 	marks := relay.NewWatermark(stream, stream.marks, "OUTBOX", testOrigin, log)
