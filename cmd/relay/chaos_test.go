@@ -1139,6 +1139,7 @@ func createR3Stream(t *testing.T, nc *nats.Conn) {
 			Duplicates: 2 * time.Minute,
 
 			AllowAtomicPublish: atomicMode(),
+			AllowBatchPublish:  batchMode(),
 		})
 		if err != nil {
 			t.Logf("create R3 stream: %v", err)

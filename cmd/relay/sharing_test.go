@@ -202,7 +202,7 @@ func TestRetentionRemovesTheRelaysMessages(t *testing.T) {
 			defer cancel()
 			sc := tc.cfg
 			sc.Name, sc.Subjects, sc.Storage, sc.Duplicates = "OUTBOX", []string{"outbox.*.*"}, jetstream.FileStorage, time.Second
-			sc.AllowAtomicPublish = atomicMode()
+			sc.AllowAtomicPublish, sc.AllowBatchPublish = atomicMode(), batchMode()
 			stream, err := js.CreateStream(ctx, sc)
 			require.NoError(t, err)
 			cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "worker", AckPolicy: jetstream.AckExplicitPolicy})

@@ -62,6 +62,7 @@ type Metrics struct {
 	// sink: JetStream publishing.
 	SinkPublished       prometheus.Counter
 	SinkDuplicates      prometheus.Counter
+	SinkFastBatches     prometheus.Counter
 	SinkPublishErrors   *prometheus.CounterVec
 	SinkPublishDuration prometheus.Histogram
 	SinkPublishedBytes  prometheus.Counter
@@ -117,6 +118,7 @@ func New(version, commit string) *Metrics {
 
 		SinkPublished:       f.counter("sink", "published_total", "Messages JetStream acknowledged as stored (duplicates excluded)."),
 		SinkDuplicates:      f.counter("sink", "duplicates_total", "Publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id."),
+		SinkFastBatches:     f.counter("sink", "fast_batches_total", "Fast batches (--publish-mode=batch) JetStream stored whole."),
 		SinkPublishErrors:   f.counterVec("sink", "publish_errors_total", "Failed publishes by kind.", "kind"),
 		SinkPublishDuration: f.histogram("sink", "publish_duration_seconds", "Time from handing a message to the client to its PubAck."),
 		SinkPublishedBytes:  f.counter("sink", "published_bytes_total", "Payload bytes of messages JetStream acknowledged."),

@@ -178,6 +178,7 @@ func (s *Sink) publishFast(m Message, header nats.Header) (Pending, error) {
 	p.started, p.size, p.subject, p.discGen = time.Now(), len(m.Data), m.Subject, s.discGen
 	p.covers, p.coversBytes = s.unacked, s.unackedBytes
 	s.unacked, s.unackedBytes = 0, 0
+	p.fastMsgs = b.sent + 1
 	s.mu.Lock()
 	p.state = slotInFlight
 	p.fast = b

@@ -89,6 +89,7 @@ func TestFastBatchPublish(t *testing.T) {
 	require.Equal(t, uint64(7), ack.Seq)
 	require.False(t, ack.Duplicate)
 	require.Equal(t, 7.0, testutil.ToFloat64(m.SinkPublished))
+	require.Equal(t, 2.0, testutil.ToFloat64(m.SinkFastBatches))
 	require.Equal(t, 0.0, testutil.ToFloat64(m.SinkInflight))
 	require.Equal(t, []string{"a1", "a2", "a3", "a4", "a5", "a6", "a7"}, storedIDs(t, stream))
 

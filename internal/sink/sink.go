@@ -186,8 +186,9 @@ type slot struct {
 	batchMsgs  uint64
 	batchBytes int
 	// fast is the fast batch this slot commits, until resolved (guarded
-	// by sink.mu).
-	fast *fastBatch
+	// by sink.mu); fastMsgs its size.
+	fast     *fastBatch
+	fastMsgs uint64
 }
 
 // New builds a Sink publishing over nc. It subscribes to the sink's reply
@@ -432,7 +433,7 @@ func (s *Sink) release(p *slot) {
 	p.fast = nil
 	s.mu.Unlock()
 	p.subject = ""
-	p.staged, p.batchMsgs, p.batchBytes = false, 0, 0
+	p.staged, p.batchMsgs, p.batchBytes, p.fastMsgs = false, 0, 0, 0
 	s.free = append(s.free, p)
 }
 
@@ -508,13 +509,16 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			ack, err := p.ack, p.err
 			s.mu.Unlock()
 			subject, started, size, covers, coversBytes := p.subject, p.started, p.size, p.covers, p.coversBytes
-			batchMsgs, batchBytes := p.batchMsgs, p.batchBytes
+			batchMsgs, batchBytes, fastMsgs := p.batchMsgs, p.batchBytes, p.fastMsgs
 			s.release(p)
 			s.m.SinkInflight.Sub(float64(1 + covers))
 			if err != nil {
 				return Ack{}, s.fail(fmt.Errorf("publish to %q: %w", subject, err))
 			}
 			s.m.SinkPublishDuration.Observe(now.Sub(started).Seconds())
+			if fastMsgs > 1 {
+				s.m.SinkFastBatches.Inc()
+			}
 			switch {
 			case ack.Staged:
 			case batchMsgs > 0:
