@@ -55,6 +55,7 @@ type options struct {
 	modesOnly    bool
 	modesEvents  int
 	modesShape   int
+	modesNoLive  bool
 	rates        []int
 	liveFor      time.Duration
 	idleFor      time.Duration
@@ -90,10 +91,11 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.outageEvents, "outage-events", 8000, "events written during the NATS outage")
 	fs.IntVar(&o.outageSize, "outage-payload", 64*1024, "payload size in bytes of the events written during the NATS outage")
 	fs.BoolVar(&o.outageOnly, "outage-only", false, "run only the NATS outage phase (and write docs/benchmarks.md only if -doc is given)")
-	fs.BoolVar(&o.modes, "modes", true, "compare the publishing modes (default, --atomic-transactions) on one backlog and at 1,000 events/s")
+	fs.BoolVar(&o.modes, "modes", true, "compare the publishing modes (default, --atomic-transactions, --publish-mode=batch) on one backlog, with the output limits of plain asynchronous and fast batch publishing, and at 1,000 events/s")
 	fs.BoolVar(&o.modesOnly, "modes-only", false, "run only the publishing modes phase (and write docs/benchmarks.md only if -doc is given)")
 	fs.IntVar(&o.modesEvents, "modes-events", 0, "events in the publishing modes' backlog (default: -events)")
 	fs.IntVar(&o.modesShape, "modes-shape", 10, "rows per transaction of the publishing modes' backlog")
+	fs.BoolVar(&o.modesNoLive, "modes-no-live", false, "skip the publishing modes' live latency (the drains and output limits only)")
 	fs.StringVar(&rates, "rates", "1000,10000,max", "live producer rates per second; max: as fast as the producers go")
 	fs.DurationVar(&o.liveFor, "live-duration", 10*time.Second, "how long each live rate runs")
 	fs.DurationVar(&o.idleFor, "idle", 10*time.Second, "how long the idle relay is watched")

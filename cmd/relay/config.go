@@ -111,7 +111,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.subjectTemplate, "subject-template", "outbox.{aggregate_type}.{event_type}", "subject of each event; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}")
 	i(&c.pump.Window, "publish-window", 1024, "publishes in flight at once")
 	i(&c.pump.AckEvery, "ack-every", 32, "in a burst, ask JetStream to acknowledge only every Nth message (and the last); each acknowledgement vouches for the messages before it, which carry the expected last sequence; 1 acknowledges every message")
-	s(&c.sink.PublishMode, "publish-mode", sink.PublishAuto, "how bursts are published: batch (fast batches, one reply per burst, paced by the server; the stream must allow them: allow_batched, nats-server 2.14+), async (one publish per message), or auto (batch when the stream allows it, async otherwise; see the README)")
+	s(&c.sink.PublishMode, "publish-mode", sink.PublishAuto, "how bursts are published: batch (fast batches: one reply per burst; the stream must allow them: allow_batched, nats-server 2.14+), async (one publish per message), or auto (batch when the stream allows it, async otherwise; see the README)")
 	d(&c.sink.PublishTimeout, "publish-timeout", 10*time.Second, "timeout for each PubAck")
 	d(&c.sink.ConnectTimeout, "nats-connect-timeout", 5*time.Second, "timeout for connecting to a NATS server")
 	d(&c.sink.RequestTimeout, "nats-request-timeout", 5*time.Second, "timeout for each JetStream API request")

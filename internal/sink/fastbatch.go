@@ -71,6 +71,14 @@ func checkFastBatch(stream string, sc jetstream.StreamConfig) error {
 // reply without an expectation (the first after reading the stream back, a
 // dead letter) is published on its own, outside any batch. Flow acks are
 // not needed: the pump's window bounds what is in flight.
+//
+// orbit.go's jetstreamext.FastPublisher (v0.3.2) speaks the same protocol
+// but does not fit the pump: it is one long batch whose Add blocks for the
+// first message's reply and whenever flow acks are outstanding, reports
+// progress only as batch sequences (the stream sequence comes with the
+// commit alone), and takes messages without the sink's reused headers or
+// its reply slots; the pump needs a Pending per message that asks, resolved
+// with a stream sequence it can check, and bursts that end where it says.
 
 // fastFlow is the flow the sink offers the server: it asks for a flow ack
 // every fastFlow stored messages at most (the server caps it at 500).
