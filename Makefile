@@ -28,8 +28,9 @@ test: $(TOOLS_BIN)/helm-$(HELM_VERSION) $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION
 	$(TEST_TOOLS) $(GO) test -race -count=1 -timeout 30m ./...
 	$(TEST_TOOLS) monitoring/check.sh
 
-test-modes: ## The end-to-end suite again in each publishing mode besides the default (--atomic-transactions), with -race
+test-modes: ## The end-to-end suite again in each publishing mode besides the default (--atomic-transactions, --publish-mode=batch), with -race
 	OUTBOX_RELAY_TEST_PUBLISH_MODE=atomic $(GO) test -race -count=1 -timeout 30m -run '$(E2E_TESTS)' ./cmd/relay/
+	OUTBOX_RELAY_TEST_PUBLISH_MODE=batch $(GO) test -race -count=1 -timeout 30m -run '$(E2E_TESTS)' ./cmd/relay/
 
 test-deploy: $(TOOLS_BIN)/helm-$(HELM_VERSION) ## Dockerfile and Helm checks, no Docker engine needed
 	$(TEST_TOOLS) $(GO) test -count=1 ./deploy/...

@@ -144,7 +144,10 @@ func (s *Sink) publishFast(m Message, header nats.Header) (Pending, error) {
 		// Messages of the open batch may be lost: the server ends it at
 		// the gap, and the pump learns that from the commit, or reads the
 		// stream back. A new batch starts clean.
-		s.fastOpen, s.fastDiscGen = nil, s.discGen
+		if s.fastOpen != nil {
+			s.dropFast(s.fastOpen)
+		}
+		s.fastDiscGen = s.discGen
 	}
 	if m.NoReply {
 		if !m.CheckLastSeq {
