@@ -143,14 +143,5 @@ func (e *env) batchOutputLimit(ctx context.Context, n, window int, payload float
 	case <-ctx.Done():
 		return pass{}, ctx.Err()
 	}
-	elapsed := time.Since(started)
-	cpu := sampleUsage(0, e.nats.pid()).since(before)
-	st, _, err := e.streamState(ctx, name)
-	if err != nil {
-		return pass{}, err
-	}
-	if st.Msgs != uint64(n) {
-		return pass{}, fmt.Errorf("batch output limit: stream holds %d messages, want %d", st.Msgs, n)
-	}
-	return newPass(n, elapsed, payload, cpu), nil
+	return e.outputPass(ctx, "batch output limit", name, n, started, before, payload)
 }

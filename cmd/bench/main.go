@@ -56,6 +56,7 @@ type options struct {
 	modesEvents  int
 	modesShape   int
 	modesNoLive  bool
+	modesNames   string
 	rates        []int
 	liveFor      time.Duration
 	idleFor      time.Duration
@@ -96,6 +97,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.modesEvents, "modes-events", 0, "events in the publishing modes' backlog (default: -events)")
 	fs.IntVar(&o.modesShape, "modes-shape", 10, "rows per transaction of the publishing modes' backlog")
 	fs.BoolVar(&o.modesNoLive, "modes-no-live", false, "skip the publishing modes' live latency (the drains and output limits only)")
+	fs.StringVar(&o.modesNames, "modes-names", "", "comma-separated publishing modes to compare, the first the reference (default: all, default first)")
 	fs.StringVar(&rates, "rates", "1000,10000,max", "live producer rates per second; max: as fast as the producers go")
 	fs.DurationVar(&o.liveFor, "live-duration", 10*time.Second, "how long each live rate runs")
 	fs.DurationVar(&o.idleFor, "idle", 10*time.Second, "how long the idle relay is watched")

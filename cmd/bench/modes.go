@@ -59,6 +59,18 @@ type modeRun struct {
 // interleaved, each run from a slot of its own made before the backlog was
 // written; then measures each mode's latency at rate for d.
 func (e *env) modes(ctx context.Context, n, shape, size, runs, rate int, d time.Duration, opts options) (*modesResult, error) {
+	publishModes := publishModes
+	if opts.modesNames != "" {
+		var picked []publishMode
+		for _, name := range strings.Split(opts.modesNames, ",") {
+			i := slices.IndexFunc(publishModes, func(m publishMode) bool { return m.Name == name })
+			if i < 0 {
+				return nil, fmt.Errorf("modes-names: no publishing mode %q", name)
+			}
+			picked = append(picked, publishModes[i])
+		}
+		publishModes = picked
+	}
 	res := &modesResult{Backlog: fmt.Sprintf("%s txns, %s", rowsLabel(shape), sizeLabel(size)), Shape: shape, Payload: size, Events: n, Rate: rate}
 	slotOf := func(mode, run int) string { return fmt.Sprintf("bench_mode_%d_%d", mode, run) }
 	var slots []string

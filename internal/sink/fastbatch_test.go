@@ -18,25 +18,8 @@ import (
 // creates with allow_batched.
 func testFastSink(t *testing.T) (*Sink, *Connection, *metrics.Metrics) {
 	t.Helper()
-	ns := testenv.StartNATS(t)
-	cfg := validConfig()
-	cfg.NATSURL, cfg.CreateStream, cfg.PublishTimeout = ns.URL(), true, 5*time.Second
-	cfg.PublishMode = PublishBatch
-	log := zap.NewNop()
-	m := metrics.New("test", "test")
-	conn, err := Connect(cfg, log, m)
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	state, err := conn.EnsureStream(ctx, cfg, []string{"outbox.>"}, log)
-	require.NoError(t, err)
-	require.True(t, state.AllowBatched, "a stream created for batch publishing allows it")
-	cfg.FastBatch = UsesFastBatch(cfg.PublishMode, state)
-	require.True(t, cfg.FastBatch)
-	s, err := New(conn.Conn, cfg, m)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
+	s, conn, _, m := testSinkMode(t, PublishBatch, 5*time.Second, 0)
+	require.True(t, s.fast, "a stream created for batch publishing allows it")
 	return s, conn, m
 }
 
