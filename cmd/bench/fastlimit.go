@@ -119,10 +119,10 @@ func (e *env) batchOutputLimit(ctx context.Context, n, window int, payload float
 			}
 		}
 		op := "1"
-		switch {
-		case i == n:
+		switch i {
+		case n:
 			op = "2"
-		case i == 1:
+		case 1:
 			op = "0"
 		}
 		msg := &nats.Msg{

@@ -299,7 +299,13 @@ func (s *Sink) resolveFastLocked(b *fastBatch) {
 			p.err = b.refusal
 			break
 		}
-		p.err = fmt.Errorf("%w after %d of its %d messages (%v): %w", errBatchEnded, stored, b.commitSeq, cause, ErrWrongSequence)
+		// The cause is another message's: named, not wrapped, so that it
+		// is not taken for the commit's own (too large, say).
+		why := "no reason given"
+		if cause != nil {
+			why = cause.Error()
+		}
+		p.err = fmt.Errorf("%w after %d of its %d messages (%s): %w", errBatchEnded, stored, b.commitSeq, why, ErrWrongSequence)
 	}
 	p.state = slotResolved
 	select {

@@ -80,7 +80,7 @@ func TestFastBatchPublish(t *testing.T) {
 	// batch ends there.
 	publishNoReply(t, s, chainMsg("a8", 7, "a7", true))
 	publishNoReply(t, s, chainMsg("a9", 8, "a8", true))
-	require.NoError(t, conn.Conn.Flush())
+	require.NoError(t, conn.Flush())
 	_, err = conn.JetStream.Publish(ctx, "outbox.other", []byte("foreign"))
 	require.NoError(t, err)
 	p := publishBurst(t, s, []string{"a10", "a11", "a12"}, 9, "a9")
