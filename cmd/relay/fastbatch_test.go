@@ -23,12 +23,7 @@ func TestPublishModes(t *testing.T) {
 	t.Run("batch", func(t *testing.T) {
 		t.Parallel()
 		f := newFixture(t)
-		r := f.startRelay(t, append(noAtomic, "RELAY_PUBLISH_MODE", "batch")...)
-		for i := range 5 {
-			f.write(t, 400, tagf("batch-%d", i))
-		}
-		f.waitStream(t, 2000, 2*time.Minute)
-		f.verify(t)
+		r := drainBacklog(t, f, append(noAtomic, "RELAY_PUBLISH_MODE", "batch")...)
 		require.Contains(t, unescaped(r.Logs()), `"publish_mode":"batch"`)
 		require.Positive(t, r.Metrics()["outbox_relay_sink_fast_batches_total"], "bursts went as fast batches")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -46,10 +41,7 @@ func TestPublishModes(t *testing.T) {
 			defer cancel()
 			_, err := f.js(t).CreateStream(ctx, jetstream.StreamConfig{Name: "OUTBOX", Subjects: []string{"outbox.>"}, Storage: jetstream.FileStorage, AllowBatchPublish: allow})
 			require.NoError(t, err)
-			r := f.startRelay(t, append(noAtomic, "RELAY_PUBLISH_MODE", "auto", "RELAY_CREATE_STREAM", "false")...)
-			f.write(t, 300, "auto")
-			f.waitStream(t, 300, time.Minute)
-			f.verify(t)
+			r := drainBacklog(t, f, append(noAtomic, "RELAY_PUBLISH_MODE", "auto", "RELAY_CREATE_STREAM", "false")...)
 			want := map[bool]string{true: "batch", false: "async"}[allow]
 			require.Contains(t, unescaped(r.Logs()), `"publish_mode":"`+want+`"`)
 			if allow {
@@ -79,6 +71,24 @@ func TestPublishModes(t *testing.T) {
 		require.NotZero(t, code, out)
 		require.Contains(t, out, "publish-mode")
 	})
+}
+
+// drainBacklog starts the relay with env once to make its slot, stops it,
+// writes a backlog of 2,000 events (so that the relay finds bursts to
+// publish), starts it again, and returns it once the stream holds every
+// event once, in commit order.
+func drainBacklog(t *testing.T, f *fixture, env ...string) *e2e.Relay {
+	t.Helper()
+	r := f.startRelay(t, env...)
+	_, err := r.Stop(30 * time.Second)
+	require.NoError(t, err)
+	for i := range 5 {
+		f.write(t, 400, tagf("backlog-%d", i))
+	}
+	r = f.startRelay(t, env...)
+	f.waitStream(t, 2000, 2*time.Minute)
+	f.verify(t)
+	return r
 }
 
 // js returns a JetStream context on the fixture's connection.
