@@ -18,7 +18,10 @@ import (
 //   - each message is stored as it arrives, as a single publish;
 //   - a refused message ends the batch: the batch's later messages are
 //     dropped unstored, and the commit fails with ErrWrongSequence (unless
-//     the commit itself was refused: its own error);
+//     the commit itself was refused: its own error). (A wrong last message
+//     id does not end the batch on the server, but the sink takes its reply
+//     as the end, and the relay's later messages, each expecting its
+//     predecessor, could not be stored anyway.)
 //   - a duplicate is dropped unreported; at the commit the PubAck is the
 //     batch's last stored message's (an invalid PubAck when none was).
 type fakeFastBatch struct {

@@ -148,6 +148,9 @@ func (p *fastPipeline) until(t *testing.T, batch string) []fastReply {
 //     stored message's (the place before the commit's own); mid-batch the
 //     next message's expectation fails;
 //   - a refusal of the first message is answered as a single publish's;
+//   - a batch of nothing but duplicates is answered with sequence 0;
+//   - on one replica a wrong last message id is answered to the message as
+//     a single publish's refusal, without ending the batch;
 //   - a batch of one is a single publish, a duplicate reported as such;
 //   - a stream without allow_batched refuses every message (10205).
 func TestJetStreamFastBatchRules(t *testing.T) {
@@ -220,6 +223,20 @@ func fastBatchRules(t *testing.T, nc *nats.Conn, replicas int) {
 	p.sendBatch(t, "F.e", "b7", chainHeader("f9", 1, ""), chainHeader("f10", 8, ""))
 	require.Equal(t, []fastReply{settings, {To: 1, ErrCode: 10071}}, ended(t, p.until(t, "b7")))
 	require.Equal(t, []string{"f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"}, storedIDs(t, s))
+
+	// Nothing but duplicates: the PubAck names no sequence (0).
+	p.sendBatch(t, "F.e", "b8", chainHeader("f7", 8, "f8"), chainHeader("f8", 8, "f8"))
+	require.Equal(t, []fastReply{settings, {Seq: 0, Count: 2}}, ended(t, p.until(t, "b8")))
+
+	if replicas == 1 {
+		// A wrong last message id (checked on one replica only, after the
+		// batch took the message) is answered as for a single publish,
+		// to the message; the batch is not ended by it (its commit may
+		// never be answered): the sink takes the reply as the batch's end.
+		p.sendBatch(t, "F.e", "b9", chainHeader("f9", 8, "f8"), chainHeader("f10", 9, "nope"), chainHeader("f11", 10, "f10"))
+		require.Equal(t, []fastReply{settings, {To: 2, ErrCode: 10070}}, p.until(t, "b9")[:2])
+		require.Equal(t, []string{"f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9"}, storedIDs(t, s))
+	}
 
 	contractStream(t, js, jetstream.StreamConfig{Name: "G", Subjects: []string{"G.>"}, Replicas: replicas})
 	newPipeline(t, nc).ready(t, "G.probe")

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -97,6 +98,14 @@ func TestFastBatchPublish(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(11), ack.Seq, "a13 only")
 	require.False(t, ack.Duplicate)
+
+	// A wrong last message id mid-batch: the commit fails at once (the
+	// server would never answer it).
+	publishNoReply(t, s, chainMsg("a14", 11, "a13", true))
+	p = publishBurst(t, s, []string{"a15", "a16"}, 12, "nope")
+	_, err = waitAck(t, p)
+	require.ErrorIs(t, err, ErrWrongSequence)
+	require.NotErrorIs(t, err, nats.ErrTimeout)
 
 	// On its own: no expectation, a duplicate reported as such.
 	p, err = s.Publish(ctx, Message{Subject: "outbox.e", ID: "a2", Data: []byte("x")})
