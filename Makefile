@@ -12,7 +12,7 @@ PROMTOOL_VERSION      := v0.316.0
 HELM_VERSION          := v3.22.0
 GOLANGCI_LINT_VERSION := v2.15.0
 
-.PHONY: build test test-postgres test-matrix test-short test-deploy fuzz lint vet demo demo-orders bench bench-smoke chaos docker helm-lint tools clean
+.PHONY: build test test-postgres test-matrix test-modes test-short test-deploy fuzz lint vet demo demo-orders bench bench-smoke chaos docker helm-lint tools clean
 
 build: ## Build bin/relay, as the Dockerfile does
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/relay ./cmd/relay
@@ -55,6 +55,13 @@ test-matrix: ## The core suite on each PostgreSQL major of MATRIX_MAJORS (14 16 
 		fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "test-matrix failed on PostgreSQL$$failed"; exit 1; fi
+
+# The end-to-end tests every publishing mode must pass (make test-modes).
+E2E_TESTS = TestRelayDeliversEveryCommittedEventOnceInCommitOrder|TestRestartsAndCrashesLoseAndDuplicateNothing|TestOutagesAreRiddenOut|TestSlotMovesOnlyPastAcknowledgedEvents|TestIdleOutboxDoesNotPinWAL|TestRelaysShareAStreamWithOtherWriters|TestRetentionRemovesTheRelaysMessages|TestSharedReplicatedStream|TestPoisonEventStopsTheRelay|TestPoisonEventsGoToTheDeadLetterSubject|TestExactlyOncePastTheDuplicateWindow|TestStandbyTakesOver
+
+test-modes: ## The end-to-end suite again in each publishing mode besides the default (--atomic-transactions, --publish-mode=batch), with -race
+	OUTBOX_RELAY_TEST_PUBLISH_MODE=atomic $(GO) test -race -count=1 -timeout 30m -run '$(E2E_TESTS)' ./cmd/relay/
+	OUTBOX_RELAY_TEST_PUBLISH_MODE=batch $(GO) test -race -count=1 -timeout 30m -run '$(E2E_TESTS)' ./cmd/relay/
 
 test-deploy: $(TOOLS_BIN)/helm-$(HELM_VERSION) ## Dockerfile and Helm checks, no Docker engine needed
 	$(TEST_TOOLS) $(GO) test -count=1 ./deploy/...

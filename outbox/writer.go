@@ -124,7 +124,6 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
-
 // Option configures a Writer.
 type Option func(*config)
 

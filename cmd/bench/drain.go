@@ -310,6 +310,13 @@ func (e *env) outputLimit(ctx context.Context, n, window int, payload float64) (
 			}
 		}
 	}
+	return e.outputPass(ctx, "output limit", name, n, started, before, payload)
+}
+
+// outputPass ends an output limit started at started (NATS's CPU use then
+// before) that stored n messages of payload bytes in stream name: the pass,
+// once the stream is seen to hold exactly n.
+func (e *env) outputPass(ctx context.Context, what, name string, n int, started time.Time, before usage, payload float64) (pass, error) {
 	elapsed := time.Since(started)
 	cpu := sampleUsage(0, e.nats.pid()).since(before)
 	st, _, err := e.streamState(ctx, name)
@@ -317,7 +324,7 @@ func (e *env) outputLimit(ctx context.Context, n, window int, payload float64) (
 		return pass{}, err
 	}
 	if st.Msgs != uint64(n) {
-		return pass{}, fmt.Errorf("output limit: stream holds %d messages, want %d", st.Msgs, n)
+		return pass{}, fmt.Errorf("%s: stream holds %d messages, want %d", what, st.Msgs, n)
 	}
 	return newPass(n, elapsed, payload, cpu), nil
 }

@@ -51,6 +51,12 @@ type options struct {
 	outageEvents int
 	outageSize   int
 	outageOnly   bool
+	modes        bool
+	modesOnly    bool
+	modesEvents  int
+	modesShape   int
+	modesNoLive  bool
+	modesNames   string
 	rates        []int
 	liveFor      time.Duration
 	idleFor      time.Duration
@@ -86,6 +92,12 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.outageEvents, "outage-events", 8000, "events written during the NATS outage")
 	fs.IntVar(&o.outageSize, "outage-payload", 64*1024, "payload size in bytes of the events written during the NATS outage")
 	fs.BoolVar(&o.outageOnly, "outage-only", false, "run only the NATS outage phase (and write docs/benchmarks.md only if -doc is given)")
+	fs.BoolVar(&o.modes, "modes", true, "compare the publishing modes (default, --atomic-transactions, --publish-mode=batch) on one backlog, with the output limits of plain asynchronous and fast batch publishing, and at 1,000 events/s")
+	fs.BoolVar(&o.modesOnly, "modes-only", false, "run only the publishing modes phase (and write docs/benchmarks.md only if -doc is given)")
+	fs.IntVar(&o.modesEvents, "modes-events", 0, "events in the publishing modes' backlog (default: -events)")
+	fs.IntVar(&o.modesShape, "modes-shape", 10, "rows per transaction of the publishing modes' backlog")
+	fs.BoolVar(&o.modesNoLive, "modes-no-live", false, "skip the publishing modes' live latency (the drains and output limits only)")
+	fs.StringVar(&o.modesNames, "modes-names", "", "comma-separated publishing modes to compare, the first the reference (default: all, default first)")
 	fs.StringVar(&rates, "rates", "1000,10000,max", "live producer rates per second; max: as fast as the producers go")
 	fs.DurationVar(&o.liveFor, "live-duration", 10*time.Second, "how long each live rate runs")
 	fs.DurationVar(&o.idleFor, "idle", 10*time.Second, "how long the idle relay is watched")
@@ -132,10 +144,20 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.outageOnly {
 		sizes = ""
-		o.outage, o.large, o.live, o.profile, o.compareProcs = true, false, false, false, false
+		o.outage, o.large, o.live, o.profile, o.compareProcs, o.modes = true, false, false, false, false, false
 		if !set["doc"] {
 			o.docPath = ""
 		}
+	}
+	if o.modesOnly {
+		sizes = ""
+		o.modes, o.outage, o.large, o.live, o.profile, o.compareProcs = true, false, false, false, false, false
+		if !set["doc"] {
+			o.docPath = ""
+		}
+	}
+	if o.modesEvents == 0 {
+		o.modesEvents = o.events
 	}
 	for _, kv := range strings.Split(relayEnv, ",") {
 		if kv = strings.TrimSpace(kv); kv == "" {
@@ -329,6 +351,14 @@ func run(ctx context.Context, opts options) error {
 		}
 		if err != nil {
 			fail("outage", err)
+		}
+	}
+	if opts.modes && ctx.Err() == nil {
+		m, err := e.modes(ctx, opts.modesEvents, opts.modesShape, 256, opts.runs, 1000, opts.liveFor, opts)
+		if err != nil {
+			fail("modes", err)
+		} else {
+			res.Modes = m
 		}
 	}
 	if opts.live && ctx.Err() == nil {

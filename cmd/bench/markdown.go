@@ -45,6 +45,9 @@ func markdownReport(res *results) string {
 		outageTable(o).markdown(&b)
 		p("\nRSS in MiB, seconds since NATS stopped, and events read by then: during the outage %s; during the drain %s.\n\n", rssCurve(o, "outage", 1), rssCurve(o, "drain", 1))
 	}
+	if res.Modes != nil {
+		modesMarkdown(&b, res.Modes)
+	}
 	if len(res.Targets) > 0 {
 		p("## Targets\n\n")
 		targetTable(res.Targets).markdown(&b)

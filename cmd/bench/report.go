@@ -28,6 +28,9 @@ type results struct {
 	LiveProfile *liveProfile `json:"live_profile,omitempty"`
 	Targets     []target     `json:"targets"`
 	Errors      []string     `json:"errors,omitempty"`
+
+	// Modes compares the publishing modes.
+	Modes *modesResult `json:"modes,omitempty"`
 }
 
 // drainCase is one backlog shape drained by the two limits and the relay.
@@ -451,6 +454,9 @@ func printReport(w io.Writer, res *results) {
 		outageTable(o).text(w)
 		fmt.Fprintf(w, "RSS during the outage (s since NATS stopped: MiB): %s\nRSS during the drain: %s\n",
 			rssCurve(o, "outage", 1), rssCurve(o, "drain", 1))
+	}
+	if res.Modes != nil {
+		modesText(w, res.Modes)
 	}
 	if len(res.Targets) > 0 {
 		fmt.Fprintf(w, "\nTargets\n")

@@ -1137,6 +1137,9 @@ func createR3Stream(t *testing.T, nc *nats.Conn) {
 			Storage:    jetstream.FileStorage,
 			Replicas:   3,
 			Duplicates: 2 * time.Minute,
+
+			AllowAtomicPublish: atomicMode(),
+			AllowBatchPublish:  batchMode(),
 		})
 		if err != nil {
 			t.Logf("create R3 stream: %v", err)

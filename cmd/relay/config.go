@@ -125,6 +125,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.subjectTemplate, "subject-template", "outbox.{aggregate_type}.{event_type}", "subject of each event; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}")
 	i(&c.pump.Window, "publish-window", 1024, "publishes in flight at once")
 	i(&c.pump.AckEvery, "ack-every", 32, "in a burst, ask JetStream to acknowledge only every Nth message (and the last); each acknowledgement vouches for the messages before it, which carry the expected last sequence; 1 acknowledges every message")
+	s(&c.sink.PublishMode, "publish-mode", sink.PublishAuto, "how bursts are published: batch (fast batches: one reply per burst; the stream must allow them: allow_batched, nats-server 2.14+), async (one publish per message), or auto (batch when the stream allows it, async otherwise; see the README)")
 	d(&c.sink.PublishTimeout, "publish-timeout", 10*time.Second, "timeout for each PubAck")
 	d(&c.sink.ConnectTimeout, "nats-connect-timeout", 5*time.Second, "timeout for connecting to a NATS server")
 	d(&c.sink.RequestTimeout, "nats-request-timeout", 5*time.Second, "timeout for each JetStream API request")
@@ -132,6 +133,9 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	d(&c.pump.RetryMin, "retry-min", 100*time.Millisecond, "first delay before publishing again after a failure")
 	d(&c.pump.RetryMax, "retry-max", 10*time.Second, "longest delay between publish retries")
 	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter")
+	b(&c.pump.Atomic, "atomic-transactions", false, "publish each committed transaction as one atomic batch: consumers see all of its events or none (nats-server 2.15.2 or later, a stream with allow_atomic; see the README)")
+	i(&c.pump.BatchMaxMessages, "atomic-batch-max", 1000, "with --atomic-transactions, the most events in one atomic batch: at most the server's max_batch_size (1000 unless configured)")
+	s(&c.pump.OnLargeTransaction, "on-large-transaction", relay.LargeTransactionStop, "with --atomic-transactions, what to do with a transaction of more events than --atomic-batch-max, or more bytes than half of --event-buffer-bytes: stop (with an error naming it) or split (consecutive batches, each atomic)")
 	s(&c.pump.DeadLetterSubject, "dead-letter-subject", "", "subject poison events go to with --on-poison=dead-letter; some stream must capture it (default outbox_dead_letter.<slot>.<the subject template's wildcard with each * written _>, so that relays of different slots or templates differ, e.g. outbox_dead_letter.outbox_relay.outbox._._)")
 
 	// Process
@@ -268,6 +272,13 @@ func (c *config) finish() error {
 	}
 	if c.pump.OnPoison == relay.OnPoisonDeadLetter {
 		c.sink.DeadLetterSubject = c.pump.DeadLetterSubject
+	}
+	// Atomic batches: the stream must allow them, and the pump needs each
+	// transaction's last event marked; an open batch may hold at most half
+	// of what the reader holds unacknowledged, or reading would stall.
+	c.sink.Atomic, c.cdc.MarkTxnEnd, c.pump.BatchMaxBytes = c.pump.Atomic, c.pump.Atomic, c.cdc.EventBufferBytes/2
+	if c.pump.Atomic && c.sink.PublishMode == sink.PublishBatch {
+		errs = append(errs, errors.New("publish-mode: batch and --atomic-transactions exclude each other: atomic batches are published as they are (use --publish-mode=auto or async)"))
 	}
 	c.cdc.TakeOverActiveSlot = c.leaderElection
 	if c.election.PostgresURL == "" {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -51,11 +52,39 @@ func (f *fixture) env(overrides ...string) map[string]string {
 		"RELAY_RETRY_MAX":       "1s",
 		"RELAY_LOG_LEVEL":       "info",
 	}
+	for k, v := range publishModeEnv() {
+		env[k] = v
+	}
 	for i := 0; i+1 < len(overrides); i += 2 {
 		env[overrides[i]] = overrides[i+1]
 	}
 	return env
 }
+
+// publishModeEnv is the relay's configuration for the publishing mode the
+// end-to-end tests run in: OUTBOX_RELAY_TEST_PUBLISH_MODE, empty for the
+// default (one message at a time, pipelined), atomic (--atomic-transactions)
+// or batch (--publish-mode=batch: fast batches; streams the tests create
+// allow them). make test-modes runs the suite in each. Every guarantee must
+// hold in each.
+func publishModeEnv() map[string]string {
+	switch mode := os.Getenv("OUTBOX_RELAY_TEST_PUBLISH_MODE"); mode {
+	case "":
+		return nil
+	case "atomic":
+		return map[string]string{"RELAY_ATOMIC_TRANSACTIONS": "true"}
+	case "batch":
+		return map[string]string{"RELAY_PUBLISH_MODE": "batch"}
+	default:
+		panic("OUTBOX_RELAY_TEST_PUBLISH_MODE: unknown mode " + mode)
+	}
+}
+
+// atomicMode reports whether the tests run with --atomic-transactions.
+func atomicMode() bool { return publishModeEnv()["RELAY_ATOMIC_TRANSACTIONS"] == "true" }
+
+// batchMode reports whether the tests run with --publish-mode=batch.
+func batchMode() bool { return publishModeEnv()["RELAY_PUBLISH_MODE"] == "batch" }
 
 // startRelay starts the relay and waits until it is streaming, so the slot
 // exists before the test writes.

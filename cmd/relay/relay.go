@@ -205,7 +205,15 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	}
 	pumpCfg := pumpConfig(cfg, nc, stream)
 
-	publisher, err := sink.New(nc.Conn, cfg.sink, m)
+	sinkCfg := cfg.sink
+	// Atomic batches are published as they are.
+	sinkCfg.FastBatch = !cfg.pump.Atomic && sink.UsesFastBatch(cfg.sink.PublishMode, stream)
+	mode := sink.PublishAsync
+	if sinkCfg.FastBatch {
+		mode = sink.PublishBatch
+	}
+	log.Info("publish mode", zap.String("publish_mode", mode), zap.String("configured", cfg.sink.PublishMode), zap.Bool("allow_batched", stream.AllowBatched))
+	publisher, err := sink.New(nc.Conn, sinkCfg, m)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,16 @@ func newService(t *testing.T, pg *testenv.Postgres, natsURL, db string, extra ..
 		"RELAY_RECONNECT_MAX":   "2s",
 		"RELAY_RETRY_MAX":       "1s",
 	}
+	for k, v := range publishModeEnv() {
+		s.env[k] = v
+	}
+	if atomicMode() {
+		// Atomic batches are ordered by sequence arithmetic, as single
+		// messages on a replicated stream: with other writers on the
+		// stream, one batch at a time from the start keeps commit order
+		// (without, the first displaced batch is published out of order).
+		s.env["RELAY_SHARED_STREAM"] = "true"
+	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		s.env[extra[i]] = extra[i+1]
 	}
@@ -192,6 +202,7 @@ func TestRetentionRemovesTheRelaysMessages(t *testing.T) {
 			defer cancel()
 			sc := tc.cfg
 			sc.Name, sc.Subjects, sc.Storage, sc.Duplicates = "OUTBOX", []string{"outbox.*.*"}, jetstream.FileStorage, time.Second
+			sc.AllowAtomicPublish, sc.AllowBatchPublish = atomicMode(), batchMode()
 			stream, err := js.CreateStream(ctx, sc)
 			require.NoError(t, err)
 			cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "worker", AckPolicy: jetstream.AckExplicitPolicy})

@@ -60,6 +60,10 @@ type Config struct {
 	// can take together and still be published (NATS's max_payload): a
 	// larger row is read without them (Event.Omitted).
 	MaxRowBytes int64
+	// MarkTxnEnd sets Event.TxnEnd on the last outbox row of each
+	// transaction: each row is then handed on only once the next row or the
+	// commit arrived.
+	MarkTxnEnd bool
 	// EventBufferBytes bounds the bytes of events read and not yet
 	// acknowledged (payloads, headers and strings): the reader waits while
 	// they are over it. One event larger than it passes alone.

@@ -59,6 +59,12 @@ type Event struct {
 	// LSN is the WAL position of the row's change.
 	LSN      pglogrepl.LSN
 	Position Position
+	// TxnEnd is set on the last outbox row of its transaction when
+	// Config.MarkTxnEnd asks for it (the reader then hands a row on only
+	// once the next row or the transaction's commit arrived), so that a
+	// consumer grouping rows by transaction (an atomic batch per
+	// transaction) knows when one is complete.
+	TxnEnd bool
 
 	txn *txnEntry
 	// size is what the event took from the reader's byte budget.

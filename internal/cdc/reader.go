@@ -229,6 +229,12 @@ type session struct {
 	partitions *partitionCheck
 	// replicationTimeout is the configured or derived ReplicationTimeout.
 	replicationTimeout time.Duration
+	// held is the last row read of the open transaction (with
+	// Config.MarkTxnEnd), handed on with the next row or, marked TxnEnd,
+	// with the commit; a session that ends drops it unsent (the next session
+	// reads it again).
+	held    Event
+	holding bool
 }
 
 func (r *Reader) session(ctx context.Context) error {
@@ -522,25 +528,30 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 		if err != nil || verdict == replaySkip {
 			return err
 		}
+		// The row held back is not the transaction's last: hand it on.
+		if err := s.release(ctx); err != nil {
+			return err
+		}
 		ev := ch.event
 		ev.Position = Position{CommitLSN: txn.commitLSN, Index: index}
 		ev.CommitTime = txn.commitTime
 		ev.XID = txn.xid
 		ev.LSN = lsn
 		ev.txn = txn.entry
-		r.tracker.Track(txn.entry)
-		if err := s.emit(ctx, ev); err != nil {
-			// Not handed on: the next session sends it again.
-			r.tracker.Untrack(txn.entry)
-			return err
-		}
-		r.filter.Forwarded()
-		r.m.CDCEvents.Inc()
-		if ce := r.log.Check(zap.DebugLevel, "event read"); ce != nil {
-			ce.Write(zap.String("event_id", ev.ID), zap.Uint32("xid", txn.xid), zap.Stringer("lsn", lsn))
+		s.held, s.holding = ev, true
+		if !r.cfg.MarkTxnEnd {
+			return s.release(ctx)
 		}
 		return nil
 	case changeCommit:
+		if s.holding {
+			// The transaction's last row: handed on before the filter
+			// closes the transaction, which counts it as forwarded.
+			s.held.TxnEnd = true
+			if err := s.release(ctx); err != nil {
+				return err
+			}
+		}
 		verdict, txn, err := r.filter.Commit(lsn)
 		if err != nil || verdict == replaySkip {
 			return err
@@ -551,6 +562,27 @@ func (s *session) apply(ctx context.Context, ch change, lsn pglogrepl.LSN) error
 			r.m.CDCLastCommitTimestamp.Set(float64(txn.commitTime.UnixNano()) / 1e9)
 		}
 		return nil
+	}
+	return nil
+}
+
+// release hands on the row held back, if any.
+func (s *session) release(ctx context.Context) error {
+	if !s.holding {
+		return nil
+	}
+	r, ev := s.r, s.held
+	s.held, s.holding = Event{}, false
+	r.tracker.Track(ev.txn)
+	if err := s.emit(ctx, ev); err != nil {
+		// Not handed on: the next session sends it again.
+		r.tracker.Untrack(ev.txn)
+		return err
+	}
+	r.filter.Forwarded()
+	r.m.CDCEvents.Inc()
+	if ce := r.log.Check(zap.DebugLevel, "event read"); ce != nil {
+		ce.Write(zap.String("event_id", ev.ID), zap.Uint32("xid", ev.XID), zap.Stringer("lsn", ev.LSN))
 	}
 	return nil
 }

@@ -73,6 +73,7 @@ type Metrics struct {
 	// sink: JetStream publishing.
 	SinkPublished       prometheus.Counter
 	SinkDuplicates      prometheus.Counter
+	SinkFastBatches     prometheus.Counter
 	SinkPublishErrors   *prometheus.CounterVec
 	SinkPublishDuration prometheus.Histogram
 	SinkPublishedBytes  prometheus.Counter
@@ -93,6 +94,8 @@ type Metrics struct {
 	PumpUnverifiedReplays prometheus.Counter
 	PumpMarkSaveErrors    prometheus.Counter
 	PumpBlocked           *prometheus.GaugeVec
+	// Atomic batches (--atomic-transactions).
+	PumpSplitTransactions prometheus.Counter
 	Leader                prometheus.Gauge
 
 	// trace: the optional span export (--otlp-traces-endpoint).
@@ -141,6 +144,7 @@ func New(version, commit string) *Metrics {
 
 		SinkPublished:       f.counter("sink", "published_total", "Messages JetStream acknowledged as stored (duplicates excluded)."),
 		SinkDuplicates:      f.counter("sink", "duplicates_total", "Publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id."),
+		SinkFastBatches:     f.counter("sink", "fast_batches_total", "Fast batches (--publish-mode=batch) JetStream stored whole."),
 		SinkPublishErrors:   f.counterVec("sink", "publish_errors_total", "Failed publishes by kind.", "kind"),
 		SinkPublishDuration: f.histogram("sink", "publish_duration_seconds", "Time from handing a message to the client to its PubAck."),
 		SinkPublishedBytes:  f.counter("sink", "published_bytes_total", "Payload bytes of messages JetStream acknowledged."),
@@ -162,6 +166,8 @@ func New(version, commit string) *Metrics {
 		PumpMarkSaveErrors: f.counter("pump", "mark_save_errors_total", "Failed writes of the high-water mark to the key-value bucket."),
 		PumpBlocked: f.gaugeVec("pump", "blocked", "1 while publishing is held up by a problem that does not clear by itself (the reason), else 0.",
 			"reason"),
+		PumpSplitTransactions: f.counter("pump", "split_transactions_total",
+			"Atomic batches a transaction too large for one was split into, besides its last (--on-large-transaction=split)."),
 		Leader: f.gauge("", "leader", "1 while this instance holds the slot's leadership and relays, 0 while it stands by."),
 
 		JanitorRowsDeleted:       f.counter("janitor", "rows_deleted_total", "Outbox rows older than --retention deleted (rows of dropped partitions excluded)."),

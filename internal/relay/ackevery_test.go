@@ -15,22 +15,29 @@ import (
 // ask for a PubAck, and every event is stored once, in order,
 // and acknowledged to the source.
 func TestPumpAsksForFewerAcks(t *testing.T) {
-	const n, perTxn = 1000, 10
-	src := newFilledSource(pumpEvents(n, perTxn), true)
-	stream := newFakeStream(t, true, false)
-	cfg := pumpConfig(64)
-	cfg.AckEvery = 16
-	err, m := runPump(t, cfg, src, stream)
-	require.NoError(t, err)
-	assertStream(t, stream, pumpIDs(1, n))
-	assertAcked(t, src, pumpIDs(1, n), perTxn)
-	assertStoredAcked(t, stream, src)
-	assert.Equal(t, n, stream.Publishes(), "each event published once")
-	// One per group of up to 16, plus the window's first fill, which
-	// asks for one each (the pump starts careful).
-	assert.Less(t, stream.AckRequests(), n/4)
-	assert.GreaterOrEqual(t, stream.AckRequests(), n/16)
-	assert.Zero(t, metricValue(t, m, "outbox_relay_pump_retries_total"))
+	t.Parallel()
+	forEachBurstMode(t, func(t *testing.T, mode publishMode) {
+		const n, perTxn = 1000, 10
+		src := newFilledSource(pumpEvents(n, perTxn), true)
+		stream := newFakeStream(t, true, false)
+		cfg := pumpConfig(64)
+		cfg.AckEvery = 16
+		err, m := runPump(t, cfg, src, stream)
+		require.NoError(t, err)
+		assertStream(t, stream, pumpIDs(1, n))
+		assertAcked(t, src, pumpIDs(1, n), perTxn)
+		assertStoredAcked(t, stream, src)
+		assert.Equal(t, n, stream.Publishes(), "each event published once")
+		// One per group of up to 16, plus the window's first fill, which
+		// asks for one each (the pump starts careful).
+		assert.Less(t, stream.AckRequests(), n/4)
+		assert.GreaterOrEqual(t, stream.AckRequests(), n/16)
+		assert.Zero(t, metricValue(t, m, "outbox_relay_pump_retries_total"))
+		if mode.batch {
+			// The groups after the first window's fill are fast batches.
+			assert.Greater(t, stream.FastCommits(), n/32)
+		}
+	})
 }
 
 // TestPumpLastOfABurstAsksForAnAck: events that arrive in small bursts
@@ -67,26 +74,33 @@ func TestPumpLastOfABurstAsksForAnAck(t *testing.T) {
 // sequence, and the pump reads the stream back and publishes again from the
 // lost one, each with a PubAck, without waiting out a backoff.
 func TestPumpCoveredMessageLost(t *testing.T) {
-	const n = 100
-	src := newFilledSource(pumpEvents(n, 1), true)
-	stream := newFakeStream(t, true, false)
-	lost := 0
-	stream.SetScript(func(i int, m sink.Message) fault {
-		if m.NoReply && lost == 0 && i > 10 {
-			lost = i
-			return fault{kind: faultTransient}
+	t.Parallel()
+	forEachBurstMode(t, func(t *testing.T, mode publishMode) {
+		const n = 100
+		src := newFilledSource(pumpEvents(n, 1), true)
+		stream := newFakeStream(t, true, false)
+		lost := 0
+		stream.SetScript(func(i int, m sink.Message) fault {
+			if m.NoReply && lost == 0 && i > 10 {
+				lost = i
+				return fault{kind: faultTransient}
+			}
+			return fault{}
+		})
+		cfg := pumpConfig(64)
+		cfg.AckEvery = 8
+		cfg.RetryMin, cfg.RetryMax = time.Hour, time.Hour // a backoff would hang the test
+		err, m := runPump(t, cfg, src, stream)
+		require.NoError(t, err)
+		require.NotZero(t, lost, "a message without a PubAck was lost")
+		assertStream(t, stream, pumpIDs(1, n))
+		assertAcked(t, src, pumpIDs(1, n), 1)
+		assertStoredAcked(t, stream, src)
+		assert.Greater(t, metricValue(t, m, "outbox_relay_pump_resyncs_total"), 1.0)
+		assert.Zero(t, metricValue(t, m, "outbox_relay_pump_retries_total"), "no backoff: nothing failed but one lost message")
+		if mode.batch {
+			// And the batches sent after it end at their first message.
+			assert.GreaterOrEqual(t, stream.FastEnded(), 1, "the lost message ended its batch")
 		}
-		return fault{}
 	})
-	cfg := pumpConfig(64)
-	cfg.AckEvery = 8
-	cfg.RetryMin, cfg.RetryMax = time.Hour, time.Hour // a backoff would hang the test
-	err, m := runPump(t, cfg, src, stream)
-	require.NoError(t, err)
-	require.NotZero(t, lost, "a message without a PubAck was lost")
-	assertStream(t, stream, pumpIDs(1, n))
-	assertAcked(t, src, pumpIDs(1, n), 1)
-	assertStoredAcked(t, stream, src)
-	assert.Greater(t, metricValue(t, m, "outbox_relay_pump_resyncs_total"), 1.0)
-	assert.Zero(t, metricValue(t, m, "outbox_relay_pump_retries_total"), "no backoff: nothing failed but one lost message")
 }

@@ -257,6 +257,16 @@ type fakeStream struct {
 	holds          sync.WaitGroup
 	// late holds publishes to store later, by event id.
 	late map[string]*fakePending
+	// batches are the atomic batches staged and not yet committed, by id;
+	// maxBatch is the server's max_batch_size (fakes_batch_test.go).
+	batches  map[string]*fakeBatch
+	maxBatch int
+	commits  int
+	// fast models the sink's fast batches (fakes_fast_test.go); fastOpen
+	// is the batch being sent.
+	fast                   bool
+	fastOpen               *fakeFastBatch
+	fastCommits, fastEnded int
 }
 
 var (
@@ -276,6 +286,8 @@ func newFakeStream(t testing.TB, dedup, replicated bool) *fakeStream {
 		main:       streamStore{name: "OUTBOX", ids: map[string]uint64{}},
 		other:      streamStore{name: "OTHER", ids: map[string]uint64{}},
 		marks:      newFakeMarkStore(),
+		batches:    map[string]*fakeBatch{},
+		maxBatch:   1000,
 	}
 }
 
@@ -448,6 +460,11 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 		f = s.script(n, m)
 	}
 	switch f.kind {
+	case faultSync, faultPermanentSync:
+		// Not sent: the sink leaves its open fast batch.
+		s.fastOpen = nil
+	}
+	switch f.kind {
 	case faultSync:
 		s.pendings = append(s.pendings, nil)
 		return nil, fmt.Errorf("publish to %q: %w", m.Subject, nats.ErrReconnectBufExceeded)
@@ -464,6 +481,7 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 		ok: make(chan sink.Ack, 1), errc: make(chan error, 1),
 	}
 	s.pendings = append(s.pendings, p)
+	s.joinFastBatchLocked(p)
 	if !m.NoReply {
 		s.outstanding++
 		s.maxOutstanding = max(s.maxOutstanding, s.outstanding)
@@ -501,7 +519,7 @@ func (s *fakeStream) processLocked(p *fakePending) {
 	if p.fault.foreign != nil {
 		s.appendLocked(*p.fault.foreign)
 	}
-	ack, err := s.applyLocked(p)
+	ack, err := s.applyFastLocked(p)
 	if p.fault.kind == faultAckLost {
 		ack, err = sink.Ack{}, fmt.Errorf("publish to %q: %w", p.msg.Subject, nats.ErrTimeout)
 	}
@@ -524,6 +542,9 @@ func (s *fakeStream) applyLocked(p *fakePending) (sink.Ack, error) {
 		return sink.Ack{}, fmt.Errorf("publish to %q: %w", m.Subject, nats.ErrTimeout)
 	case faultPermanentAsync:
 		return sink.Ack{}, fmt.Errorf("%w: publish to %q: nats: API error: code=400 err_code=10054 description=message size exceeds maximum allowed", sink.ErrPermanent, m.Subject)
+	}
+	if m.BatchID != "" {
+		return s.applyBatchLocked(p)
 	}
 	st := s.storeFor(m.Subject)
 	dup := func() (sink.Ack, bool) {
@@ -700,6 +721,10 @@ type fakePending struct {
 	// storedSeq is where the message was stored (0: not stored); set
 	// under stream.mu when processed.
 	storedSeq uint64
+	// fastBatch is the fast batch the message belongs to, which it
+	// commits when fastCommit (fakes_fast_test.go).
+	fastBatch  *fakeFastBatch
+	fastCommit bool
 
 	waits atomic.Int32
 }

@@ -91,14 +91,30 @@ func TestPumpForeignMessageMidBurst(t *testing.T) {
 // burst is stored. The pump sees it (every message asks for a PubAck there),
 // publishes the refused events again (out of order: counted and logged), and
 // from then on publishes one message at a time, remembered across restarts.
-// Nothing is lost or stored twice.
+// Nothing is lost or stored twice. Atomic batches are ordered the same way
+// on a stream with one replica too (only a batch's first message may expect
+// a sequence, none a message id).
 func TestPumpForeignMessageOnReplicatedStream(t *testing.T) {
 	t.Parallel()
+	forEachMode(t, func(t *testing.T, mode publishMode) {
+		for _, replicated := range []bool{true, false} {
+			if !replicated && !mode.atomic {
+				continue // TestPumpForeignMessageMidBurst
+			}
+			t.Run(fmt.Sprintf("replicated %t", replicated), func(t *testing.T) {
+				foreignOnSequenceOrder(t, mode, replicated)
+			})
+		}
+	})
+}
+
+func foreignOnSequenceOrder(t *testing.T, mode publishMode, replicated bool) {
+	t.Helper()
 	const n = 100
 	src := newFilledSource(pumpEvents(n, 1), true)
-	stream := newFakeStream(t, true, true)
+	stream := newFakeStream(t, true, replicated)
 	stream.SetScript(firstOf(atPublish(11, plainAt(11)), atPublish(60, plainAt(60))))
-	cfg := pumpConfig(16)
+	cfg := mode.apply(pumpConfig(16))
 	cfg.AckEvery = 32
 
 	err, m := runPump(t, cfg, src, stream)
@@ -137,29 +153,31 @@ func TestPumpForeignMessageOnReplicatedStream(t *testing.T) {
 // the event although later ones are stored.
 func TestPumpHoleSurvivesARestart(t *testing.T) {
 	t.Parallel()
-	// No duplicate window: the hole's event is stored again whatever the
-	// stream held.
-	stream := newFakeStream(t, false, true)
-	first := newFilledSource(pumpEvents(20, 1), true)
-	err, _ := runPump(t, pumpConfig(8), first, stream)
-	require.NoError(t, err)
-	// Make event 7 a hole: stored later than it should, as if refused.
-	log := zaptest.NewLogger(t)
-	w := relay.NewWatermark(stream, stream.marks, "OUTBOX", testOrigin, log)
-	mark, ok, err := w.Load(context.Background())
-	require.NoError(t, err)
-	require.True(t, ok)
-	mark.Holes = []cdc.Position{pumpEvent(7, 1).Position}
-	require.NoError(t, w.Save(context.Background(), mark))
+	forEachMode(t, func(t *testing.T, mode publishMode) {
+		// No duplicate window: the hole's event is stored again whatever the
+		// stream held.
+		stream := newFakeStream(t, false, true)
+		first := newFilledSource(pumpEvents(20, 1), true)
+		err, _ := runPump(t, mode.apply(pumpConfig(8)), first, stream)
+		require.NoError(t, err)
+		// Make event 7 a hole: stored later than it should, as if refused.
+		log := zaptest.NewLogger(t)
+		w := relay.NewWatermark(stream, stream.marks, "OUTBOX", testOrigin, log)
+		mark, ok, err := w.Load(context.Background())
+		require.NoError(t, err)
+		require.True(t, ok)
+		mark.Holes = []cdc.Position{pumpEvent(7, 1).Position}
+		require.NoError(t, w.Save(context.Background(), mark))
 
-	second := newFilledSource(pumpEvents(25, 1), true)
-	err, m := runPump(t, pumpConfig(8), second, stream)
-	require.NoError(t, err)
-	assert.Equal(t, 19.0, skipped(t, m), "every stored event but the hole is skipped")
-	assert.Equal(t, concat(pumpIDs(1, 20), []string{pumpID(7)}, pumpIDs(21, 25)), ownIDs(stream))
-	mark, _, err = w.Load(context.Background())
-	require.NoError(t, err)
-	assert.Empty(t, mark.Holes, "the hole is filled")
+		second := newFilledSource(pumpEvents(25, 1), true)
+		err, m := runPump(t, mode.apply(pumpConfig(8)), second, stream)
+		require.NoError(t, err)
+		assert.Equal(t, 19.0, skipped(t, m), "every stored event but the hole is skipped")
+		assert.Equal(t, concat(pumpIDs(1, 20), []string{pumpID(7)}, pumpIDs(21, 25)), ownIDs(stream))
+		mark, _, err = w.Load(context.Background())
+		require.NoError(t, err)
+		assert.Empty(t, mark.Holes, "the hole is filled")
+	})
 }
 
 // Random transient faults, lost acks, failing reads and other writers'
@@ -167,114 +185,124 @@ func TestPumpHoleSurvivesARestart(t *testing.T) {
 // every event once, reordering counted.
 func TestPumpRandomFaultsWithOtherWriters(t *testing.T) {
 	t.Parallel()
-	for seed := uint64(1); seed <= randomSeeds(t); seed++ {
-		for _, replicated := range []bool{false, true} {
-			t.Run(fmt.Sprintf("seed %d replicated %t", seed, replicated), func(t *testing.T) {
-				t.Parallel()
-				rng := rand.New(rand.NewPCG(seed, 99))
-				n := 300 + rng.IntN(300)
-				window := []int{1, 4, 16, 64}[rng.IntN(4)]
-				perTxn := 1 + rng.IntN(4)
-				faults := map[int]fault{}
-				for i := 1; i <= 4*n; i++ {
-					switch r := rng.Float64(); {
-					case r < 0.02:
-						faults[i] = fault{kind: faultTransient}
-					case r < 0.04:
-						faults[i] = fault{kind: faultAckLost}
-					case r < 0.05:
-						faults[i] = fault{kind: faultTransient, failReads: 1 + rng.IntN(2)}
-					case r < 0.08:
-						faults[i] = plainAt(i)
-					case r < 0.09:
-						faults[i] = foreignAt(t, i)
+	forEachMode(t, func(t *testing.T, mode publishMode) {
+		for seed := uint64(1); seed <= randomSeeds(t); seed++ {
+			for _, replicated := range []bool{false, true} {
+				t.Run(fmt.Sprintf("seed %d replicated %t", seed, replicated), func(t *testing.T) {
+					t.Parallel()
+					rng := rand.New(rand.NewPCG(seed, 99))
+					n := 300 + rng.IntN(300)
+					window := []int{1, 4, 16, 64}[rng.IntN(4)]
+					perTxn := 1 + rng.IntN(4)
+					faults := map[int]fault{}
+					for i := 1; i <= 4*n; i++ {
+						switch r := rng.Float64(); {
+						case r < 0.02:
+							faults[i] = fault{kind: faultTransient}
+						case r < 0.04:
+							faults[i] = fault{kind: faultAckLost}
+						case r < 0.05:
+							faults[i] = fault{kind: faultTransient, failReads: 1 + rng.IntN(2)}
+						case r < 0.08:
+							faults[i] = plainAt(i)
+						case r < 0.09:
+							faults[i] = foreignAt(t, i)
+						}
 					}
-				}
-				cfg := pumpConfig(window)
-				cfg.AckEvery = []int{1, 4, 32}[seed%3]
-				src := newFilledSource(pumpEvents(n, perTxn), true)
-				stream := newFakeStream(t, true, replicated)
-				stream.SetScript(func(i int, _ sink.Message) fault { return faults[i] })
+					cfg := mode.apply(pumpConfig(window))
+					cfg.AckEvery = []int{1, 4, 32}[seed%3]
+					src := newFilledSource(pumpEvents(n, perTxn), true)
+					stream := newFakeStream(t, true, replicated)
+					stream.SetScript(func(i int, _ sink.Message) fault { return faults[i] })
 
-				err, m := runPump(t, cfg, src, stream)
-				require.NoError(t, err)
+					err, m := runPump(t, cfg, src, stream)
+					require.NoError(t, err)
 
-				got := ownIDs(stream)
-				assert.ElementsMatch(t, pumpIDs(1, n), got, "every event once")
-				if !replicated {
-					assert.Equal(t, pumpIDs(1, n), got, "in commit order")
-					assertOwnOrder(t, stream, testOrigin)
-				}
-				assertAcked(t, src, pumpIDs(1, n), perTxn)
-				assertStoredAcked(t, stream, src)
-				reordered := metricValue(t, m, "outbox_relay_pump_reordered_total")
-				if !replicated {
-					assert.Zero(t, reordered)
-				}
-				t.Logf("n %d window %d ack every %d, reordered %v", n, window, cfg.AckEvery, reordered)
-			})
+					got := ownIDs(stream)
+					assert.ElementsMatch(t, pumpIDs(1, n), got, "every event once")
+					// Atomic batches are ordered by sequence arithmetic on
+					// any stream, as single messages on a replicated one.
+					inOrder := !replicated && !mode.atomic
+					if mode.atomic {
+						assertTransactionsWhole(t, stream, perTxn, 0)
+					}
+					if inOrder {
+						assert.Equal(t, pumpIDs(1, n), got, "in commit order")
+						assertOwnOrder(t, stream, testOrigin)
+					}
+					assertAcked(t, src, pumpIDs(1, n), perTxn)
+					assertStoredAcked(t, stream, src)
+					reordered := metricValue(t, m, "outbox_relay_pump_reordered_total")
+					if inOrder {
+						assert.Zero(t, reordered)
+					}
+					t.Logf("n %d window %d ack every %d, reordered %v", n, window, cfg.AckEvery, reordered)
+				})
+			}
 		}
-	}
+	})
 }
 
 // A work-queue stream removes what its consumer acknowledged, so a restarted
 // relay cannot read back the messages stored after its last saved mark.
 func TestPumpRestartOnAWorkQueueStream(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		// forget: the server restarted too, losing the last message id
-		// and the duplicate entries of removed messages.
-		forget, dedup bool
-		wantDups      int
-		wantUnverfied float64
-	}{
-		{name: "the last stored id tells exactly which are stored", dedup: false},
-		{name: "the last stored id, duplicate window open", dedup: true},
-		// A restarted server rebuilds its duplicate window from the
-		// messages it holds: removed ones are not in it
-		// (TestJetStreamLastMsgIDRules).
-		{name: "server restarted", forget: true, dedup: true, wantDups: 20, wantUnverfied: 20},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			stream := newFakeStream(t, tc.dedup, false)
-			stream.WorkQueue()
-			first := newFilledSource(pumpEvents(50, 2), true)
-			err, _ := runPump(t, pumpConfig(8), first, stream)
-			require.NoError(t, err)
-			// The mark was last saved at event 30 (the relay was killed).
-			log := zaptest.NewLogger(t)
-			w := relay.NewWatermark(stream, stream.marks, "OUTBOX", testOrigin, log)
-			mark, _, err := w.Load(context.Background())
-			require.NoError(t, err)
-			mark.Position, mark.Seq, mark.MsgID = pumpEvent(30, 2).Position, 30, pumpID(30)
-			require.NoError(t, w.Save(context.Background(), mark))
-			if tc.forget {
-				stream.Forget()
-			}
-
-			second := newFilledSource(pumpEvents(80, 2), true)
-			cfg := pumpConfig(8)
-			cfg.UncertainWait = time.Second
-			err, m := runPump(t, cfg, second, stream)
-			require.NoError(t, err)
-
-			got := ownIDs(stream)
-			counts := map[string]int{}
-			dups := 0
-			for _, id := range got {
-				counts[id]++
-				if counts[id] == 2 {
-					dups++
+	forEachMode(t, func(t *testing.T, mode publishMode) {
+		for _, tc := range []struct {
+			name string
+			// forget: the server restarted too, losing the last message id
+			// and the duplicate entries of removed messages.
+			forget, dedup bool
+			wantDups      int
+			wantUnverfied float64
+		}{
+			{name: "the last stored id tells exactly which are stored", dedup: false},
+			{name: "the last stored id, duplicate window open", dedup: true},
+			// A restarted server rebuilds its duplicate window from the
+			// messages it holds: removed ones are not in it
+			// (TestJetStreamLastMsgIDRules).
+			{name: "server restarted", forget: true, dedup: true, wantDups: 20, wantUnverfied: 20},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				stream := newFakeStream(t, tc.dedup, false)
+				stream.WorkQueue()
+				first := newFilledSource(pumpEvents(50, 2), true)
+				err, _ := runPump(t, mode.apply(pumpConfig(8)), first, stream)
+				require.NoError(t, err)
+				// The mark was last saved at event 30 (the relay was killed).
+				log := zaptest.NewLogger(t)
+				w := relay.NewWatermark(stream, stream.marks, "OUTBOX", testOrigin, log)
+				mark, _, err := w.Load(context.Background())
+				require.NoError(t, err)
+				mark.Position, mark.Seq, mark.MsgID = pumpEvent(30, 2).Position, 30, pumpID(30)
+				require.NoError(t, w.Save(context.Background(), mark))
+				if tc.forget {
+					stream.Forget()
 				}
-			}
-			assert.Equal(t, pumpIDs(1, 80), slices.Compact(slices.Sorted(slices.Values(got))), "every event stored")
-			assert.Equal(t, tc.wantDups, dups, "events stored twice")
-			assert.Equal(t, tc.wantUnverfied, metricValue(t, m, "outbox_relay_pump_unverified_replays_total"))
-			assertAcked(t, second, pumpIDs(1, 80), 2)
-		})
-	}
+
+				second := newFilledSource(pumpEvents(80, 2), true)
+				cfg := mode.apply(pumpConfig(8))
+				cfg.UncertainWait = time.Second
+				err, m := runPump(t, cfg, second, stream)
+				require.NoError(t, err)
+
+				got := ownIDs(stream)
+				counts := map[string]int{}
+				dups := 0
+				for _, id := range got {
+					counts[id]++
+					if counts[id] == 2 {
+						dups++
+					}
+				}
+				assert.Equal(t, pumpIDs(1, 80), slices.Compact(slices.Sorted(slices.Values(got))), "every event stored")
+				assert.Equal(t, tc.wantDups, dups, "events stored twice")
+				assert.Equal(t, tc.wantUnverfied, metricValue(t, m, "outbox_relay_pump_unverified_replays_total"))
+				assertAcked(t, second, pumpIDs(1, 80), 2)
+			})
+		}
+	})
 }
 
 // A publish the relay gave up on (no PubAck in time) is stored later, after

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -78,6 +79,18 @@ type Config struct {
 	// UncertainWait bounds how long the pump waits for events to arrive
 	// when it must look at the next ones to decide which are stored.
 	UncertainWait time.Duration
+	// Atomic publishes each transaction as one atomic batch, stored whole
+	// or not at all (see publishAtomic); the source must mark the last
+	// event of each transaction (cdc.Event.TxnEnd).
+	Atomic bool
+	// BatchMaxMessages and BatchMaxBytes bound an atomic batch: the
+	// server's max_batch_size, and a share of what the source holds of
+	// events not yet acknowledged (0: no limit on bytes). A transaction
+	// over them follows OnLargeTransaction.
+	BatchMaxMessages int
+	BatchMaxBytes    int64
+	// OnLargeTransaction is LargeTransactionStop or LargeTransactionSplit.
+	OnLargeTransaction string
 }
 
 // Validate reports every problem of c at once, each naming the setting.
@@ -104,6 +117,9 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("on-poison: %q, must be stop or dead-letter", c.OnPoison))
 	}
+	if c.Atomic {
+		errs = append(errs, c.validateAtomic()...)
+	}
 	return errors.Join(errs...)
 }
 
@@ -123,6 +139,13 @@ type inflight struct {
 	waited bool
 	ack    sink.Ack
 	werr   error
+	// An atomic batch's message (Config.Atomic): its place in the batch,
+	// whether it commits the batch, and the poison reason when it is the
+	// event's dead letter.
+	batchSeq   uint64
+	commit     bool
+	split      bool // commits a batch of a transaction too large for one
+	deadLetter *PoisonError
 }
 
 // Pump moves events from a Source to a Publisher.
@@ -168,6 +191,17 @@ type Pump struct {
 	lastMsgID string
 	info      sink.StreamInfo
 	retry     backoff.Backoff
+	// batch is the atomic batch being sent (Config.Atomic); batchMax the
+	// most messages one may hold, lowered when the server says less;
+	// poisoned the events known to be poison, counted once, whose dead
+	// letters take their place in their batches.
+	batch    openBatch
+	batchMax int
+	poisoned map[cdc.Position]*PoisonError
+	// nonce and attempt (the reads of the stream so far) tell a batch sent
+	// again from its earlier copies (see batchID).
+	nonce   uint32
+	attempt uint64
 
 	// progress (Unix nanoseconds) is when an event was last acknowledged.
 	progress atomic.Int64
@@ -197,6 +231,9 @@ func New(src Source, pub Publisher, marks *Watermark, mapper *Mapper, cfg Config
 		window:     newWindow(cfg.Window),
 		windowSize: cfg.Window,
 		ackEvery:   cfg.AckEvery,
+		batchMax:   cfg.BatchMaxMessages,
+		poisoned:   map[cdc.Position]*PoisonError{},
+		nonce:      rand.Uint32(),
 	}
 }
 
@@ -245,9 +282,11 @@ func (p *Pump) Run(ctx context.Context) error {
 		// a whole group fits: refilled one slot at a time, every message
 		// would be the last that fits, and ask for a PubAck.
 		refill := min(max(p.ackEvery, 1), p.windowSize)
-		if free := p.windowSize - p.window.Len(); free == p.windowSize || free >= refill {
-			for p.window.Len() < p.windowSize && p.uncertain == 0 {
-				ev, ok := p.next(ctx, p.window.Len() == 0)
+		// An atomic batch being sent is finished whatever the window: its
+		// messages are stored only with its commit.
+		if free := p.windowSize - p.window.Len(); free == p.windowSize || free >= refill || p.batch.open {
+			for (p.window.Len() < p.windowSize || p.batch.open) && p.uncertain == 0 {
+				ev, ok := p.next(ctx, p.window.Len() == 0 || p.awaitingBatch())
 				if !ok {
 					break
 				}
@@ -262,6 +301,12 @@ func (p *Pump) Run(ctx context.Context) error {
 		if p.window.Len() == 0 {
 			if p.closed && len(p.replay) == 0 && p.uncertain == 0 {
 				return p.stop(ctx, nil)
+			}
+			continue
+		}
+		if p.cfg.Atomic {
+			if err := p.settleBatch(ctx); err != nil {
+				return p.stop(ctx, err)
 			}
 			continue
 		}
@@ -337,6 +382,14 @@ func (p *Pump) stored(ev cdc.Event, seq uint64) {
 	if p.onStored != nil {
 		p.onStored(ev, seq)
 	}
+	if len(p.poisoned) > 0 {
+		delete(p.poisoned, ev.Position)
+	}
+	p.markStored(ev, seq)
+}
+
+// markStored moves the mark to ev, on the stream at seq.
+func (p *Pump) markStored(ev cdc.Event, seq uint64) {
 	if p.mark.IsHole(ev.Position) {
 		p.mark.Holes = removePosition(p.mark.Holes, ev.Position)
 	}
@@ -388,6 +441,9 @@ func (p *Pump) skip(ev cdc.Event) bool {
 	if !p.mark.Stored(ev.Position) {
 		return false
 	}
+	if len(p.poisoned) > 0 {
+		delete(p.poisoned, ev.Position)
+	}
 	p.m.PumpSkipped.Inc()
 	if ce := p.log.Check(zap.DebugLevel, "event already on the stream, skipped"); ce != nil {
 		ce.Write(zap.String("event_id", ev.ID), zap.Stringer("lsn", ev.Position.CommitLSN))
@@ -401,6 +457,9 @@ func (p *Pump) skip(ev cdc.Event) bool {
 func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 	if p.skip(ev) {
 		return nil
+	}
+	if p.cfg.Atomic {
+		return p.publishAtomic(ctx, ev)
 	}
 	msg, err := p.mapper.Message(&ev)
 	if err != nil {
@@ -510,10 +569,16 @@ func (p *Pump) settle(ctx context.Context) bool {
 	return true
 }
 
-// failure is an event the stream does not (provably) hold, and why.
+// failure is an event the stream does not (provably) hold, and why. In the
+// atomic mode own says that err is the event's own message's (a refusal of
+// that message) rather than its batch's, commit marks the last event of its
+// batch, and deadLetter that the message was the event's dead letter.
 type failure struct {
-	ev  cdc.Event
-	err error
+	ev         cdc.Event
+	err        error
+	own        bool
+	commit     bool
+	deadLetter bool
 }
 
 // errUnconfirmed marks a message sent without a PubAck of its own that no
@@ -533,7 +598,11 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 	results := make([]result, p.window.Len())
 	for i := range results {
 		f := p.window.At(i)
-		results[i] = result{covered: f.covered, sent: f.sent, replied: f.waited, ack: f.ack, expect: f.expect, err: f.werr}
+		// A staged message's reply (atomic batches) proves nothing stored.
+		results[i] = result{
+			covered: f.covered, sent: f.sent, replied: f.waited && !f.ack.Staged, ack: f.ack, expect: f.expect, err: f.werr,
+			commit: f.commit,
+		}
 		if !f.sent {
 			results[i].err = f.err
 		}
@@ -541,7 +610,13 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 	if p.order == orderSequence {
 		p.verifyUnknown(ctx, results)
 	}
-	verdict := resolve(results, p.order)
+	var verdict resolution
+	if p.cfg.Atomic {
+		verdict = resolveBatches(results, p.order)
+		p.batch = openBatch{}
+	} else {
+		verdict = resolve(results, p.order)
+	}
 	if verdict.violation != nil {
 		p.window.Clear()
 		return nil, verdict.violation
@@ -553,11 +628,19 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 			lastStored = i
 		}
 	}
-	seqs := landed(results, verdict.fates)
+	var seqs []uint64
+	var causes []error
+	if p.cfg.Atomic {
+		seqs, causes = landedBatches(results, verdict.fates), batchCauses(results)
+	} else {
+		seqs = landed(results, verdict.fates)
+	}
 	for i, fate := range verdict.fates {
 		f := p.window.At(i)
-		switch fate {
-		case fateStored:
+		switch {
+		case fate == fateStored && p.cfg.Atomic:
+			p.storedInBatch(f, seqs[i])
+		case fate == fateStored:
 			seq := seqs[i]
 			if f.waited && f.ack.Duplicate {
 				if err := p.checkDuplicate(ctx, f.ev, f.ack); err != nil {
@@ -571,10 +654,14 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 			if !f.sent {
 				err = f.err
 			}
+			own := err != nil
+			if causes != nil && err == nil {
+				err = causes[i]
+			}
 			if fate == fateUnknown && (err == nil || f.covered) {
 				err = errUnconfirmed
 			}
-			failed = append(failed, failure{ev: f.ev, err: err})
+			failed = append(failed, failure{ev: f.ev, err: err, own: own, commit: f.commit, deadLetter: f.deadLetter != nil})
 		}
 	}
 	if verdict.broken {
@@ -597,7 +684,8 @@ func (p *Pump) collect(ctx context.Context) ([]failure, error) {
 func (p *Pump) verifyUnknown(ctx context.Context, results []result) {
 	for i := range results {
 		res := &results[i]
-		if !res.sent || res.expect == 0 || (res.replied && (res.err == nil || errors.Is(res.err, sink.ErrWrongSequence) || errors.Is(res.err, sink.ErrPermanent))) {
+		if !res.sent || res.expect == 0 || (res.replied && (res.err == nil || errors.Is(res.err, sink.ErrWrongSequence) || errors.Is(res.err, sink.ErrPermanent) ||
+			(res.commit && refusal(res.err)))) {
 			continue
 		}
 		h, found, err := p.marks.log.Header(ctx, res.expect)
@@ -687,6 +775,18 @@ func (p *Pump) recordHoles(ctx context.Context, failed []failure, lastStored int
 			p.stored(f.ev, seq)
 			continue
 		}
+		if p.cfg.Atomic && errors.Is(f.err, sink.ErrBatchDuplicate) {
+			// Its batch was refused for a copy of it the stream may have
+			// removed since (retention): a late copy is no hole.
+			seq, ok, err := p.storedCopy(ctx, f.ev)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				p.stored(f.ev, seq)
+				continue
+			}
+		}
 		rest = append(rest, f)
 		if f.ev.Position.Less(p.mark.Position) {
 			p.mark.Holes = append(p.mark.Holes, f.ev.Position)
@@ -744,6 +844,11 @@ func (p *Pump) retryAfter(ctx context.Context, failed []failure) error {
 	}
 	if len(failed) == 0 {
 		return p.resync(ctx, true)
+	}
+	if p.cfg.Atomic {
+		if handled, err := p.retryAtomic(ctx, failed); handled || err != nil {
+			return err
+		}
 	}
 	cause := failed[0].err
 	if errors.Is(cause, sink.ErrPermanent) {
@@ -803,15 +908,21 @@ func (p *Pump) checkCapture(ctx context.Context, ev cdc.Event) (handled bool, er
 	if serr != nil || sink.Captures(info.Subjects, subject) {
 		return false, nil
 	}
+	reason := &PoisonError{
+		Reason: "no_stream", Detail: fmt.Sprintf("no subject of stream %q captures %q (subjects %v)", p.marks.stream, subject, info.Subjects),
+		ID: ev.ID, Position: ev.Position,
+	}
+	if p.cfg.Atomic {
+		// Dealt with when its batch is sent again (publishAtomic).
+		p.notePoison(ev, reason)
+		return true, p.resync(ctx, true)
+	}
 	// The replay queue starts with ev: take it off, it is poison.
 	p.replay = p.replay[1:]
 	if err := p.resync(ctx, true); err != nil {
 		return true, err
 	}
-	return true, p.poison(ctx, ev, &PoisonError{
-		Reason: "no_stream", Detail: fmt.Sprintf("no subject of stream %q captures %q (subjects %v)", p.marks.stream, subject, info.Subjects),
-		ID: ev.ID, Position: ev.Position,
-	})
+	return true, p.poison(ctx, ev, reason)
 }
 
 func events(failed []failure) []cdc.Event {
@@ -838,6 +949,7 @@ func removePosition(list []cdc.Position, pos cdc.Position) []cdc.Position {
 // cannot continue past another writer's message.
 func (p *Pump) resync(ctx context.Context, untilForeign bool) error {
 	p.m.PumpResyncs.Inc()
+	p.attempt++
 	for {
 		// Only a chain of messages each expecting its predecessor's id
 		// cannot go on past another writer's message.
@@ -875,14 +987,15 @@ func (p *Pump) afterRead(r Reading) {
 	p.uncertain, p.lastMsgID = r.Uncertain, r.LastMsgID
 	if r.Foreign {
 		p.m.PumpStreamShared.Set(1)
-		if r.Info.Replicas > 1 && !p.mark.Shared {
+		// Atomic batches are ordered by sequence arithmetic on any stream.
+		if (r.Info.Replicas > 1 || p.cfg.Atomic) && !p.mark.Shared {
 			p.mark.Shared = true
 			p.log.Warn("the replicated stream holds messages of other writers after the relay's own; publishing one message at a time so none can take an event's place",
 				zap.String("stream", p.marks.stream))
 		}
 	}
 	switch {
-	case r.Info.Replicas <= 1:
+	case r.Info.Replicas <= 1 && !p.cfg.Atomic:
 		p.setOrder(orderChain)
 	case p.mark.Shared || p.cfg.SharedStream:
 		p.setOrder(orderSerial)

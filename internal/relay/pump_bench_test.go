@@ -45,6 +45,9 @@ func (benchLog) Info(context.Context) (sink.StreamInfo, error) {
 
 func (benchLog) Header(context.Context, uint64) (nats.Header, bool, error) { return nil, false, nil }
 func (benchLog) LastMsgID(context.Context, string) (string, error)         { return "", nil }
+func (benchLog) DuplicateOf(context.Context, string, string, bool) (uint64, bool, error) {
+	return 0, false, nil
+}
 
 type benchMarks struct{}
 

@@ -55,6 +55,8 @@ type result struct {
 	// expect is the sequence the message had to land at (0: none).
 	expect uint64
 	err    error
+	// commit marks an atomic batch's commit message (see resolveBatches).
+	commit bool
 }
 
 // resolution is what a settled window proves.
@@ -88,6 +90,8 @@ type resolution struct {
 // Under orderSequence a message stored after one that was refused means
 // that another writer's message, or a late copy of the refused event, took
 // its place (broken): the caller finds out which.
+//
+// Atomic batches have rules of their own: resolveBatches.
 func resolve(results []result, order ordering) resolution {
 	r := resolution{fates: make([]fate, len(results))}
 	segment := 0           // under orderChain, the chain since the last duplicate

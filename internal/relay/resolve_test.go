@@ -91,13 +91,19 @@ func TestResolve(t *testing.T) {
 				results[i] = res
 			}
 			got := resolve(results, tt.order)
-			var fates []string
-			for _, f := range got.fates {
-				fates = append(fates, map[fate]string{fateStored: "s", fateNotStored: "n", fateUnknown: "?"}[f])
-			}
-			assert.Equal(t, tt.fates, strings.Join(fates, " "), "fates")
+			assert.Equal(t, tt.fates, fateString(got.fates), "fates")
 			assert.Equal(t, tt.broken, got.broken, "broken")
 			assert.Equal(t, tt.violation, got.violation != nil, "violation: %v", got.violation)
 		})
 	}
+}
+
+// fateString writes fates as the tables do: s (stored), n (not stored), ?
+// (unknown).
+func fateString(fates []fate) string {
+	var out []string
+	for _, f := range fates {
+		out = append(out, map[fate]string{fateStored: "s", fateNotStored: "n", fateUnknown: "?"}[f])
+	}
+	return strings.Join(out, " ")
 }

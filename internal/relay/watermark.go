@@ -31,6 +31,11 @@ type StreamLog interface {
 	// stored, even if that message was removed since, by publishing to
 	// subject a probe JetStream refuses; one-replica streams only.
 	LastMsgID(ctx context.Context, subject string) (string, error)
+	// DuplicateOf reports whether a message with id is in the stream's
+	// duplicate window, and its sequence, without storing anything, by
+	// publishing to subject (which the stream must capture); replicated
+	// says how to ask (see sink.StreamReader.DuplicateOf).
+	DuplicateOf(ctx context.Context, subject, id string, replicated bool) (uint64, bool, error)
 }
 
 // MarkStore keeps marks where the stream's retention cannot delete them.

@@ -47,6 +47,14 @@ func (w *window) Drop(k int) {
 	}
 }
 
+// DropLast removes the k newest publishes.
+func (w *window) DropLast(k int) {
+	for ; k > 0 && w.n > 0; k-- {
+		*w.At(w.n - 1) = inflight{}
+		w.n--
+	}
+}
+
 // Clear empties the window.
 func (w *window) Clear() { w.Drop(w.n) }
 

@@ -24,6 +24,15 @@ type Config struct {
 	// DeadLetterSubject, when set, must be captured by some stream (this one
 	// or another): poison events are published there.
 	DeadLetterSubject string
+	// Atomic publishes each transaction as an atomic batch: a stream the
+	// relay creates allows them, and preflight refuses a stream that does
+	// not or a server older than MinAtomicServer.
+	Atomic bool
+	// PublishMode is PublishAuto, PublishAsync or PublishBatch; FastBatch,
+	// decided from it and the stream (UsesFastBatch), makes the Sink
+	// publish in fast batches.
+	PublishMode string
+	FastBatch   bool
 	// PublishTimeout bounds the wait for each PubAck.
 	PublishTimeout time.Duration
 	// ConnectTimeout bounds dialing a server; RequestTimeout bounds each
@@ -61,6 +70,11 @@ func (c Config) Validate() error {
 	}
 	if c.CreateStream && len(c.StreamSubjects) == 0 {
 		errs = append(errs, errors.New("stream-subjects: needed to create the stream"))
+	}
+	switch c.PublishMode {
+	case "", PublishAuto, PublishAsync, PublishBatch:
+	default:
+		errs = append(errs, fmt.Errorf("publish-mode: %q, must be auto, async or batch", c.PublishMode))
 	}
 	if c.DuplicateWindow <= 0 {
 		errs = append(errs, fmt.Errorf("duplicate-window: %s, must be positive", c.DuplicateWindow))

@@ -253,6 +253,10 @@ type StreamState struct {
 	// PersistMode is the stream's persist_mode: jetstream.AsyncPersistMode
 	// acknowledges writes before they are stored, and is refused.
 	PersistMode jetstream.PersistModeType
+	// AllowAtomic and AllowBatched are the stream's allow_atomic and
+	// allow_batched; ServerVersion is the connected server's release.
+	AllowAtomic, AllowBatched bool
+	ServerVersion             string
 }
 
 // ErrConfig marks a stream problem only a change of configuration fixes.
@@ -261,7 +265,9 @@ var ErrConfig = errors.New("configuration error")
 // EnsureStream checks that the stream exists and captures every subject in
 // want (which may hold wildcards), creating it when allowed, and that some
 // stream captures cfg.DeadLetterSubject when it is set. It refuses a stream
-// with persist_mode async. It warns when the stream's duplicate window is
+// with persist_mode async. With cfg.Atomic a stream it creates allows atomic
+// batches, and it refuses a stream that does not or a server older than
+// MinAtomicServer. It warns when the stream's duplicate window is
 // short or its acknowledgements are not durable against a host crash.
 // Creating a stream whose subjects overlap another stream's is a
 // configuration error naming the subject and the other stream.
@@ -282,6 +288,9 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 			Storage:    jetstream.FileStorage,
 			Duplicates: cfg.DuplicateWindow,
 			Replicas:   cfg.Replicas,
+
+			AllowAtomicPublish: cfg.Atomic,
+			AllowBatchPublish:  cfg.PublishMode == PublishBatch,
 		})
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStreamSubjectOverlap {
@@ -300,6 +309,7 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 	state := StreamState{
 		Subjects: sc.Subjects, DuplicateWindow: sc.Duplicates, Replicas: sc.Replicas, MaxMsgSize: sc.MaxMsgSize,
 		Created: created, PersistMode: sc.PersistMode,
+		AllowAtomic: sc.AllowAtomicPublish, AllowBatched: sc.AllowBatchPublish, ServerVersion: c.ConnectedServerVersion(),
 	}
 	var missing []string
 	for _, w := range want {
@@ -314,6 +324,16 @@ func (c *Connection) EnsureStream(ctx context.Context, cfg Config, want []string
 	if sc.PersistMode == jetstream.AsyncPersistMode {
 		return state, fmt.Errorf("stream: %q has persist_mode async: the server acknowledges writes before it stores them, so the slot would move past events a NATS restart can lose; "+
 			"recreate the stream without persist_mode (the default) and see the README on durability: %w", cfg.Stream, ErrConfig)
+	}
+	if cfg.PublishMode == PublishBatch {
+		if err := checkFastBatch(cfg.Stream, sc); err != nil {
+			return state, err
+		}
+	}
+	if cfg.Atomic {
+		if err := checkAtomic(cfg.Stream, sc, state.ServerVersion, cfg.DeadLetterSubject); err != nil {
+			return state, err
+		}
 	}
 	if dl := cfg.DeadLetterSubject; dl != "" && !Captures(sc.Subjects, dl) {
 		others, err := Overlaps(ctx, js, []string{dl}, cfg.RequestTimeout)

@@ -13,7 +13,8 @@ import (
 //
 // The server writes PubAcks with encoding/json in one compact shape,
 // {"stream":"S","domain":"D","seq":N,"duplicate":true} with the optional
-// fields left out; decodePubAckFast reads that shape without allocating, and
+// fields left out (an atomic batch's commit adds ,"batch":"B","count":N);
+// decodePubAckFast reads that shape without allocating, and
 // everything else (an error reply, escapes, white space, fields a later
 // server adds) goes through encoding/json.
 func decodePubAck(data []byte, stream string) (Ack, error) {
@@ -36,6 +37,7 @@ type pubAckReply struct {
 	Stream    string              `json:"stream"`
 	Seq       uint64              `json:"seq"`
 	Duplicate bool                `json:"duplicate,omitempty"`
+	Count     uint64              `json:"count,omitempty"`
 }
 
 func decodePubAckSlow(data []byte) (Ack, error) {
@@ -46,14 +48,14 @@ func decodePubAckSlow(data []byte) (Ack, error) {
 	if reply.Error != nil {
 		return Ack{}, reply.Error
 	}
-	return Ack{Stream: reply.Stream, Seq: reply.Seq, Duplicate: reply.Duplicate}, nil
+	return Ack{Stream: reply.Stream, Seq: reply.Seq, Duplicate: reply.Duplicate, Count: reply.Count}, nil
 }
 
 // decodePubAckFast decodes the compact shape, or reports !ok for anything
 // else. It never disagrees with decodePubAckSlow when it reports ok.
 func decodePubAckFast(data []byte, stream string) (Ack, bool) {
 	var ack Ack
-	var seenStream, seenSeq, seenDomain, seenDuplicate bool
+	var seenStream, seenSeq, seenDomain, seenDuplicate, seenBatch, seenCount bool
 	i := 0
 	if len(data) < 2 || data[0] != '{' {
 		return Ack{}, false
@@ -94,6 +96,21 @@ func decodePubAckFast(data []byte, stream string) (Ack, bool) {
 			}
 			seenSeq = true
 			ack.Seq = v
+			i = next
+		case "batch":
+			_, next, ok := plainString(data, i)
+			if !ok || seenBatch {
+				return Ack{}, false
+			}
+			seenBatch = true
+			i = next
+		case "count":
+			v, next, ok := plainUint(data, i)
+			if !ok || seenCount {
+				return Ack{}, false
+			}
+			seenCount = true
+			ack.Count = v
 			i = next
 		case "duplicate":
 			if seenDuplicate {

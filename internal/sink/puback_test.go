@@ -19,6 +19,7 @@ func TestDecodePubAck(t *testing.T) {
 		{`{"stream":"OTHER","seq":1}`, Ack{Stream: "OTHER", Seq: 1}, ""},
 		{` { "stream" : "OUTBOX", "seq" : 3 } `, Ack{Stream: "OUTBOX", Seq: 3}, ""},
 		{`{"stream":"OUT\u0042OX","seq":3,"batch":"x"}`, Ack{Stream: "OUTBOX", Seq: 3}, ""},
+		{`{"stream":"OUTBOX","seq":30,"batch":"b-1","count":10}`, Ack{Stream: "OUTBOX", Seq: 30, Count: 10}, ""},
 		{`{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"},"stream":"OUTBOX","seq":0}`, Ack{}, "wrong last sequence: 5"},
 		{`{"stream":"OUTBOX"}`, Ack{}, "invalid PubAck"},
 		{`{"seq":4}`, Ack{}, "invalid PubAck"},
@@ -64,6 +65,7 @@ func FuzzDecodePubAck(f *testing.F) {
 		`{"stream":"S","domain":"d","seq":1,"duplicate":false}`, `{"seq":01,"stream":"S"}`,
 		`{"stream":"S","seq":1,"stream":"T"}`, `{"stream":"S","seq":1e3}`, `{"Stream":"S","seq":1}`,
 		`{"error":{"code":503},"stream":"S","seq":1}`, `{"stream":"S","seq":18446744073709551616}`,
+		`{"stream":"S","seq":30,"batch":"b","count":10}`, `{"stream":"S","seq":3,"count":1,"count":2}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -41,14 +41,34 @@ type Message struct {
 	// returns a nil Pending, and the next message that asks for one
 	// accounts for it in the metrics when it is stored.
 	NoReply bool
+	// BatchID, when set, makes the message the BatchSeq-th (from 1) of an
+	// atomic batch (Nats-Batch-Id, Nats-Batch-Sequence): JetStream stages
+	// it and stores the batch whole, or none of it, when the message with
+	// BatchCommit (Nats-Batch-Commit) arrives. A staged message asking for a
+	// reply gets an Ack with Staged set; the commit's Ack is the last
+	// message's, with Count the batch's size. Only the batch's first message
+	// may carry an expected last sequence, which JetStream checks at the
+	// commit; an expected last message id is refused in a batch.
+	BatchID     string
+	BatchSeq    uint64
+	BatchCommit bool
+	// BatchEOB, with BatchCommit, commits the batch with a message that is
+	// not stored itself (Nats-Batch-Commit: eob): the batch is the messages
+	// before it.
+	BatchEOB bool
 }
 
 // Ack is JetStream's acknowledgement: the message is stored in Stream at Seq,
 // or was already stored (Duplicate), in which case Seq is the stored copy's.
+// For an atomic batch's message before its commit, Staged says that it was
+// accepted into the batch, nothing stored yet; the commit's Ack is its own
+// message's, the batch's last, and Count the batch's size.
 type Ack struct {
 	Stream    string
 	Seq       uint64
 	Duplicate bool
+	Staged    bool
+	Count     uint64
 }
 
 // Pending is a publish in flight.
@@ -92,6 +112,8 @@ type Sink struct {
 	idValue     [1]string
 	seqValue    [1]string
 	lastIDValue [1]string
+	batchID     [1]string
+	batchSeq    [1]string
 	timer       *time.Timer
 	// disconnects, when set, gives a channel closed at the connection's
 	// next disconnect; discGen counts the disconnects seen. A publish made
@@ -104,6 +126,26 @@ type Sink struct {
 	// since the last that asked for one.
 	unacked      int
 	unackedBytes int
+	// batchBytes sums the payloads of the open atomic batch's messages,
+	// counted as published with its commit; batchNoReply is set while
+	// unacked counts messages of a batch (dropped, never stored, when the
+	// batch is left without a commit).
+	batchBytes   int
+	batchNoReply bool
+
+	// Fast batches (Config.FastBatch; see fastbatch.go): replies come to
+	// fastInbox, batch ids start with fastPrefix and end with fastSeq;
+	// fastOpen is the batch being sent, dropped at a disconnect (counted
+	// by fastDiscGen). fastBatches, guarded by mu, are the batches whose
+	// end is awaited.
+	fast        bool
+	fastInbox   string
+	fastPrefix  string
+	fastSeq     uint64
+	fastSub     *nats.Subscription
+	fastOpen    *fastBatch
+	fastDiscGen uint64
+	fastBatches map[string]*fastBatch
 }
 
 // slotState is where a slot is in its life; slots are reused.
@@ -137,6 +179,16 @@ type slot struct {
 	// before this one: stored when this one is stored where expected.
 	covers      int
 	coversBytes int
+	// staged marks an atomic batch's message before its commit, which the
+	// server answers with an empty reply; batchMsgs and batchBytes are a
+	// commit's batch, stored with it.
+	staged     bool
+	batchMsgs  uint64
+	batchBytes int
+	// fast is the fast batch this slot commits, until resolved (guarded
+	// by sink.mu); fastMsgs its size.
+	fast     *fastBatch
+	fastMsgs uint64
 }
 
 // New builds a Sink publishing over nc. It subscribes to the sink's reply
@@ -160,6 +212,13 @@ func New(nc *nats.Conn, cfg Config, m *metrics.Metrics) (*Sink, error) {
 		return nil, fmt.Errorf("subscribe to publish replies: %w", err)
 	}
 	s.sub = sub
+	if cfg.FastBatch {
+		s.fast = true
+		if err := s.startFastBatches(); err != nil {
+			_ = sub.Unsubscribe()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -194,6 +253,11 @@ func (s *Sink) Close() error {
 	s.unacked, s.unackedBytes = 0, 0
 	if s.sub == nil {
 		return nil
+	}
+	if s.fastSub != nil {
+		if err := s.fastSub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			return err
+		}
 	}
 	err := s.sub.Unsubscribe()
 	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrBadSubscription) {
@@ -231,7 +295,16 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	} else {
 		delete(header, jetstream.ExpectedLastMsgIDHeader)
 	}
+	s.setBatchHeaders(m, header)
 	s.noteDisconnects()
+	if s.fast {
+		return s.publishFast(m, header)
+	}
+	return s.publishOne(m, header)
+}
+
+// publishOne sends m, with header, as a single publish.
+func (s *Sink) publishOne(m Message, header nats.Header) (Pending, error) {
 	if m.NoReply {
 		if err := s.send(m, header, ""); err != nil {
 			return nil, err
@@ -243,10 +316,22 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	}
 	p := s.take()
 	p.started, p.size, p.subject, p.discGen = time.Now(), len(m.Data), m.Subject, s.discGen
+	p.staged = m.BatchID != "" && !m.BatchCommit
+	if m.BatchCommit {
+		p.batchMsgs, p.batchBytes = m.BatchSeq, s.batchBytes
+		if m.BatchEOB {
+			p.batchMsgs--
+		}
+		s.batchBytes = 0
+	}
 	// The messages sent without a reply are settled with this one, or,
-	// should it not be sent, published again by the caller.
-	p.covers, p.coversBytes = s.unacked, s.unackedBytes
-	s.unacked, s.unackedBytes = 0, 0
+	// should it not be sent, published again by the caller. A staged
+	// message settles none: its batch's commit does.
+	p.covers, p.coversBytes = 0, 0
+	if !p.staged {
+		p.covers, p.coversBytes = s.unacked, s.unackedBytes
+		s.unacked, s.unackedBytes, s.batchNoReply = 0, 0, false
+	}
 	s.mu.Lock()
 	p.state = slotInFlight // before sending: the reply may come at once
 	reply := p.reply
@@ -259,6 +344,56 @@ func (s *Sink) Publish(ctx context.Context, m Message) (Pending, error) {
 	s.m.SinkInflight.Inc()
 	return p, nil
 }
+
+// setBatchHeaders sets or clears the atomic batch headers of m, and keeps
+// the open batch's accounting: a batch started while messages of an earlier
+// one wait for a commit that will never come drops them from the in-flight
+// count.
+func (s *Sink) setBatchHeaders(m Message, header nats.Header) {
+	if m.BatchID == "" {
+		delete(header, headerBatchID)
+		delete(header, headerBatchSeq)
+		delete(header, headerBatchCommit)
+		return
+	}
+	if m.BatchSeq <= 1 {
+		if s.batchNoReply {
+			s.m.SinkInflight.Sub(float64(s.unacked))
+			s.unacked, s.unackedBytes, s.batchNoReply = 0, 0, false
+		}
+		s.batchBytes = 0
+	}
+	s.batchBytes += len(m.Data)
+	if m.NoReply {
+		s.batchNoReply = true
+	}
+	s.batchID[0] = m.BatchID
+	s.batchSeq[0] = strconv.FormatUint(m.BatchSeq, 10)
+	header[headerBatchID] = s.batchID[:]
+	header[headerBatchSeq] = s.batchSeq[:]
+	switch {
+	case m.BatchEOB:
+		header[headerBatchCommit] = eobValue
+	case m.BatchCommit:
+		header[headerBatchCommit] = commitValue
+	default:
+		delete(header, headerBatchCommit)
+	}
+}
+
+// Atomic batch headers (ADR-50).
+const (
+	headerBatchID     = "Nats-Batch-Id"
+	headerBatchSeq    = "Nats-Batch-Sequence"
+	headerBatchCommit = "Nats-Batch-Commit"
+)
+
+// commitValue and eobValue are Nats-Batch-Commit's values for a commit that
+// stores its own message too and for one that does not. Never written to.
+var (
+	commitValue = []string{"1"}
+	eobValue    = []string{"eob"}
+)
 
 // send writes m to the connection with header and reply (none when empty).
 // The message struct is reused: the client encodes it before returning.
@@ -295,8 +430,10 @@ func (s *Sink) replySubject(p *slot) string {
 func (s *Sink) release(p *slot) {
 	s.mu.Lock()
 	p.state, p.ack, p.err = slotFree, Ack{}, nil
+	p.fast = nil
 	s.mu.Unlock()
 	p.subject = ""
+	p.staged, p.batchMsgs, p.batchBytes, p.fastMsgs = false, 0, 0, 0
 	s.free = append(s.free, p)
 }
 
@@ -307,10 +444,17 @@ func (s *Sink) onReply(msg *nats.Msg) {
 	if !ok {
 		return
 	}
-	ack, err := decodeReply(msg, s.cfg.Stream)
 	s.mu.Lock()
 	if index < len(s.slots) {
 		if p := s.slots[index]; p.gen == gen && p.state == slotInFlight {
+			var ack Ack
+			var err error
+			if p.staged && len(msg.Data) == 0 && msg.Header.Get("Status") == "" {
+				// Taken into its batch; stored with the commit.
+				ack = Ack{Stream: s.cfg.Stream, Staged: true}
+			} else {
+				ack, err = decodeReply(msg, s.cfg.Stream)
+			}
 			p.ack, p.err, p.state = ack, err, slotResolved
 			select {
 			case s.resolved <- struct{}{}:
@@ -365,15 +509,25 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			ack, err := p.ack, p.err
 			s.mu.Unlock()
 			subject, started, size, covers, coversBytes := p.subject, p.started, p.size, p.covers, p.coversBytes
+			batchMsgs, batchBytes, fastMsgs := p.batchMsgs, p.batchBytes, p.fastMsgs
 			s.release(p)
 			s.m.SinkInflight.Sub(float64(1 + covers))
 			if err != nil {
 				return Ack{}, s.fail(fmt.Errorf("publish to %q: %w", subject, err))
 			}
 			s.m.SinkPublishDuration.Observe(now.Sub(started).Seconds())
-			if ack.Duplicate {
+			if fastMsgs > 1 {
+				s.m.SinkFastBatches.Inc()
+			}
+			switch {
+			case ack.Staged:
+			case batchMsgs > 0:
+				// The whole batch is stored with its commit.
+				s.m.SinkPublished.Add(float64(batchMsgs))
+				s.m.SinkPublishedBytes.Add(float64(batchBytes))
+			case ack.Duplicate:
 				s.m.SinkDuplicates.Inc()
-			} else {
+			default:
 				// Those sent without a reply before it are counted with
 				// it; should it not be where they expected it, they are
 				// published again and counted then as well.
@@ -392,6 +546,9 @@ func (p *slot) Wait(ctx context.Context) (Ack, error) {
 			// not resolve the slot's next publish.
 			p.gen++
 			p.reply = s.replySubject(p)
+			if p.fast != nil {
+				delete(s.fastBatches, p.fast.id)
+			}
 			s.mu.Unlock()
 			subject, covers := p.subject, p.covers
 			s.release(p)
@@ -438,6 +595,35 @@ var ErrPermanent = errors.New("permanent publish failure")
 // failed, or someone else wrote to the stream.
 var ErrWrongSequence = errors.New("stream last sequence not as expected")
 
+// ErrBatchDuplicate marks an atomic batch JetStream refused whole because a
+// message id in it is in the stream's duplicate window, or twice in the
+// batch. The server does not say which.
+var ErrBatchDuplicate = errors.New("atomic batch holds a message id already stored")
+
+// ErrBatchTooLarge marks an atomic batch with more messages than the
+// server's max_batch_size; BatchLimit reads the limit from the error.
+var ErrBatchTooLarge = errors.New("atomic batch larger than the server allows")
+
+// ErrBatchUnsupported marks an atomic batch the stream will not take as the
+// relay sends it (atomic publishing turned off on the stream, say): no retry
+// helps.
+var ErrBatchUnsupported = errors.New("atomic batch refused by the stream")
+
+// BatchLimit returns the server's largest atomic batch named by an error
+// wrapping ErrBatchTooLarge ("atomic publish batch is too large: 1000").
+func BatchLimit(err error) (int, bool) {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeBatchTooLarge {
+		return 0, false
+	}
+	_, text, ok := strings.Cut(apiErr.Description, ": ")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(text))
+	return n, err == nil && n > 0
+}
+
 // Classify names the kind of a publish error (a label of
 // outbox_relay_sink_publish_errors_total) and returns ErrPermanent,
 // ErrWrongSequence or nil for a transient failure.
@@ -446,12 +632,20 @@ func Classify(err error) (kind string, class error) {
 	switch {
 	case errors.Is(err, nats.ErrMaxPayload):
 		return "too_large", ErrPermanent
+	case errors.Is(err, errBatchEnded):
+		return "wrong_sequence", ErrWrongSequence
 	case errors.As(err, &apiErr):
 		switch apiErr.ErrorCode {
 		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, errCodeWrongLastMsgID:
 			return "wrong_sequence", ErrWrongSequence
 		case errCodeMessageSizeExceedsMaximum, errCodeHeaderSizeExceedsMaximum:
 			return "too_large", ErrPermanent
+		case errCodeBatchDuplicate:
+			return "server", ErrBatchDuplicate
+		case errCodeBatchTooLarge:
+			return "server", ErrBatchTooLarge
+		case errCodeAtomicDisabled, errCodeBatchUnsupportedHeader, errCodeBatchInvalidID, errCodeBatchInvalidCommit:
+			return "server", ErrBatchUnsupported
 		}
 		return "server", nil
 	case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
@@ -474,4 +668,23 @@ const (
 	// errCodeHeaderSizeExceedsMaximum is JSStreamHeaderExceedsMaximumErr:
 	// a header block over 64 KiB, whatever max_payload allows.
 	errCodeHeaderSizeExceedsMaximum jetstream.ErrorCode = 10097
+)
+
+// JetStream's error codes for atomic batches (nats-server 2.12+).
+const (
+	// errCodeAtomicDisabled is JSAtomicPublishDisabledErr: the stream does
+	// not allow atomic publishing.
+	errCodeAtomicDisabled jetstream.ErrorCode = 10174
+	// errCodeBatchUnsupportedHeader is
+	// JSAtomicPublishUnsupportedHeaderBatchErr (Nats-Expected-Last-Msg-Id).
+	errCodeBatchUnsupportedHeader jetstream.ErrorCode = 10177
+	// errCodeBatchInvalidID is JSAtomicPublishInvalidBatchIDErr: over 64
+	// characters.
+	errCodeBatchInvalidID jetstream.ErrorCode = 10179
+	// errCodeBatchTooLarge is JSAtomicPublishTooLargeBatchErrF.
+	errCodeBatchTooLarge jetstream.ErrorCode = 10199
+	// errCodeBatchInvalidCommit is JSAtomicPublishInvalidBatchCommitErr.
+	errCodeBatchInvalidCommit jetstream.ErrorCode = 10200
+	// errCodeBatchDuplicate is JSAtomicPublishContainsDuplicateMessageErr.
+	errCodeBatchDuplicate jetstream.ErrorCode = 10201
 )

@@ -22,9 +22,16 @@ import (
 // Sink over that connection.
 func testSink(t *testing.T, publishTimeout time.Duration, maxMsgSize int32, opts ...testenv.NATSOption) (*Sink, *Connection, *testenv.NATS) {
 	t.Helper()
+	s, conn, ns, _ := testSinkMode(t, PublishAsync, publishTimeout, maxMsgSize, opts...)
+	return s, conn, ns
+}
+
+// testSinkMode is testSink with a publish mode, returning the metrics too.
+func testSinkMode(t *testing.T, mode string, publishTimeout time.Duration, maxMsgSize int32, opts ...testenv.NATSOption) (*Sink, *Connection, *testenv.NATS, *metrics.Metrics) {
+	t.Helper()
 	ns := testenv.StartNATS(t, opts...)
 	cfg := validConfig()
-	cfg.NATSURL, cfg.CreateStream, cfg.PublishTimeout = ns.URL(), true, publishTimeout
+	cfg.NATSURL, cfg.CreateStream, cfg.PublishTimeout, cfg.PublishMode = ns.URL(), true, publishTimeout, mode
 	log := zap.NewNop()
 	m := metrics.New("test", "test")
 	conn, err := Connect(cfg, log, m)
@@ -32,8 +39,9 @@ func testSink(t *testing.T, publishTimeout time.Duration, maxMsgSize int32, opts
 	t.Cleanup(conn.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = conn.EnsureStream(ctx, cfg, []string{"outbox.>"}, log)
+	state, err := conn.EnsureStream(ctx, cfg, []string{"outbox.>"}, log)
 	require.NoError(t, err)
+	cfg.FastBatch = UsesFastBatch(cfg.PublishMode, state)
 	if maxMsgSize > 0 {
 		stream, err := conn.JetStream.Stream(ctx, cfg.Stream)
 		require.NoError(t, err)
@@ -45,7 +53,7 @@ func testSink(t *testing.T, publishTimeout time.Duration, maxMsgSize int32, opts
 	s, err := New(conn.Conn, cfg, m)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
-	return s, conn, ns
+	return s, conn, ns, m
 }
 
 func waitAck(t *testing.T, p Pending) (Ack, error) {
