@@ -154,10 +154,8 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		return nil, err
 	}
 	slot, err := retry(ctx, log, "postgres preflight", cfg, func() (cdc.SlotState, error) {
-		return cdc.Preflight(ctx, cfg.cdc, log.Named("cdc"), func(systemID, database string) error {
-			return slotNeverExisted(ctx, relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin(systemID, database, cfg.cdc.Slot), log.Named("pump")))
-		})
-	}, cdc.ErrConfig, cdc.ErrSlot)
+		return preflight(ctx, cfg, log, m, nc, stream, streamLog, store)
+	}, cdc.ErrConfig, cdc.ErrSlot, relay.ErrPoison)
 	if err != nil {
 		return nil, err
 	}

@@ -436,6 +436,11 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	if err := printTimeline(ctx, cfg, nc, ours, mark.Position.CommitLSN, out); err != nil {
 		problems = append(problems, err)
 	}
+	if store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout); err != nil {
+		problems = append(problems, err)
+	} else if err := printSnapshot(ctx, store, cfg.sink.Stream, ours, out); err != nil {
+		problems = append(problems, err)
+	}
 	if (reading.Recorded || !mark.Position.IsZero()) && !slot.Exists {
 		problems = append(problems, fmt.Errorf("the relay published events of slot %q, which no longer exists: it was dropped; see the README's slot recovery section", cfg.cdc.Slot))
 	}

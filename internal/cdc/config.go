@@ -71,6 +71,11 @@ type Config struct {
 	// AcceptPublication is the Digest of a publication fingerprint the
 	// operator acknowledged after a change (ReconcilePublication).
 	AcceptPublication string
+	// ExportSnapshot makes Preflight create a missing slot on a replication
+	// connection that exports the snapshot of its consistent point, and
+	// hand it back open (SlotState.Snapshot): the initial snapshot reads
+	// the rows committed before the slot in it.
+	ExportSnapshot bool
 }
 
 // identifierPattern accepts what the relay will put unquoted into replication
