@@ -188,7 +188,7 @@ func TestInitialSnapshotKilledMidwayStartsOver(t *testing.T) {
 
 // TestInitialSnapshotRefusesABadCondition: a where: condition that is not
 // one boolean expression over the outbox's columns stops the relay before it
-// creates its slot, naming the setting.
+// creates its slot, naming the setting; relay check reports it too.
 func TestInitialSnapshotRefusesABadCondition(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -199,4 +199,12 @@ func TestInitialSnapshotRefusesABadCondition(t *testing.T) {
 	require.Contains(t, r.LogText(), `initial-snapshot: "sent_at IS NULL" is not one boolean expression over the columns of "public"."events"`)
 	require.Contains(t, r.LogText(), `column "sent_at" does not exist`)
 	require.Empty(t, f.slotConfirmed(t), "no slot was created")
+
+	code, out := runCommand(t, f.bin, f.env("RELAY_INITIAL_SNAPSHOT", "where:sent_at IS NULL"), "check")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, unescaped(out), `initial-snapshot: "sent_at IS NULL" is not one boolean expression`)
+	f.pg.Exec(t, f.db, `ALTER TABLE events ADD COLUMN sent_at timestamptz`)
+	code, out = runCommand(t, f.bin, f.env("RELAY_INITIAL_SNAPSHOT", "where:sent_at IS NULL"), "check")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "initial snapshot: the rows where:sent_at IS NULL selects are published when relay run creates the slot")
 }

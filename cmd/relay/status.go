@@ -225,6 +225,13 @@ func checkSlot(ctx context.Context, cfg *config, nc *sink.Connection, stream *pl
 		if err := slotMayBeCreated(ctx, cfg, nc, origin); err != nil {
 			r.overrule(fmt.Sprintf("slot %q: missing", cfg.cdc.Slot), err)
 		}
+		if cfg.snapshot.enabled() {
+			if err := cdc.CheckSelection(ctx, cfg.cdc, cfg.snapshot.selection(time.Now()), "initial-snapshot"); err != nil {
+				r.fail(err)
+			} else {
+				r.ok(fmt.Sprintf("initial snapshot: the rows %s selects are published when relay run creates the slot", cfg.snapshot.text))
+			}
+		}
 		return
 	}
 	if stream == nil {
