@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"io"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -207,4 +209,43 @@ func TestInitialSnapshotRefusesABadCondition(t *testing.T) {
 	code, out = runCommand(t, f.bin, f.env("RELAY_INITIAL_SNAPSHOT", "where:sent_at IS NULL"), "check")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "initial snapshot: the rows where:sent_at IS NULL selects are published when relay run creates the slot")
+}
+
+// TestInitialSnapshotSetting: --initial-snapshot parses into the selection
+// it names, and a bad value is a configuration error naming the setting.
+func TestInitialSnapshotSetting(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		value   string
+		enabled bool
+		since   time.Time
+		where   string
+		problem string
+	}{
+		{value: "none"},
+		{value: "all", enabled: true},
+		{value: "since:2026-11-01T00:00:00Z", enabled: true, since: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)},
+		{value: "since:168h", enabled: true, since: now.Add(-168 * time.Hour)},
+		{value: "where:sent_at IS NULL", enabled: true, where: "sent_at IS NULL"},
+		{value: "where:a = 'b:c'", enabled: true, where: "a = 'b:c'"},
+		{value: "everything", problem: "must be none, all, since:<time or duration> or where:<SQL condition>"},
+		{value: "all:1", problem: "all takes no argument"},
+		{value: "since:yesterday", problem: "since: takes an RFC 3339 time"},
+		{value: "since:-1h", problem: "since: takes an RFC 3339 time"},
+		{value: "where: ", problem: "where: takes an SQL condition"},
+	}
+	for _, tt := range tests {
+		env := map[string]string{"RELAY_POSTGRES_URL": "postgres://relay@db/app", "RELAY_NATS_URL": "nats://nats:4222", "RELAY_INITIAL_SNAPSHOT": tt.value}
+		cfg, err := parseConfig("run", nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, io.Discard)
+		if tt.problem != "" {
+			require.ErrorContains(t, err, "initial-snapshot: "+strconv.Quote(tt.value)+", "+tt.problem, tt.value)
+			continue
+		}
+		require.NoError(t, err, tt.value)
+		require.Equal(t, tt.enabled, cfg.snapshot.enabled(), tt.value)
+		sel := cfg.snapshot.selection(now)
+		require.True(t, tt.since.Equal(sel.Since), "%s: since %s", tt.value, sel.Since)
+		require.Equal(t, tt.where, sel.Where, tt.value)
+	}
 }
