@@ -227,17 +227,18 @@ func runRecover(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 		slot.Close()
 		return fmt.Errorf("slot %q starts at %s, not after the last position published %s: %w", cfg.cdc.Slot, slot.ConsistentPoint, mark.Position, cdc.ErrDiverged)
 	}
-	onStream, removed, err := streamIDs(ctx, streamLog, []string{previous, current}, since.Add(-cfg.recoverMaxTxnAge))
-	if err != nil {
-		slot.Close()
-		return err
-	}
+	// The snapshot is imported first: the exporting connection must not
+	// wait long.
 	scan, err := slot.Scan(ctx, cdc.Selection{Since: since})
+	slot.Close()
 	if err != nil {
-		slot.Close()
 		return err
 	}
 	defer scan.Close()
+	onStream, removed, err := streamIDs(ctx, streamLog, []string{previous, current}, since.Add(-cfg.recoverMaxTxnAge))
+	if err != nil {
+		return err
+	}
 	if removed > 0 {
 		fmt.Fprintf(out, "warning: the stream's retention removed %d messages the comparison needed; a row among them published again is dropped by JetStream within its duplicate window, and stored twice outside it\n", removed)
 	}

@@ -188,8 +188,10 @@ func publishInitialSnapshot(ctx context.Context, cfg *config, log *zap.Logger, m
 	if err != nil {
 		return err
 	}
-	var onStream map[string]bool
-	if last := reading.Mark; !last.Position.IsZero() {
+	last := reading.Mark
+	resumed := !last.Position.IsZero()
+	var since time.Time
+	if resumed {
 		if seam <= last.Position.CommitLSN {
 			return fmt.Errorf("slot %q starts at %s, not after the last position published %s: %w", cfg.cdc.Slot, slot.ConsistentPoint, last.Position, cdc.ErrDiverged)
 		}
@@ -197,10 +199,20 @@ func publishInitialSnapshot(ctx context.Context, cfg *config, log *zap.Logger, m
 		if err != nil {
 			return err
 		}
-		since := anchor.Add(-cfg.recoverMaxTxnAge)
+		since = anchor.Add(-cfg.recoverMaxTxnAge)
 		if since.After(sel.Since) {
 			sel.Since = since
 		}
+	}
+	// The snapshot is imported first: the exporting connection must not
+	// wait long.
+	scan, err := slot.Scan(ctx, sel)
+	if err != nil {
+		return err
+	}
+	defer scan.Close()
+	var onStream map[string]bool
+	if resumed {
 		var removed int
 		if onStream, removed, err = streamIDs(ctx, streamLog, []string{marks.Origin()}, since); err != nil {
 			return err
@@ -212,11 +224,6 @@ func publishInitialSnapshot(ctx context.Context, cfg *config, log *zap.Logger, m
 				zap.Int("removed", removed))
 		}
 	}
-	scan, err := slot.Scan(ctx, sel)
-	if err != nil {
-		return err
-	}
-	defer scan.Close()
 	total := scan.Total()
 	m.SnapshotSelectedRows.Set(float64(total))
 	m.SnapshotDoneRows.Set(0)
