@@ -200,9 +200,7 @@ func publishInitialSnapshot(ctx context.Context, cfg *config, log *zap.Logger, m
 			return err
 		}
 		since = anchor.Add(-cfg.recoverMaxTxnAge)
-		if since.After(sel.Since) {
-			sel.Since = since
-		}
+		sel.PublishedBefore = since
 	}
 	// The snapshot is imported first: the exporting connection must not
 	// wait long.
@@ -218,7 +216,7 @@ func publishInitialSnapshot(ctx context.Context, cfg *config, log *zap.Logger, m
 			return err
 		}
 		log.Info("initial snapshot resumes after the last event published", zap.String("event_id", last.MsgID),
-			zap.Uint64("stream_seq", last.Seq), zap.Time("since", sel.Since))
+			zap.Uint64("stream_seq", last.Seq), zap.Time("since", since))
 		if removed > 0 {
 			log.Warn("the stream's retention removed messages the snapshot compares with; a row among them is published again, and stored twice outside the duplicate window",
 				zap.Int("removed", removed))

@@ -105,15 +105,23 @@ type Selection struct {
 	// table's columns that a row must satisfy, such as a polling outbox's
 	// "sent_at IS NULL".
 	Where string
+	// PublishedBefore, unless zero, leaves out the rows created before it,
+	// which an earlier attempt published; unlike Since it keeps the rows
+	// without a creation time, which sort last.
+	PublishedBefore time.Time
 }
 
-// where renders sel as a WHERE clause whose first parameter is Since.
+// where renders sel as a WHERE clause with its parameters.
 func (sel Selection) where(created string) (string, []any) {
 	var conds []string
 	var args []any
 	if !sel.Since.IsZero() {
-		conds = append(conds, created+" >= $1")
 		args = append(args, sel.Since)
+		conds = append(conds, created+" >= $"+strconv.Itoa(len(args)))
+	}
+	if !sel.PublishedBefore.IsZero() {
+		args = append(args, sel.PublishedBefore)
+		conds = append(conds, "("+created+" IS NULL OR "+created+" >= $"+strconv.Itoa(len(args))+")")
 	}
 	if sel.Where != "" {
 		conds = append(conds, "("+sel.Where+")")

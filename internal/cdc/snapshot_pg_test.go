@@ -16,8 +16,9 @@ import (
 // TestScanReadsTheSlotsSnapshotInChunks: against PostgreSQL, a Scan of a
 // slot's exported snapshot returns exactly the rows committed before the
 // slot that the selection picks (every row, rows created since a time, rows
-// matching a condition), none committed after it, in created_at order (rows
-// of a transaction in insertion order), in chunks of at most 1000 rows, and
+// matching a condition, rows not published by an earlier attempt), none
+// committed after it, in created_at order (rows of a transaction in
+// insertion order, rows without created_at last), in chunks of at most 1000 rows, and
 // smaller ones when the rows are large for --event-buffer-bytes (the first
 // chunk, read before any row's size is known, is small).
 func TestScanReadsTheSlotsSnapshotInChunks(t *testing.T) {
@@ -29,7 +30,7 @@ func TestScanReadsTheSlotsSnapshotInChunks(t *testing.T) {
 		CREATE PUBLICATION outbox_pub FOR TABLE outbox WITH (publish = 'insert', publish_via_partition_root = true)`)
 	// 2500 rows a millisecond apart, inserted in reverse of their creation
 	// order; every tenth one sent; one transaction of three rows sharing
-	// created_at; five rows from 2020.
+	// created_at; five rows from 2020; two without created_at.
 	pg.Exec(t, "app", `INSERT INTO outbox SELECT gen_random_uuid(), 'order', i::text, 'created', jsonb_build_object('i', i), NULL,
 		'2026-01-01T00:00:00Z'::timestamptz + i * interval '1 millisecond', CASE WHEN i % 10 = 0 THEN now() END
 		FROM generate_series(2500, 1, -1) AS i`)
@@ -37,6 +38,8 @@ func TestScanReadsTheSlotsSnapshotInChunks(t *testing.T) {
 		FROM generate_series(1, 3) AS i`)
 	pg.Exec(t, "app", `INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'old-' || i, 'created', '{}', NULL, '2020-01-01T00:00:00Z'::timestamptz + i * interval '1 second', NULL
 		FROM generate_series(1, 5) AS i`)
+	pg.Exec(t, "app", `INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'null-' || i, 'created', '{}', NULL, NULL, NULL
+		FROM generate_series(1, 2) AS i`)
 	expected := func(where string) []string {
 		conn := pg.Connect(t, "app")
 		rows, err := conn.Query(context.Background(), `SELECT aggregate_id FROM outbox `+where+` ORDER BY created_at, xmin::text::bigint, ctid`)
@@ -58,9 +61,13 @@ func TestScanReadsTheSlotsSnapshotInChunks(t *testing.T) {
 		bufferBytes int64
 		chunks      []int
 	}{
-		{name: "all", where: ``, chunks: []int{16, 1000, 1000, 492}},
+		{name: "all", where: ``, chunks: []int{16, 1000, 1000, 494}},
 		{name: "since", sel: Selection{Since: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, where: `WHERE created_at >= '2026-01-01T00:00:00Z'`, chunks: []int{16, 1000, 1000, 487}},
-		{name: "where", sel: Selection{Where: "sent_at IS NULL"}, where: `WHERE sent_at IS NULL`, chunks: []int{16, 1000, 1000, 242}},
+		{name: "where", sel: Selection{Where: "sent_at IS NULL"}, where: `WHERE sent_at IS NULL`, chunks: []int{16, 1000, 1000, 244}},
+		{
+			name: "published before", sel: Selection{PublishedBefore: time.Date(2026, 1, 1, 0, 0, 2, 0, time.UTC)},
+			where: `WHERE created_at IS NULL OR created_at >= '2026-01-01T00:00:02Z'`, chunks: []int{16, 487},
+		},
 		{
 			name: "since and where", sel: Selection{Since: time.Date(2026, 1, 1, 0, 0, 2, 0, time.UTC), Where: "sent_at IS NULL"},
 			where: `WHERE created_at >= '2026-01-01T00:00:02Z' AND sent_at IS NULL`, chunks: []int{16, 434},
