@@ -48,6 +48,10 @@ type config struct {
 	logFormat      string
 	stallTimeout   time.Duration
 
+	// snapshot is --initial-snapshot.
+	snapshot     snapshotSetting
+	snapshotText string
+
 	// relay recover only.
 	recoverPreviousSlot string
 	recoverMaxTxnAge    time.Duration
@@ -91,6 +95,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.cdc.Slot, "slot", "outbox_relay", "logical replication slot")
 	b(&c.cdc.CreatePublication, "create-publication", true, "create the publication when missing")
 	b(&c.cdc.CreateSlot, "create-slot", true, "create the slot when missing (never when the stream shows the slot was dropped)")
+	s(&c.snapshotText, "initial-snapshot", "none", "when the relay creates its slot, first publish the rows already in the table: none, all, since:<RFC 3339 time or duration> (rows created since), or where:<SQL condition> (e.g. where:sent_at IS NULL, moving from a polling outbox); see the README's adopting an existing table")
 	b(&c.cdc.FailoverSlot, "failover-slot", false, "create the slot as a failover slot that survives a failover to a standby (PostgreSQL 17+)")
 	d(&c.cdc.StatusInterval, "status-interval", 2*time.Second, "how often the confirmed position is reported to PostgreSQL; keep below wal_sender_timeout")
 	d(&c.cdc.ConnectTimeout, "connect-timeout", 10*time.Second, "timeout for connecting to PostgreSQL")
@@ -156,7 +161,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 
 	// relay recover
 	s(&c.recoverPreviousSlot, "recover-previous-slot", "", "relay recover: the slot whose events the stream holds, when the slot to create is given another name (after a failover to a standby that lacked published WAL) (default: --slot)")
-	d(&c.recoverMaxTxnAge, "recover-max-transaction-age", time.Hour, "relay recover: the longest an outbox transaction stays open; rows created up to this long before the last event published are compared with the stream")
+	d(&c.recoverMaxTxnAge, "recover-max-transaction-age", time.Hour, "relay recover, and an initial snapshot started over: the longest an outbox transaction stays open; rows created up to this long before the last event published are compared with the stream")
 
 	// CloudEvents
 	b(&c.cloudEvents, "cloudevents", false, "publish each event as a CloudEvent in binary content mode, per the CloudEvents NATS protocol binding (ce-* headers, the payload as the data)")
@@ -308,6 +313,11 @@ func (c *config) finish() error {
 	if c.stallTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("stall-timeout: %s, must be positive", c.stallTimeout))
 	}
+	snapshot, err := parseSnapshotSetting(c.snapshotText)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.snapshot = snapshot
 	if c.recoverPreviousSlot == "" {
 		c.recoverPreviousSlot = c.cdc.Slot
 	}

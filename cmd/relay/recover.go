@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
@@ -40,21 +41,42 @@ func recoveryKey(stream, origin string) string { return "recovering." + relay.Ma
 
 // recoveryRecord is what the marker says.
 type recoveryRecord struct {
+	// Kind is empty for relay recover, snapshotKind for an initial
+	// snapshot.
+	Kind    string    `json:"kind,omitempty"`
 	Slot    string    `json:"slot"`
 	Since   time.Time `json:"since"`
 	Started time.Time `json:"started"`
+	// An initial snapshot's setting and progress.
+	Selection string    `json:"selection,omitempty"`
+	Selected  int64     `json:"selected,omitempty"`
+	Done      int64     `json:"done,omitempty"`
+	Updated   time.Time `json:"updated,omitempty"`
+}
+
+// loadRecovery reads the marker at key, if any.
+func loadRecovery(ctx context.Context, store *sink.StateStore, key string) (recoveryRecord, bool, error) {
+	var rec recoveryRecord
+	data, ok, err := store.Load(ctx, key)
+	if err != nil || !ok {
+		return rec, false, err
+	}
+	_ = json.Unmarshal(data, &rec) // what matters most is the marker's presence
+	return rec, true, nil
 }
 
 // recoveryFinished refuses to relay origin's events while a `relay recover`
-// that created the slot has not finished: the rows it was to publish are not
-// on the stream, and the slot would go on past them.
+// or an initial snapshot that created the slot has not finished: the rows it
+// was to publish are not on the stream, and the slot would go on past them.
 func recoveryFinished(ctx context.Context, store *sink.StateStore, stream, origin string) error {
-	data, ok, err := store.Load(ctx, recoveryKey(stream, origin))
+	rec, ok, err := loadRecovery(ctx, store, recoveryKey(stream, origin))
 	if err != nil || !ok {
 		return err
 	}
-	var rec recoveryRecord
-	_ = json.Unmarshal(data, &rec) // the message needs no more than the marker's presence
+	if rec.Kind == snapshotKind {
+		return fmt.Errorf("initial-snapshot: the initial snapshot (%s) of slot %q, started %s, did not finish; streaming from the slot now would skip the rows it was to publish. Run the relay with --initial-snapshot=%s: it drops that slot and starts over: %w",
+			rec.Selection, rec.Slot, rec.Started.Format(time.RFC3339), rec.Selection, cdc.ErrSlot)
+	}
 	return fmt.Errorf("slot: relay recover created slot %q (started %s) and did not finish publishing the rows the stream lacks; streaming from the slot now would skip them. Run relay recover again: it drops that slot and starts over: %w",
 		rec.Slot, rec.Started.Format(time.RFC3339), cdc.ErrSlot)
 }
@@ -121,9 +143,12 @@ func runRecover(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
 	marks := relay.NewWatermark(streamLog, store, cfg.sink.Stream, current, log.Named("pump"))
 	key := recoveryKey(cfg.sink.Stream, current)
-	_, unfinished, err := store.Load(ctx, key)
+	rec, unfinished, err := loadRecovery(ctx, store, key)
 	if err != nil {
 		return err
+	}
+	if unfinished && rec.Kind == snapshotKind {
+		return recoveryFinished(ctx, store, cfg.sink.Stream, current)
 	}
 	exists, err := cdc.SlotExists(ctx, cfg.cdc)
 	if err != nil {
@@ -202,31 +227,27 @@ func runRecover(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 		slot.Close()
 		return fmt.Errorf("slot %q starts at %s, not after the last position published %s: %w", cfg.cdc.Slot, slot.ConsistentPoint, mark.Position, cdc.ErrDiverged)
 	}
-	rows, err := slot.Rows(ctx, since)
+	// The snapshot is imported first: the exporting connection must not
+	// wait long.
+	scan, err := slot.Scan(ctx, cdc.Selection{Since: since})
 	slot.Close()
 	if err != nil {
 		return err
 	}
+	defer scan.Close()
 	onStream, removed, err := streamIDs(ctx, streamLog, []string{previous, current}, since.Add(-cfg.recoverMaxTxnAge))
 	if err != nil {
 		return err
 	}
-	var gap []cdc.Event
-	for _, ev := range rows {
-		if !onStream[ev.ID] {
-			ev.Position = cdc.Position{CommitLSN: seam, Index: uint32(len(gap))}
-			ev.CommitTime = time.Now()
-			gap = append(gap, ev)
-		}
-	}
-	fmt.Fprintf(out, "outbox rows created since %s and committed before the slot: %d, on the stream: %d, to publish: %d\n",
-		since.Format(time.RFC3339Nano), len(rows), len(rows)-len(gap), len(gap))
 	if removed > 0 {
 		fmt.Fprintf(out, "warning: the stream's retention removed %d messages the comparison needed; a row among them published again is dropped by JetStream within its duplicate window, and stored twice outside it\n", removed)
 	}
-	if err := publishGap(ctx, cfg, nc, stream, marks, log, gap); err != nil {
+	src, err := publishScan(ctx, cfg, nc, stream, marks, database, log, metrics.New(version, commit), scan, seam, onStream, nil)
+	if err != nil {
 		return err
 	}
+	fmt.Fprintf(out, "outbox rows created since %s and committed before the slot: %d, on the stream: %d, to publish: %d\n",
+		since.Format(time.RFC3339Nano), scan.Total(), src.skipped.Load(), src.handed)
 	if err := registerSlot(ctx, marks); err != nil {
 		return err
 	}
@@ -237,8 +258,8 @@ func runRecover(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 		return err
 	}
 	done = true
-	if len(gap) > 0 {
-		fmt.Fprintf(out, "published: %d events, %s to %s\n", len(gap), gap[0].ID, gap[len(gap)-1].ID)
+	if src.handed > 0 {
+		fmt.Fprintf(out, "published: %d events, %s to %s\n", src.handed, src.first, src.last)
 	}
 	fmt.Fprintf(out, "recovery done: start the relay (slot %s)\n", cfg.cdc.Slot)
 	return nil
@@ -299,41 +320,142 @@ func streamIDs(ctx context.Context, log *sink.StreamReader, origins []string, st
 	return ids, removed, nil
 }
 
-// gapSource hands the pump the rows to publish.
-type gapSource struct {
-	events chan cdc.Event
-	acked  atomic.Int64
+// scanSource hands the pump the rows of a snapshot scan as it reads them,
+// chunk by chunk: it reads the next chunk only once the rows read and not
+// yet acknowledged take no more than half of --event-buffer-bytes, so memory
+// stays bounded whatever the table's size. Rows whose ids the stream holds
+// are skipped; the others are numbered as one transaction at the seam, just
+// before the slot's consistent point.
+type scanSource struct {
+	scan     *cdc.Scan
+	seam     pglogrepl.LSN
+	onStream map[string]bool
+	limit    int64
+	events   chan cdc.Event
+	freed    chan struct{}
+
+	held    atomic.Int64
+	acked   atomic.Int64
+	skipped atomic.Int64
+	// handed, first and last are the feed's own until it returns.
+	handed      int64
+	first, last string
 }
 
-func (s *gapSource) Events() <-chan cdc.Event { return s.events }
-
-func (s *gapSource) Ack(cdc.Event) { s.acked.Add(1) }
-
-// publishGap publishes events with the relay's pump, into origin's chain of
-// messages, and returns once each is stored.
-func publishGap(ctx context.Context, cfg *config, nc *sink.Connection, stream sink.StreamState, marks *relay.Watermark, log *zap.Logger, gap []cdc.Event) error {
-	if len(gap) == 0 {
-		return nil
+func newScanSource(scan *cdc.Scan, seam pglogrepl.LSN, onStream map[string]bool, bufferBytes int64) *scanSource {
+	return &scanSource{
+		scan: scan, seam: seam, onStream: onStream, limit: max(1, bufferBytes/2),
+		events: make(chan cdc.Event, 64), freed: make(chan struct{}, 1),
 	}
-	src := &gapSource{events: make(chan cdc.Event, len(gap))}
-	for _, ev := range gap {
-		src.events <- ev
+}
+
+func (s *scanSource) Events() <-chan cdc.Event { return s.events }
+
+func (s *scanSource) Ack(ev cdc.Event) {
+	s.acked.Add(1)
+	s.held.Add(-ev.Bytes())
+	select {
+	case s.freed <- struct{}{}:
+	default:
 	}
-	close(src.events)
-	m := metrics.New(version, commit)
+}
+
+// done is how many rows of the scan are on the stream: acknowledged, or
+// skipped as already there.
+func (s *scanSource) done() int64 { return s.acked.Load() + s.skipped.Load() }
+
+// feed reads the scan and hands its rows on until the end, then closes the
+// events channel.
+func (s *scanSource) feed(ctx context.Context) error {
+	defer close(s.events)
+	for {
+		for s.held.Load() > s.limit {
+			select {
+			case <-s.freed:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		rows, err := s.scan.Next(ctx)
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		for _, ev := range rows {
+			if s.onStream[ev.ID] {
+				s.skipped.Add(1)
+				continue
+			}
+			ev.Position = cdc.Position{CommitLSN: s.seam, Index: uint32(s.handed)}
+			ev.CommitTime = time.Now()
+			s.held.Add(ev.Bytes())
+			select {
+			case s.events <- ev:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if s.handed == 0 {
+				s.first = ev.ID
+			}
+			s.handed++
+			s.last = ev.ID
+		}
+	}
+}
+
+// publishScan publishes the rows of scan whose ids are not in onStream with
+// the relay's pump, into marks' chain of messages, numbered as one
+// transaction at seam, and returns once each is stored. progress, unless
+// nil, is called now and then while it runs.
+func publishScan(ctx context.Context, cfg *config, nc *sink.Connection, stream sink.StreamState, marks *relay.Watermark, database string, log *zap.Logger, m *metrics.Metrics,
+	scan *cdc.Scan, seam pglogrepl.LSN, onStream map[string]bool, progress func(src *scanSource),
+) (*scanSource, error) {
+	mapper, err := newMapper(cfg, marks.Origin(), database, stream.Subjects)
+	if err != nil {
+		return nil, err
+	}
+	// Rows read from the table carry no transaction boundaries: each is
+	// published on its own, never as part of an atomic batch.
+	pumpCfg := pumpConfig(cfg, nc, stream)
+	pumpCfg.Atomic = false
+	src := newScanSource(scan, seam, onStream, cfg.cdc.EventBufferBytes)
 	publisher, err := sink.New(nc.Conn, cfg.sink, m)
 	if err != nil {
-		return err
+		return src, err
 	}
 	defer func() { _ = publisher.Close() }() // nothing is in flight once Run returned
 	publisher.FailOnDisconnect(nc.Disconnected)
-	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
-	pump := relay.New(src, publisher, marks, mapper, pumpConfig(cfg, nc, stream), log.Named("pump"), m)
-	if err := pump.Run(ctx); err != nil {
-		return err
+	pump := relay.New(src, publisher, marks, mapper, pumpCfg, log.Named("pump"), m)
+
+	fctx, stop := context.WithCancel(ctx)
+	defer stop()
+	feedErr := make(chan error, 1)
+	go func() { feedErr <- src.feed(fctx) }()
+	pumpDone := make(chan error, 1)
+	go func() { pumpDone <- pump.Run(ctx) }()
+	var ticks <-chan time.Time
+	if progress != nil {
+		ticker := time.NewTicker(snapshotProgressInterval)
+		defer ticker.Stop()
+		ticks = ticker.C
 	}
-	if n := src.acked.Load(); n != int64(len(gap)) {
-		return fmt.Errorf("published %d of the %d rows the stream lacks before stopping: %w", n, len(gap), errors.Join(ctx.Err(), errors.New("interrupted")))
+wait:
+	for {
+		select {
+		case <-ticks:
+			progress(src)
+		case err = <-pumpDone:
+			break wait
+		}
 	}
-	return nil
+	stop()
+	if ferr := <-feedErr; ferr != nil && !errors.Is(ferr, context.Canceled) {
+		err = errors.Join(err, ferr)
+	}
+	if err != nil {
+		return src, err
+	}
+	if n := src.acked.Load(); n != src.handed || ctx.Err() != nil {
+		return src, fmt.Errorf("published %d of the %d rows read before stopping: %w", n, src.handed, errors.Join(ctx.Err(), errors.New("interrupted")))
+	}
+	return src, nil
 }

@@ -156,10 +156,8 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 		return nil, err
 	}
 	slot, err := retry(ctx, log, "postgres preflight", cfg, func() (cdc.SlotState, error) {
-		return cdc.Preflight(ctx, cfg.cdc, log.Named("cdc"), func(systemID, database string) error {
-			return slotNeverExisted(ctx, relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin(systemID, database, cfg.cdc.Slot), log.Named("pump")))
-		})
-	}, cdc.ErrConfig, cdc.ErrSlot)
+		return preflight(ctx, cfg, log, m, nc, stream, streamLog, store)
+	}, cdc.ErrConfig, cdc.ErrSlot, relay.ErrPoison)
 	if err != nil {
 		return nil, err
 	}
@@ -194,14 +192,9 @@ func buildPipeline(ctx context.Context, cfg *config, log *zap.Logger, m *metrics
 	if err != nil {
 		return nil, err
 	}
-	mapper := relay.NewMapper(cfg.template, marks.Origin(), stream.Subjects)
-	if cfg.cloudEvents {
-		source := cmp.Or(cfg.cloudEventsSource, "/outbox-relay/"+url.PathEscape(slot.Database)+"/"+url.PathEscape(cfg.cdc.Schema+"."+cfg.cdc.Table))
-		ce, err := relay.NewCloudEvents(source, cfg.cloudEventsType)
-		if err != nil {
-			return nil, err
-		}
-		mapper.SetCloudEvents(ce)
+	mapper, err := newMapper(cfg, marks.Origin(), slot.Database, stream.Subjects)
+	if err != nil {
+		return nil, err
 	}
 	pumpCfg := pumpConfig(cfg, nc, stream)
 
@@ -309,6 +302,22 @@ func (j janitorMetrics) Ran(res janitor.Result, err error, at time.Time) {
 		return
 	}
 	j.m.JanitorLastSuccess.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// newMapper builds the mapper of events to messages of origin's slot in
+// database, for a stream capturing subjects: the same for relay run, relay
+// recover and the initial snapshot.
+func newMapper(cfg *config, origin, database string, subjects []string) (*relay.Mapper, error) {
+	mapper := relay.NewMapper(cfg.template, origin, subjects)
+	if cfg.cloudEvents {
+		source := cmp.Or(cfg.cloudEventsSource, "/outbox-relay/"+url.PathEscape(database)+"/"+url.PathEscape(cfg.cdc.Schema+"."+cfg.cdc.Table))
+		ce, err := relay.NewCloudEvents(source, cfg.cloudEventsType)
+		if err != nil {
+			return nil, err
+		}
+		mapper.SetCloudEvents(ce)
+	}
+	return mapper, nil
 }
 
 // pumpConfig is the pump's configuration for publishing to stream: a dead

@@ -245,6 +245,13 @@ func checkSlot(ctx context.Context, cfg *config, nc *sink.Connection, stream *pl
 		if err := slotMayBeCreated(ctx, cfg, nc, origin); err != nil {
 			r.overrule(fmt.Sprintf("slot %q: missing", cfg.cdc.Slot), err)
 		}
+		if cfg.snapshot.enabled() {
+			if err := cdc.CheckSelection(ctx, cfg.cdc, cfg.snapshot.selection(time.Now()), "initial-snapshot"); err != nil {
+				r.fail(err)
+			} else {
+				r.ok(fmt.Sprintf("initial snapshot: the rows %s selects are published when relay run creates the slot", cfg.snapshot.text))
+			}
+		}
 		return
 	}
 	if stream == nil {
@@ -457,6 +464,11 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		problems = append(problems, err)
 	}
 	if err := printJanitor(ctx, cfg, nc, ours, out); err != nil {
+		problems = append(problems, err)
+	}
+	if store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout); err != nil {
+		problems = append(problems, err)
+	} else if err := printSnapshot(ctx, store, cfg.sink.Stream, ours, out); err != nil {
 		problems = append(problems, err)
 	}
 	if (reading.Recorded || !mark.Position.IsZero()) && !slot.Exists {

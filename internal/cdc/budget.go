@@ -59,3 +59,7 @@ func (b *byteBudget) inUse() int64 {
 	defer b.mu.Unlock()
 	return b.held
 }
+
+// Bytes is what ev holds in memory until it is acknowledged, as the
+// reader's byte budget counts it.
+func (ev *Event) Bytes() int64 { return eventSize(ev) }

@@ -80,6 +80,11 @@ type Config struct {
 	// (pg_logical_emit_message(true, prefix, content)); empty reads no
 	// messages.
 	MessagePrefix string
+	// ExportSnapshot makes Preflight create a missing slot on a replication
+	// connection that exports the snapshot of its consistent point, and
+	// hand it back open (SlotState.Snapshot): the initial snapshot reads
+	// the rows committed before the slot in it.
+	ExportSnapshot bool
 }
 
 // identifierPattern accepts what the relay will put unquoted into replication

@@ -34,6 +34,9 @@ type SlotState struct {
 	// validated: give it to Reader.SetPublicationBaseline and
 	// ReconcilePublication.
 	Publication PublicationFingerprint
+	// Snapshot is, with Config.ExportSnapshot and a slot created just now,
+	// the slot with its exported snapshot still open: Scan it, or Close it.
+	Snapshot *RecoverySlot
 }
 
 // Preflight checks that PostgreSQL can feed the relay and explains every
@@ -76,12 +79,15 @@ func Preflight(ctx context.Context, cfg Config, log *zap.Logger, mayCreate func(
 	if err != nil {
 		return SlotState{}, err
 	}
-	state, err := ensureSlot(ctx, q, cfg, log, func(database string) error { return mayCreate(sys.SystemID, database) })
+	state, err := ensureSlot(ctx, q, cfg, version, log, func(database string) error { return mayCreate(sys.SystemID, database) })
 	if err != nil {
 		return SlotState{}, err
 	}
 	if cfg.FailoverSlot {
 		if err := ensureFailover(ctx, q, cfg, log); err != nil {
+			if state.Snapshot != nil {
+				state.Snapshot.Close()
+			}
 			return SlotState{}, err
 		}
 	}
@@ -404,7 +410,7 @@ func readSlot(ctx context.Context, q querier, slot string) (slotRow, bool, error
 	return r, true, nil
 }
 
-func ensureSlot(ctx context.Context, q querier, cfg Config, log *zap.Logger, mayCreate func(database string) error) (SlotState, error) {
+func ensureSlot(ctx context.Context, q querier, cfg Config, version int, log *zap.Logger, mayCreate func(database string) error) (SlotState, error) {
 	var database string
 	if err := q.row(ctx, `SELECT current_database()`).Scan(&database); err != nil {
 		return SlotState{}, fmt.Errorf("read current database: %w", err)
@@ -420,28 +426,35 @@ func ensureSlot(ctx context.Context, q querier, cfg Config, log *zap.Logger, may
 		if err := mayCreate(database); err != nil {
 			return SlotState{}, fmt.Errorf("slot: %q does not exist and may not be created: %w: %w", cfg.Slot, err, ErrSlot)
 		}
-		create := `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`
-		if cfg.FailoverSlot {
-			var version int
-			if err := q.row(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
-				return SlotState{}, fmt.Errorf("read server version: %w", err)
-			}
-			if version < 170000 {
-				return SlotState{}, fmt.Errorf("failover-slot: failover slots need PostgreSQL 17 or later, the server is version %d; turn the flag off: %w",
-					version/10000, ErrConfig)
-			}
-			// Arguments: slot, plugin, temporary, two-phase, failover.
-			create = `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)`
+		if cfg.FailoverSlot && version < 170000 {
+			return SlotState{}, fmt.Errorf("failover-slot: failover slots need PostgreSQL 17 or later, the server is version %d; turn the flag off: %w",
+				version/10000, ErrConfig)
 		}
+		var snapshot *RecoverySlot
 		var lsn string
-		if err := q.row(ctx, create, cfg.Slot).Scan(&lsn); err != nil {
-			return SlotState{}, fmt.Errorf("create slot %q: %w", cfg.Slot, err)
+		if cfg.ExportSnapshot {
+			if snapshot, err = createExportingSlot(ctx, cfg, version); err != nil {
+				return SlotState{}, err
+			}
+			lsn = snapshot.ConsistentPoint.String()
+		} else {
+			create := `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`
+			if cfg.FailoverSlot {
+				// Arguments: slot, plugin, temporary, two-phase, failover.
+				create = `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)`
+			}
+			if err := q.row(ctx, create, cfg.Slot).Scan(&lsn); err != nil {
+				return SlotState{}, fmt.Errorf("create slot %q: %w", cfg.Slot, err)
+			}
 		}
 		log.Info("replication slot created", zap.String("slot", cfg.Slot), zap.String("lsn", lsn))
 		if row, exists, err = readSlot(ctx, q, cfg.Slot); err != nil || !exists {
+			if snapshot != nil {
+				snapshot.Close()
+			}
 			return SlotState{}, fmt.Errorf("read slot %q after creating it: %w", cfg.Slot, errors.Join(err, ErrSlot))
 		}
-		return SlotState{Created: true, ConfirmedFlush: row.confirmedFlush, Database: database}, nil
+		return SlotState{Created: true, ConfirmedFlush: row.confirmedFlush, Database: database, Snapshot: snapshot}, nil
 	}
 	if err := row.usable(cfg.Slot, database); err != nil {
 		return SlotState{}, err

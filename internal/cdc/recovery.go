@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,7 +31,7 @@ type RecoverySlot struct {
 
 // CreateRecoverySlot creates the configured slot (a failover slot with
 // FailoverSlot, PostgreSQL 17+) on a replication connection that exports its
-// snapshot, and keeps that connection open for Rows. The publication must
+// snapshot, and keeps that connection open for Scan. The publication must
 // exist first: a slot created before its publication can miss changes. Call
 // Close when done; the slot stays.
 func CreateRecoverySlot(ctx context.Context, cfg Config) (*RecoverySlot, error) {
@@ -51,6 +52,13 @@ func CreateRecoverySlot(ctx context.Context, cfg Config) (*RecoverySlot, error) 
 	if cfg.FailoverSlot && version < 170000 {
 		return nil, fmt.Errorf("failover-slot: failover slots need PostgreSQL 17 or later, the server is version %d; turn the flag off: %w", version/10000, ErrConfig)
 	}
+	return createExportingSlot(ctx, cfg, version)
+}
+
+// createExportingSlot creates the configured slot on a replication
+// connection that exports the snapshot of its consistent point, and keeps
+// that connection open (and idle) so that the snapshot can be imported.
+func createExportingSlot(ctx context.Context, cfg Config, version int) (*RecoverySlot, error) {
 	cmd := "CREATE_REPLICATION_SLOT " + pgx.Identifier{cfg.Slot}.Sanitize() + " LOGICAL pgoutput "
 	switch {
 	case cfg.FailoverSlot:
@@ -79,38 +87,154 @@ func CreateRecoverySlot(ctx context.Context, cfg Config) (*RecoverySlot, error) 
 	return &RecoverySlot{ConsistentPoint: point, cfg: cfg, repl: repl, snapshot: res.SnapshotName}, nil
 }
 
-// Close ends the exported snapshot; the slot stays.
-func (s *RecoverySlot) Close() { closeConn(s.repl, s.cfg.ConnectTimeout) }
+// Close ends the exported snapshot (if Scan has not already); the slot
+// stays.
+func (s *RecoverySlot) Close() {
+	if s.repl != nil {
+		closeConn(s.repl, s.cfg.ConnectTimeout)
+		s.repl = nil
+	}
+}
 
-// Rows returns the outbox rows created at or after since that are committed
-// before the slot's consistent point, as events without positions, ordered
-// by the created_at column, then by transaction (xmin) and physical order
-// (ctid): commit order is not recorded in the table, and rows of one
-// transaction share created_at. It needs the created_at column. A row the
-// relay could never publish (a NULL in a required column) comes with its
-// Defect set, as from the stream.
-func (s *RecoverySlot) Rows(ctx context.Context, since time.Time) ([]Event, error) {
-	cfg := s.cfg
+// Selection chooses the outbox rows a Scan reads.
+type Selection struct {
+	// Since, unless zero, keeps the rows created at or after it (the
+	// created_at column).
+	Since time.Time
+	// Where, unless empty, is an SQL boolean expression over the outbox
+	// table's columns that a row must satisfy, such as a polling outbox's
+	// "sent_at IS NULL".
+	Where string
+	// PublishedBefore, unless zero, leaves out the rows created before it,
+	// which an earlier attempt published; unlike Since it keeps the rows
+	// without a creation time, which sort last.
+	PublishedBefore time.Time
+}
+
+// where renders sel as a WHERE clause with its parameters.
+func (sel Selection) where(created string) (string, []any) {
+	var conds []string
+	var args []any
+	if !sel.Since.IsZero() {
+		args = append(args, sel.Since)
+		conds = append(conds, created+" >= $"+strconv.Itoa(len(args)))
+	}
+	if !sel.PublishedBefore.IsZero() {
+		args = append(args, sel.PublishedBefore)
+		conds = append(conds, "("+created+" IS NULL OR "+created+" >= $"+strconv.Itoa(len(args))+")")
+	}
+	if sel.Where != "" {
+		conds = append(conds, "("+sel.Where+")")
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// CheckSelection checks, without reading any row, that sel can select rows
+// of the outbox: its Where is one boolean expression over the table's
+// columns, and Since has a created_at column to compare. setting names the
+// setting sel came from, for the error.
+func CheckSelection(ctx context.Context, cfg Config, sel Selection, setting string) error {
 	conn, err := connect(ctx, cfg, false)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer closeConn(conn, cfg.ConnectTimeout)
 	q := querier{conn: conn, timeout: cfg.QueryTimeout}
 	names, err := outboxColumns(ctx, q, cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if names[colCreatedAt] == "" {
-		return nil, fmt.Errorf("column-created-at: the recovery finds the rows to publish again by their creation time; the outbox needs a created_at column: %w", ErrConfig)
+		return fmt.Errorf("%s: rows are read in creation order; the outbox needs a created_at column (--column-created-at): %w", setting, ErrConfig)
 	}
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if sel.Where == "" {
+		return nil
+	}
+	// Only prepared, never run: a prepared statement is one statement, and
+	// WHERE refuses an expression that is not boolean.
+	qctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
+	defer cancel()
+	_, err = conn.PgConn().Prepare(qctx, "", `SELECT 1 FROM `+qualifiedTable(cfg)+` WHERE (`+sel.Where+`)`, nil)
 	if err != nil {
-		return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+		return fmt.Errorf("%s: %q is not one boolean expression over the columns of %s: %w: %w", setting, sel.Where, qualifiedTable(cfg), err, ErrConfig)
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // read only
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(s.snapshot, "'", "''")+"'"); err != nil {
-		return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+	return nil
+}
+
+// Scan reads the outbox rows of a slot's snapshot chunk by chunk, in one
+// read-only transaction holding that snapshot, through a cursor: memory
+// holds one chunk, whatever the table's size.
+type Scan struct {
+	cfg   Config
+	conn  *pgx.Conn
+	tx    pgx.Tx
+	names [numColumns]string
+	total int64
+	// rows is how many rows the next FETCH asks for, adjusted to the size
+	// of the rows read so far.
+	rows int
+	read int64
+	size int64
+	done bool
+}
+
+// scanChunkRows is the most rows one chunk holds; the first chunk, read
+// before the size of any row is known, holds scanFirstChunkRows.
+const (
+	scanChunkRows      = 1000
+	scanFirstChunkRows = 16
+)
+
+// Scan imports the slot's snapshot into a read-only transaction on a new
+// connection, counts the rows sel selects committed before the slot's
+// consistent point, and opens a cursor over them ordered by the created_at
+// column, then by transaction (xmin) and physical order (ctid): commit order
+// is not recorded in the table, and rows of one transaction share
+// created_at. The exporting connection is closed once the snapshot is
+// imported. Each statement is bounded by QueryTimeout; the first FETCH may
+// sort the whole selection. It needs the created_at column. Close the scan
+// when done.
+func (s *RecoverySlot) Scan(ctx context.Context, sel Selection) (*Scan, error) {
+	cfg := s.cfg
+	conn, err := connect(ctx, cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	sc := &Scan{cfg: cfg, conn: conn, rows: scanFirstChunkRows}
+	if err := sc.open(ctx, s.snapshot, sel); err != nil {
+		sc.Close()
+		return nil, err
+	}
+	s.Close() // the snapshot lives on in the scan's transaction
+	return sc, nil
+}
+
+func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error {
+	cfg := sc.cfg
+	q := querier{conn: sc.conn, timeout: cfg.QueryTimeout}
+	names, err := outboxColumns(ctx, q, cfg)
+	if err != nil {
+		return err
+	}
+	sc.names = names
+	if names[colCreatedAt] == "" {
+		return fmt.Errorf("column-created-at: rows are read from the table in creation order; the outbox needs a created_at column: %w", ErrConfig)
+	}
+	tx, err := sc.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+	}
+	sc.tx = tx
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
+		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+	}
+	// The transaction idles while the pump publishes a chunk, for as long
+	// as NATS makes it wait.
+	if _, err := tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
+		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
 	}
 	selects := make([]string, numColumns)
 	for i, name := range names {
@@ -120,15 +244,46 @@ func (s *RecoverySlot) Rows(ctx context.Context, since time.Time) ([]Event, erro
 		}
 	}
 	created := pgx.Identifier{names[colCreatedAt]}.Sanitize()
+	where, args := sel.where(created)
 	qctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
 	defer cancel()
-	rows, err := tx.Query(qctx, `SELECT `+strings.Join(selects, ", ")+` FROM `+qualifiedTable(cfg)+
-		` WHERE `+created+` >= $1 ORDER BY `+created+`, xmin::text::bigint, ctid`, since)
+	if err := tx.QueryRow(qctx, `SELECT count(*) FROM `+qualifiedTable(cfg)+where, args...).Scan(&sc.total); err != nil {
+		return fmt.Errorf("count the outbox rows in the slot's snapshot: %w", err)
+	}
+	// A cursor sorts once and hands the rows out in chunks; pages by key
+	// would sort the table again for each chunk.
+	// The extended protocol (never the simple one, which runs several
+	// statements) for the user's condition.
+	args = append([]any{pgx.QueryExecModeExec}, args...)
+	if _, err := tx.Exec(qctx, `DECLARE outbox_relay_scan NO SCROLL CURSOR FOR SELECT `+strings.Join(selects, ", ")+` FROM `+qualifiedTable(cfg)+where+` ORDER BY `+created+`, xmin::text::bigint, ctid`, args...); err != nil {
+		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+	}
+	return nil
+}
+
+// Total is how many rows the scan returns in all.
+func (sc *Scan) Total() int64 { return sc.total }
+
+// Next returns the next chunk of rows, as events without positions, or none
+// at the end. A chunk holds up to 1000 rows and about a quarter of
+// EventBufferBytes (the first one 16 rows). A row the relay could never publish (a NULL in a
+// required column) comes with its Defect set, as from the stream.
+func (sc *Scan) Next(ctx context.Context) ([]Event, error) {
+	if sc.done {
+		return nil, nil
+	}
+	if sc.read > 0 && sc.cfg.EventBufferBytes > 0 {
+		avg := max(1, sc.size/sc.read)
+		sc.rows = int(min(int64(scanChunkRows), max(1, sc.cfg.EventBufferBytes/4/avg)))
+	}
+	qctx, cancel := context.WithTimeout(ctx, sc.cfg.QueryTimeout)
+	defer cancel()
+	rows, err := sc.tx.Query(qctx, `FETCH FORWARD `+strconv.Itoa(sc.rows)+` FROM outbox_relay_scan`)
 	if err != nil {
 		return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
 	}
 	defer rows.Close()
-	var events []Event
+	events := make([]Event, 0, sc.rows)
 	for rows.Next() {
 		var values [numColumns]*string
 		dest := make([]any, numColumns)
@@ -138,12 +293,28 @@ func (s *RecoverySlot) Rows(ctx context.Context, since time.Time) ([]Event, erro
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
 		}
-		events = append(events, rowEvent(values, names))
+		ev := rowEvent(values, sc.names)
+		events = append(events, ev)
+		sc.size += eventSize(&ev)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
 	}
+	sc.read += int64(len(events))
+	if len(events) < sc.rows {
+		sc.done = true
+	}
 	return events, nil
+}
+
+// Close ends the scan's transaction, and with it the snapshot.
+func (sc *Scan) Close() {
+	if sc.tx != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), sc.cfg.QueryTimeout)
+		_ = sc.tx.Rollback(ctx) // read only; closing the connection ends it anyway
+		cancel()
+	}
+	closeConn(sc.conn, sc.cfg.ConnectTimeout)
 }
 
 // outboxColumns returns, for each configured column, the name the table

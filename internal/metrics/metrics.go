@@ -107,6 +107,10 @@ type Metrics struct {
 	JanitorErrors            prometheus.Counter
 	JanitorLastSuccess       prometheus.Gauge
 
+	// snapshot: the initial snapshot of an adopted table (--initial-snapshot).
+	SnapshotSelectedRows prometheus.Gauge
+	SnapshotDoneRows     prometheus.Gauge
+
 	// oldestPending computes outbox_relay_cdc_oldest_pending_age_seconds
 	// at scrape time; it changes with each leadership, while scrapes run.
 	oldestPending atomic.Pointer[func() float64]
@@ -176,6 +180,9 @@ func New(version, commit string) *Metrics {
 		JanitorLastSuccess:       f.gauge("janitor", "last_success_timestamp_seconds", "When the last cleanup run without an error ended, in Unix seconds; 0 before the first."),
 		TraceSpans: f.counterVec("trace", "spans_total",
 			"Spans of published events (--otlp-traces-endpoint) by outcome: exported, failed (the collector refused them or was unreachable), dropped (the export queue was full).", "outcome"),
+
+		SnapshotSelectedRows: f.gauge("snapshot", "selected_rows", "Rows the initial snapshot (--initial-snapshot) selected from the table; 0 when none ran in this process."),
+		SnapshotDoneRows:     f.gauge("snapshot", "done_rows", "Rows of the initial snapshot stored on the stream so far (published, or found there from an earlier attempt)."),
 	}
 	for _, o := range TraceSpanOutcomes {
 		m.TraceSpans.WithLabelValues(o)
