@@ -1035,6 +1035,26 @@ func randomSeeds(t *testing.T) uint64 {
 	return 8
 }
 
+// randomPublishFaults draws the faults of publishes 1 to n: transient
+// failures (some with failing stream reads after them), lost acks and
+// synchronous errors, about one publish in eleven.
+func randomPublishFaults(rng *rand.Rand, n int) map[int]fault {
+	faults := map[int]fault{}
+	for i := 1; i <= n; i++ {
+		switch r := rng.Float64(); {
+		case r < 0.03:
+			faults[i] = fault{kind: faultTransient}
+		case r < 0.06:
+			faults[i] = fault{kind: faultAckLost}
+		case r < 0.08:
+			faults[i] = fault{kind: faultSync}
+		case r < 0.09:
+			faults[i] = fault{kind: faultTransient, failReads: 1 + rng.IntN(2)}
+		}
+	}
+	return faults
+}
+
 // Random transient faults, lost acks, synchronous failures and failing tail
 // reads: the stream always ends with every event once, in order, and every
 // event acked once.
@@ -1050,19 +1070,7 @@ func TestPumpRandomFaults(t *testing.T) {
 					n := 300 + rng.IntN(300)
 					window := []int{1, 4, 16, 64}[rng.IntN(4)]
 					perTxn := 1 + rng.IntN(4)
-					faults := map[int]fault{}
-					for i := 1; i <= 4*n; i++ {
-						switch r := rng.Float64(); {
-						case r < 0.03:
-							faults[i] = fault{kind: faultTransient}
-						case r < 0.06:
-							faults[i] = fault{kind: faultAckLost}
-						case r < 0.08:
-							faults[i] = fault{kind: faultSync}
-						case r < 0.09:
-							faults[i] = fault{kind: faultTransient, failReads: 1 + rng.IntN(2)}
-						}
-					}
+					faults := randomPublishFaults(rng, 4*n)
 					// Acknowledging every message, or only some, each
 					// vouching for those before it.
 					ackEvery := []int{1, 4, 32}[seed%3]
@@ -1136,19 +1144,7 @@ func TestPumpRandomFaultsDeadLetter(t *testing.T) {
 							poison = append(poison, pumpID(i))
 						}
 					}
-					faults := map[int]fault{}
-					for i := 1; i <= 4*n; i++ {
-						switch r := rng.Float64(); {
-						case r < 0.03:
-							faults[i] = fault{kind: faultTransient}
-						case r < 0.06:
-							faults[i] = fault{kind: faultAckLost}
-						case r < 0.08:
-							faults[i] = fault{kind: faultSync}
-						case r < 0.09:
-							faults[i] = fault{kind: faultTransient, failReads: 1 + rng.IntN(2)}
-						}
-					}
+					faults := randomPublishFaults(rng, 4*n)
 					ackEvery := []int{1, 4, 32}[seed%3]
 					t.Logf("n %d, window %d, ack every %d, %d per transaction, %d poison, %d faults, dedup %t, dedup first %t",
 						n, window, ackEvery, perTxn, len(poison), len(faults), dedup, dedupFirst)
