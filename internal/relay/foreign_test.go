@@ -332,3 +332,36 @@ func TestPumpLateCopy(t *testing.T) {
 		}
 	}
 }
+
+// Another writer publishing all the time between the relay's messages on a
+// one-replica stream breaks every burst: each break costs the refused rest
+// of the burst, a read-back and a round trip, and the relay fell far behind
+// (the chaos suite's shared-stream scene: two relays and an application on
+// one stream, a backlog after a NATS restart, 20 events/s). After a few
+// breaks in quick succession the pump publishes one message at a time for a
+// while, which no other writer can break: every event once, in order, and
+// few refused publishes.
+func TestPumpContendedStreamPublishesOneAtATime(t *testing.T) {
+	t.Parallel()
+	const n = 600
+	src := newFilledSource(pumpEvents(n, 1), true)
+	stream := newFakeStream(t, true, false)
+	stream.SetScript(func(i int, _ sink.Message) fault {
+		if i%3 == 0 {
+			return plainAt(i)
+		}
+		return fault{}
+	})
+	cfg := pumpConfig(16)
+	cfg.AckEvery = 4
+
+	err, _ := runPump(t, cfg, src, stream)
+	require.NoError(t, err)
+
+	assertOwnOrder(t, stream, testOrigin)
+	assert.Equal(t, pumpIDs(1, n), ownIDs(stream), "every event once, in commit order")
+	assertAcked(t, src, pumpIDs(1, n), 1)
+	assertStoredAcked(t, stream, src)
+	assert.Zero(t, stream.Duplicates(), "no event published again once stored")
+	assert.Less(t, stream.RejectedWrongSequence(), 100, "publishes refused because another writer broke the burst")
+}

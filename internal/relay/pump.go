@@ -47,6 +47,19 @@ const (
 	OnPoisonDeadLetter = "dead-letter"
 )
 
+// Contention on a one-replica stream: when read-backs that find another
+// writer's message after the relay's own come contentionBreaks times within
+// contentionWindow, the other writers break the relay's chains of messages
+// faster than they store events (each break costs the refused rest of a
+// burst, a read-back and a round trip), so the pump publishes one message at
+// a time, which no other writer can break, for contentionSerial, then tries
+// chains again.
+const (
+	contentionBreaks = 3
+	contentionWindow = 2 * time.Second
+	contentionSerial = 10 * time.Second
+)
+
 // ErrPoison marks an event that JetStream can never accept, under the stop
 // policy.
 var ErrPoison = errors.New("poison event")
@@ -184,7 +197,12 @@ type Pump struct {
 	// messages started (its first message expected it).
 	mark      Mark
 	chainBase uint64
-	saver     *markSaver
+	// breaks are the recent read-backs that found another writer's message
+	// after the relay's own on a one-replica stream; until serialUntil the
+	// pump publishes one message at a time there (see contentionBreaks).
+	breaks      []time.Time
+	serialUntil time.Time
+	saver       *markSaver
 	// uncertain counts events after mark the stream may hold although it
 	// removed their messages; lastMsgID is its last stored message's id.
 	uncertain int
@@ -469,6 +487,7 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		}
 		return err
 	}
+	p.endContention(time.Now())
 	chainStart := p.order == orderChain && p.lastID == ""
 	expect := p.expect(&msg)
 	covered := !chainStart && !p.needsAck()
@@ -995,6 +1014,8 @@ func (p *Pump) afterRead(r Reading) {
 		}
 	}
 	switch {
+	case r.Info.Replicas <= 1 && !p.cfg.Atomic && r.Foreign && p.contended(time.Now()):
+		p.setOrder(orderSerial)
 	case r.Info.Replicas <= 1 && !p.cfg.Atomic:
 		p.setOrder(orderChain)
 	case p.mark.Shared || p.cfg.SharedStream:
@@ -1003,6 +1024,38 @@ func (p *Pump) afterRead(r Reading) {
 		p.setOrder(orderSequence)
 	}
 	p.saver.set(&p.mark)
+}
+
+// contended records a read-back that found another writer's message after
+// the relay's own on a one-replica stream, and reports whether the pump
+// should publish one message at a time for now (see contentionBreaks).
+func (p *Pump) contended(now time.Time) bool {
+	if now.Before(p.serialUntil) {
+		return true
+	}
+	p.breaks = append(p.breaks, now)
+	for len(p.breaks) > 0 && now.Sub(p.breaks[0]) > contentionWindow {
+		p.breaks = p.breaks[1:]
+	}
+	if len(p.breaks) < contentionBreaks {
+		return false
+	}
+	p.breaks, p.serialUntil = nil, now.Add(contentionSerial)
+	p.log.Info("other writers break the relay's bursts on the stream; publishing one message at a time for a while",
+		zap.String("stream", p.marks.stream), zap.Duration("for", contentionSerial))
+	return true
+}
+
+// endContention goes back to chains of messages on a one-replica stream
+// once the serial spell of contention is over and nothing is in flight: the
+// next message starts a chain.
+func (p *Pump) endContention(now time.Time) {
+	if p.serialUntil.IsZero() || now.Before(p.serialUntil) || p.order != orderSerial || p.window.Len() > 0 {
+		return
+	}
+	p.serialUntil = time.Time{}
+	p.lastID = ""
+	p.setOrder(orderChain)
 }
 
 // setOrder switches to order, with the window and acknowledgement cadence
