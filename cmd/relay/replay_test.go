@@ -125,7 +125,7 @@ func TestReplayToAnotherStream(t *testing.T) {
 	f := newFixture(t)
 	js, err := jetstream.New(f.nc)
 	require.NoError(t, err)
-	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "REPLAY", Subjects: []string{"replay.>"}, Storage: jetstream.FileStorage})
+	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "REPLAY", Subjects: []string{"replay.>"}, Storage: jetstream.FileStorage, MaxMsgSize: 2048})
 	require.NoError(t, err)
 	f.startRelay(t)
 
@@ -134,7 +134,12 @@ func TestReplayToAnotherStream(t *testing.T) {
 	later := writeCreated(t, f, 3, "later", base.Add(2*time.Second)) // committed first, created after "sooner"
 	sooner := writeCreated(t, f, 3, "sooner", base.Add(time.Second))
 	late := writeCreated(t, f, 2, "late", base.Add(30*time.Minute))
-	f.waitStream(t, 11, 30*time.Second)
+	small := writeCreated(t, f, 1, "small", base.Add(-20*time.Minute))
+	big := e2e.SampleEvents(1, 4000, "big") // more than REPLAY's max_msg_size, not OUTBOX's
+	big[0].CreatedAt = base.Add(-19 * time.Minute).Format(time.RFC3339Nano)
+	bigID, err := f.writer.Write(context.Background(), big, false)
+	require.NoError(t, err)
+	f.waitStream(t, 13, 30*time.Second)
 	originals := map[string]e2e.StoredMessage{}
 	for _, m := range f.verify(t) {
 		originals[m.Header.Get(nats.MsgIdHdr)] = m
@@ -210,6 +215,23 @@ func TestReplayToAnotherStream(t *testing.T) {
 		require.Contains(t, unescaped(out), tt.want)
 	}
 	require.Equal(t, 14, e2e.StreamCount(f.nc, "REPLAY"))
+
+	// A row too large for the target stream: by default the replay stops
+	// there, after publishing the rows before it; with
+	// --on-poison=dead-letter it is skipped, and counted either way.
+	poisonArgs := []string{"replay", "--replay-since=" + base.Add(-25*time.Minute).Format(time.RFC3339), "--replay-until=" + base.Add(-15*time.Minute).Format(time.RFC3339),
+		"--replay-subject-prefix=replay", "--replay-id=poison"}
+	code, out = runCommand(t, f.bin, env, poisonArgs...)
+	require.Equal(t, 1, code, out)
+	require.Contains(t, out, "replay poison: 2 rows selected, 1 published, 0 duplicates, 1 poison")
+	require.Contains(t, out, "event "+bigID[0]+" is poison (--on-poison=stop): too_large")
+	require.Contains(t, out, "run it again with --replay-id=poison")
+	code, out = runCommand(t, f.bin, env, append(poisonArgs, "--on-poison=dead-letter")...)
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "poison: event "+bigID[0]+" skipped: too_large")
+	require.Contains(t, out, "replay poison: 2 rows selected, 0 published, 1 duplicates, 1 poison")
+	msgs = e2e.ReadStream(t, f.nc, "REPLAY")
+	require.Equal(t, small, replayedOf(msgs[14:]))
 }
 
 // TestReplayIntoTheRelaysOwnStreamWhileItRuns: relay replay republishes a
