@@ -157,7 +157,7 @@ func TestCheckSelectionRefusesWhatIsNotOneCondition(t *testing.T) {
 // TestScanTableSelectsByTimeAndIDs: against PostgreSQL, ScanTable reads the
 // table as it is, without a slot: rows created in a half-open time range,
 // rows created strictly after a time, or rows with given ids (compared as
-// values of the id column's type, so an upper-case uuid finds its row, and
+// values of the id column's type, so a uuid written without hyphens finds its row, and
 // the ids no row has are listed), in created_at order, then transaction and
 // insertion order. An id that is no value of the column's type is an error.
 func TestScanTableSelectsByTimeAndIDs(t *testing.T) {
