@@ -170,7 +170,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.replay.since, "replay-since", "", "relay replay: republish the rows created at or after this RFC 3339 time (default none)")
 	s(&c.replay.until, "replay-until", "", "relay replay: republish the rows created before this RFC 3339 time (default none)")
 	s(&c.replay.ids, "replay-ids", "", "relay replay: republish the rows with these ids, comma-separated (default none)")
-	s(&c.replay.idsFile, "replay-ids-file", "", "relay replay: republish the rows with the ids in this file, separated by commas, spaces or line breaks (default none)")
+	s(&c.replay.idsFile, "replay-ids-from", "", "relay replay: republish the rows with the ids in this file, separated by commas, spaces or line breaks (default none)")
 	fs.Uint64Var(&c.replay.afterSeq, "replay-after-seq", 0, "relay replay: republish the rows created after the relay's message at this sequence of --stream (default 0: none)")
 	s(&c.replay.subjectPrefix, "replay-subject-prefix", "", "relay replay: publish each event to this prefix, a dot, then its usual subject (default none: the usual subject)")
 	s(&c.replay.subjectTemplate, "replay-subject-template", "", "relay replay: publish each event to this subject template instead, e.g. replay.{aggregate_type}.{event_type} (default none: --subject-template)")

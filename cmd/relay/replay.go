@@ -67,14 +67,14 @@ func (r *replaySettings) finish(subjectTemplate string) error {
 		chosen = append(chosen, "--replay-since/--replay-until")
 	}
 	if r.ids != "" || r.idsFile != "" {
-		chosen = append(chosen, "--replay-ids/--replay-ids-file")
+		chosen = append(chosen, "--replay-ids/--replay-ids-from")
 	}
 	if r.afterSeq > 0 {
 		chosen = append(chosen, "--replay-after-seq")
 	}
 	switch len(chosen) {
 	case 0:
-		errs = append(errs, errors.New("replay: no selection; choose exactly one of --replay-since/--replay-until (a time range), --replay-ids/--replay-ids-file (an id list) or --replay-after-seq (a stream position)"))
+		errs = append(errs, errors.New("replay: no selection; choose exactly one of --replay-since/--replay-until (a time range), --replay-ids/--replay-ids-from (an id list) or --replay-after-seq (a stream position)"))
 	case 1:
 	default:
 		errs = append(errs, fmt.Errorf("replay: several selections (%s); choose exactly one", strings.Join(chosen, ", ")))
@@ -98,7 +98,7 @@ func (r *replaySettings) finish(subjectTemplate string) error {
 	if r.idsFile != "" {
 		data, err := os.ReadFile(r.idsFile)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("replay-ids-file: %w", err))
+			errs = append(errs, fmt.Errorf("replay-ids-from: %w", err))
 		}
 		r.idList = append(r.idList, splitIDs(string(data))...)
 	}

@@ -35,14 +35,14 @@ func TestReplaySelection(t *testing.T) {
 		ids     []string
 		target  string
 	}{
-		{name: "none", wantErr: "replay: no selection; choose exactly one of --replay-since/--replay-until (a time range), --replay-ids/--replay-ids-file (an id list) or --replay-after-seq (a stream position)"},
-		{name: "time range and ids", args: []string{"--replay-since=2026-11-01T00:00:00Z", "--replay-ids=a"}, wantErr: "replay: several selections (--replay-since/--replay-until, --replay-ids/--replay-ids-file); choose exactly one"},
-		{name: "ids and position", args: []string{"--replay-ids-file=" + idsFile, "--replay-after-seq=3"}, wantErr: "replay: several selections (--replay-ids/--replay-ids-file, --replay-after-seq)"},
+		{name: "none", wantErr: "replay: no selection; choose exactly one of --replay-since/--replay-until (a time range), --replay-ids/--replay-ids-from (an id list) or --replay-after-seq (a stream position)"},
+		{name: "time range and ids", args: []string{"--replay-since=2026-11-01T00:00:00Z", "--replay-ids=a"}, wantErr: "replay: several selections (--replay-since/--replay-until, --replay-ids/--replay-ids-from); choose exactly one"},
+		{name: "ids and position", args: []string{"--replay-ids-from=" + idsFile, "--replay-after-seq=3"}, wantErr: "replay: several selections (--replay-ids/--replay-ids-from, --replay-after-seq)"},
 		{name: "since", args: []string{"--replay-since=2026-11-01T00:00:00Z"}, target: "outbox.{aggregate_type}.{event_type}"},
 		{name: "until only", args: []string{"--replay-until=2026-11-01T00:00:00+01:00"}},
 		{name: "not a time", args: []string{"--replay-since=yesterday"}, wantErr: `replay-since: "yesterday", must be an RFC 3339 time`},
 		{name: "empty range", args: []string{"--replay-since=2026-11-02T00:00:00Z", "--replay-until=2026-11-01T00:00:00Z"}, wantErr: "replay-until: 2026-11-01T00:00:00Z is not after --replay-since"},
-		{name: "ids from the flag and a file", args: []string{"--replay-ids=a,b", "--replay-ids-file=" + idsFile}, ids: []string{"a", "b", "c", "d", "e"}},
+		{name: "ids from the flag and a file", args: []string{"--replay-ids=a,b", "--replay-ids-from=" + idsFile}, ids: []string{"a", "b", "c", "d", "e"}},
 		{name: "empty id list", args: []string{"--replay-ids=,"}, wantErr: "replay-ids: the list is empty"},
 		{name: "prefix", args: []string{"--replay-after-seq=3", "--replay-subject-prefix=replay.v1"}, target: "replay.v1.outbox.{aggregate_type}.{event_type}"},
 		{name: "template", args: []string{"--replay-after-seq=3", "--replay-subject-template=backfill.{event_type}"}, target: "backfill.{event_type}"},
@@ -206,7 +206,7 @@ func TestReplayToAnotherStream(t *testing.T) {
 		want string
 	}{
 		{args: []string{"replay"}, want: "replay: no selection; choose exactly one of --replay-since/--replay-until"},
-		{args: []string{"replay", "--replay-ids=" + late[0], "--replay-after-seq=2"}, want: "replay: several selections (--replay-ids/--replay-ids-file, --replay-after-seq)"},
+		{args: []string{"replay", "--replay-ids=" + late[0], "--replay-after-seq=2"}, want: "replay: several selections (--replay-ids/--replay-ids-from, --replay-after-seq)"},
 		{args: []string{"replay", "--replay-ids=" + late[0], "--replay-subject-prefix=nowhere"}, want: `replay: no stream captures nowhere.outbox.*.*`},
 		{args: []string{"replay", "--replay-after-seq=1000"}, want: `replay-after-seq: stream "OUTBOX" holds no message of the relay at sequence 1000`},
 	} {
@@ -259,7 +259,7 @@ func TestReplayIntoTheRelaysOwnStreamWhileItRuns(t *testing.T) {
 	idsFile := filepath.Join(t.TempDir(), "ids")
 	require.NoError(t, os.WriteFile(idsFile, []byte(strings.Join(picked[3:], "\n")+"\n"), 0o600))
 	missing := "00000000-0000-0000-0000-000000000000"
-	code, out := runCommand(t, f.bin, f.env(), "replay", "--replay-ids="+strings.Join(picked[:3], ",")+","+missing, "--replay-ids-file="+idsFile, "--replay-id=own")
+	code, out := runCommand(t, f.bin, f.env(), "replay", "--replay-ids="+strings.Join(picked[:3], ",")+","+missing, "--replay-ids-from="+idsFile, "--replay-id=own")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "note: replaying into the relay's own stream OUTBOX")
 	require.Contains(t, out, "warning: 1 of the ids given are in no row of the table: "+missing)
