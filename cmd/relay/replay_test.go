@@ -219,8 +219,10 @@ func TestReplayToAnotherStream(t *testing.T) {
 	// A row too large for the target stream: by default the replay stops
 	// there, after publishing the rows before it; with
 	// --on-poison=dead-letter it is skipped, and counted either way.
-	poisonArgs := []string{"replay", "--replay-since=" + base.Add(-25*time.Minute).Format(time.RFC3339), "--replay-until=" + base.Add(-15*time.Minute).Format(time.RFC3339),
-		"--replay-subject-prefix=replay", "--replay-id=poison"}
+	poisonArgs := []string{
+		"replay", "--replay-since=" + base.Add(-25*time.Minute).Format(time.RFC3339), "--replay-until=" + base.Add(-15*time.Minute).Format(time.RFC3339),
+		"--replay-subject-prefix=replay", "--replay-id=poison",
+	}
 	code, out = runCommand(t, f.bin, env, poisonArgs...)
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "replay poison: 2 rows selected, 1 published, 0 duplicates, 1 poison")
