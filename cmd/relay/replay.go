@@ -420,18 +420,20 @@ func (p *replayer) settle(ctx context.Context, n int, bytes int64) error {
 		p.inFlight = p.inFlight[1:]
 		p.inFlightBytes -= int64(len(next.msg.Data))
 		ack, err := next.pending.Wait(ctx)
-		if err != nil && !errors.Is(err, sink.ErrPermanent) && ctx.Err() == nil {
-			ack, err = p.again(ctx, next.msg)
+		if err != nil && !permanent(err) && ctx.Err() == nil {
+			ack, err = p.again(ctx, next, err)
 		}
 		switch {
-		case errors.Is(err, sink.ErrPermanent):
+		case permanent(err):
 			if perr := p.poison(next.eventID, err); perr != nil {
 				errs = append(errs, perr)
 				n, bytes = 0, 0 // settle the rest, publish nothing more
 			}
 		case err != nil:
-			errs = append(errs, fmt.Errorf("publish event %s: %w", next.eventID, err))
-			n, bytes = 0, 0
+			// Only a stop (ctx) ends the retries: what is still in flight
+			// is unconfirmed too.
+			errs = append(errs, fmt.Errorf("publish event %s (and %d more in flight, unconfirmed): %w", next.eventID, len(p.inFlight), err))
+			p.inFlight, p.inFlightBytes = nil, 0
 		case ack.Duplicate:
 			p.tally.duplicates++
 		default:
@@ -444,21 +446,31 @@ func (p *replayer) settle(ctx context.Context, n int, bytes int64) error {
 // again publishes msg once at a time until it is stored, it proves poison,
 // or ctx is done, waiting between attempts as the relay does (--retry-min,
 // --retry-max).
-func (p *replayer) again(ctx context.Context, msg sink.Message) (sink.Ack, error) {
+func (p *replayer) again(ctx context.Context, failed replayPending, cause error) (sink.Ack, error) {
 	b := backoff.Backoff{Min: p.cfg.pump.RetryMin, Max: p.cfg.pump.RetryMax}
 	for {
-		if !backoff.Sleep(ctx, b.Next()) {
+		delay := b.Next()
+		fmt.Fprintf(p.out, "retry: event %s not stored (%v), publishing it again in %s\n", failed.eventID, cause, delay.Round(time.Millisecond))
+		if !backoff.Sleep(ctx, delay) {
 			return sink.Ack{}, ctx.Err()
 		}
-		pending, err := p.publisher.Publish(ctx, msg)
+		pending, err := p.publisher.Publish(ctx, failed.msg)
 		if err == nil {
 			var ack sink.Ack
 			if ack, err = pending.Wait(ctx); err == nil {
 				return ack, nil
 			}
 		}
-		if errors.Is(err, sink.ErrPermanent) || ctx.Err() != nil {
+		if permanent(err) || ctx.Err() != nil {
 			return sink.Ack{}, err
 		}
+		cause = err
 	}
+}
+
+// permanent reports whether a publish failed for good: the message is too
+// large for the server or the stream.
+func permanent(err error) bool {
+	_, class := sink.Classify(err)
+	return errors.Is(err, sink.ErrPermanent) || errors.Is(class, sink.ErrPermanent)
 }
