@@ -285,6 +285,8 @@ type replayer struct {
 	// inFlightBytes their size.
 	inFlight      []replayPending
 	inFlightBytes int64
+	// outage is set while publishing again keeps failing.
+	outage bool
 }
 
 // replayPending is a publish in flight and what it takes to send it again.
@@ -443,28 +445,35 @@ func (p *replayer) settle(ctx context.Context, n int, bytes int64) error {
 	return errors.Join(errs...)
 }
 
-// again publishes msg once at a time until it is stored, it proves poison,
-// or ctx is done, waiting between attempts as the relay does (--retry-min,
-// --retry-max).
+// again publishes a message whose publish failed once at a time until it
+// is stored, it proves poison, or ctx is done. While publishes keep failing
+// it waits between attempts as the relay does (--retry-min, --retry-max),
+// and says so once, and every tenth attempt; once one is stored, the next
+// failed message of the window goes at once.
 func (p *replayer) again(ctx context.Context, failed replayPending, cause error) (sink.Ack, error) {
 	b := backoff.Backoff{Min: p.cfg.pump.RetryMin, Max: p.cfg.pump.RetryMax}
-	for {
-		delay := b.Next()
-		fmt.Fprintf(p.out, "retry: event %s not stored (%v), publishing it again in %s\n", failed.eventID, cause, delay.Round(time.Millisecond))
-		if !backoff.Sleep(ctx, delay) {
-			return sink.Ack{}, ctx.Err()
+	for attempt := 1; ; attempt++ {
+		if p.outage {
+			if !backoff.Sleep(ctx, b.Next()) {
+				return sink.Ack{}, ctx.Err()
+			}
 		}
 		pending, err := p.publisher.Publish(ctx, failed.msg)
 		if err == nil {
 			var ack sink.Ack
 			if ack, err = pending.Wait(ctx); err == nil {
+				p.outage = false
 				return ack, nil
 			}
 		}
 		if permanent(err) || ctx.Err() != nil {
 			return sink.Ack{}, err
 		}
-		cause = err
+		if !p.outage || attempt%10 == 0 {
+			fmt.Fprintf(p.out, "retry: publishes fail (%v, then %v); publishing event %s and those after it again (attempt %d)\n",
+				cause, err, failed.eventID, attempt)
+		}
+		p.outage = true
 	}
 }
 

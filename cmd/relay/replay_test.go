@@ -284,3 +284,44 @@ func TestReplayIntoTheRelaysOwnStreamWhileItRuns(t *testing.T) {
 		require.Empty(t, m.Header.Get(relay.HeaderOrigin))
 	}
 }
+
+// TestReplayRidesOutANATSRestart: NATS restarts while relay replay
+// publishes; the publishes that failed are published again once it is back,
+// and the replay ends with every selected row on the target stream once.
+func TestReplayRidesOutANATSRestart(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	js, err := jetstream.New(f.nc)
+	require.NoError(t, err)
+	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "REPLAY", Subjects: []string{"replay.>"}, Storage: jetstream.FileStorage})
+	require.NoError(t, err)
+	const rows = 20000
+	f.pg.Exec(t, f.db, `INSERT INTO events (aggregate_type, aggregate_id, event_type, payload, created_at)
+		SELECT 'order', i::text, 'created', jsonb_build_object('i', i), '2026-01-01T00:00:00Z'::timestamptz + i * interval '1 millisecond'
+		FROM generate_series(1, `+strconv.Itoa(rows)+`) AS i`)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out e2e.SyncBuffer
+	cmd := relayCommand(ctx, t, f.bin, f.env("RELAY_PUBLISH_WINDOW", "64", "RELAY_RETRY_MIN", "50ms", "RELAY_RETRY_MAX", "500ms"),
+		"replay", "--replay-since=2026-01-01T00:00:00Z", "--replay-subject-prefix=replay", "--replay-id=restart")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	require.Eventually(t, func() bool { return e2e.StreamCount(f.nc, "REPLAY") > 1000 }, time.Minute, 5*time.Millisecond, "the replay publishes: %s", out.String())
+	f.nats.Stop(t)
+	time.Sleep(time.Second) // down for a while: publishes in flight fail
+	f.nats.Start(t)
+	require.NoError(t, cmd.Wait(), out.String())
+	require.Contains(t, out.String(), "retry: publishes fail", "publishes failed while NATS was down")
+	t.Logf("replay output:\n%s", out.String())
+	require.Contains(t, out.String(), "replay restart: 20000 rows selected")
+
+	msgs := e2e.ReadStream(t, f.nc, "REPLAY")
+	of := replayedOf(msgs)
+	seen := map[string]bool{}
+	for _, id := range of {
+		require.False(t, seen[id], "event %s replayed twice", id)
+		seen[id] = true
+	}
+	require.Len(t, of, rows, "every selected row once")
+}
