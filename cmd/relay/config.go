@@ -140,7 +140,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	d(&c.sink.ReconnectWait, "nats-reconnect-wait", time.Second, "base delay between NATS reconnect attempts (jittered)")
 	d(&c.pump.RetryMin, "retry-min", 100*time.Millisecond, "first delay before publishing again after a failure")
 	d(&c.pump.RetryMax, "retry-max", 10*time.Second, "longest delay between publish retries")
-	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter")
+	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter (relay replay: stop, or skip and list it)")
 	b(&c.pump.Atomic, "atomic-transactions", false, "publish each committed transaction as one atomic batch: consumers see all of its events or none (nats-server 2.15.2 or later, a stream with allow_atomic; see the README)")
 	i(&c.pump.BatchMaxMessages, "atomic-batch-max", 1000, "with --atomic-transactions, the most events in one atomic batch: at most the server's max_batch_size (1000 unless configured)")
 	s(&c.pump.OnLargeTransaction, "on-large-transaction", relay.LargeTransactionStop, "with --atomic-transactions, what to do with a transaction of more events than --atomic-batch-max, or more bytes than half of --event-buffer-bytes: stop (with an error naming it) or split (consecutive batches, each atomic)")
