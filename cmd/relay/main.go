@@ -222,7 +222,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	case "recover":
 		return runRecover(ctx, cfg, stdout, stderr)
 	case "replay":
-		return runReplay(ctx, cfg, stdout, stderr)
+		return runReplay(ctx, cfg, stdout)
 	}
 	if err := runRelay(ctx, cfg, stderr); err != nil {
 		return logExit(newLogger(cfg, stderr), err)

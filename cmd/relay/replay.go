@@ -159,9 +159,7 @@ func (t replayTally) String() string {
 
 // runReplay republishes the rows the settings select; see the README's
 // replaying events.
-func runReplay(ctx context.Context, cfg *config, out, logOut io.Writer) error {
-	log := newLogger(cfg, logOut)
-	defer func() { _ = log.Sync() }() // stderr may not support sync
+func runReplay(ctx context.Context, cfg *config, out io.Writer) error {
 	r := &cfg.replay
 	nc, err := connectNATS(cfg)
 	if err != nil {
@@ -204,6 +202,9 @@ func runReplay(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 	sc := stream.CachedInfo().Config
 	fmt.Fprintf(out, "replay %s: subjects %s, stored by stream %s (subjects %s, duplicate window %s)\n",
 		r.id, r.target.String(), sc.Name, strings.Join(sc.Subjects, ", "), sc.Duplicates)
+	if !sink.Captures(sc.Subjects, wildcard) {
+		fmt.Fprintf(out, "warning: stream %s captures only some of %s; the events whose subjects it lacks are poison\n", sc.Name, wildcard)
+	}
 	if sc.Name == cfg.sink.Stream {
 		fmt.Fprintf(out, "note: replaying into the relay's own stream %s: a running relay sees another writer there (see the README's other writers); prefer another subject and stream for a backfill\n", sc.Name)
 	}
@@ -325,7 +326,7 @@ func (p *replayer) message(ev *cdc.Event) (sink.Message, error) {
 func (p *replayer) poison(id string, err error) error {
 	p.tally.poison++
 	if p.cfg.pump.OnPoison == relay.OnPoisonStop {
-		return fmt.Errorf("event %s is poison (--on-poison=stop): %w", id, err)
+		return fmt.Errorf("event %s is poison (--on-poison=stop; --on-poison=dead-letter skips it): %w", id, err)
 	}
 	fmt.Fprintf(p.out, "poison: event %s skipped: %v\n", id, err)
 	return nil

@@ -226,7 +226,7 @@ func TestReplayToAnotherStream(t *testing.T) {
 	code, out = runCommand(t, f.bin, env, poisonArgs...)
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "replay poison: 2 rows selected, 1 published, 0 duplicates, 1 poison")
-	require.Contains(t, out, "event "+bigID[0]+" is poison (--on-poison=stop): too_large")
+	require.Contains(t, out, "event "+bigID[0]+" is poison (--on-poison=stop; --on-poison=dead-letter skips it): too_large")
 	require.Contains(t, out, "run it again with --replay-id=poison")
 	code, out = runCommand(t, f.bin, env, append(poisonArgs, "--on-poison=dead-letter")...)
 	require.Equal(t, 0, code, out)
