@@ -283,6 +283,27 @@ func TestReplayIntoTheRelaysOwnStreamWhileItRuns(t *testing.T) {
 		require.Equal(t, m.Header.Get(relay.HeaderReplayOf)+"/replay/own", m.Header.Get(nats.MsgIdHdr))
 		require.Empty(t, m.Header.Get(relay.HeaderOrigin))
 	}
+
+	// Replayed again, under another replay id, at the stream's end: relay
+	// status counts them as another writer's, and the relay's next events
+	// follow them.
+	code, out = runCommand(t, f.bin, f.env(), "replay", "--replay-ids="+strings.Join(picked, ","), "--replay-id=again")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "replay again: 6 rows selected, 6 published, 0 duplicates, 0 poison")
+	code, out = runCommand(t, f.bin, f.env(), "status")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "6 without Outbox-Origin")
+	require.Contains(t, out, "consistency:         shared")
+	for i := range 3 {
+		f.write(t, 2, tagf("after-%d", i))
+	}
+	expected = f.writer.Committed(t)
+	f.waitStream(t, len(expected)+2*len(picked), time.Minute)
+	replays, own = replayed(e2e.ReadStream(t, f.nc, "OUTBOX"))
+	v = e2e.Compare(expected, e2e.IDs(own))
+	require.True(t, v.OK(), "the relay's own events, once each in commit order: %s", v)
+	require.Equal(t, slices.Concat(picked, picked), replayedOf(replays))
+	require.False(t, r.Exited(), "the relay runs on: %s", r.LogText())
 }
 
 // TestReplayRidesOutANATSRestart: NATS restarts while relay replay
