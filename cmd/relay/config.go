@@ -55,6 +55,9 @@ type config struct {
 	// relay recover only.
 	recoverPreviousSlot string
 	recoverMaxTxnAge    time.Duration
+
+	// relay replay only.
+	replay replaySettings
 }
 
 // envName maps a flag name to its environment variable: --nats-url reads
@@ -137,7 +140,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	d(&c.sink.ReconnectWait, "nats-reconnect-wait", time.Second, "base delay between NATS reconnect attempts (jittered)")
 	d(&c.pump.RetryMin, "retry-min", 100*time.Millisecond, "first delay before publishing again after a failure")
 	d(&c.pump.RetryMax, "retry-max", 10*time.Second, "longest delay between publish retries")
-	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter")
+	s(&c.pump.OnPoison, "on-poison", relay.OnPoisonStop, "what to do with an event JetStream can never accept: stop or dead-letter (relay replay: stop, or skip and list it)")
 	b(&c.pump.Atomic, "atomic-transactions", false, "publish each committed transaction as one atomic batch: consumers see all of its events or none (nats-server 2.15.2 or later, a stream with allow_atomic; see the README)")
 	i(&c.pump.BatchMaxMessages, "atomic-batch-max", 1000, "with --atomic-transactions, the most events in one atomic batch: at most the server's max_batch_size (1000 unless configured)")
 	s(&c.pump.OnLargeTransaction, "on-large-transaction", relay.LargeTransactionStop, "with --atomic-transactions, what to do with a transaction of more events than --atomic-batch-max, or more bytes than half of --event-buffer-bytes: stop (with an error naming it) or split (consecutive batches, each atomic)")
@@ -162,6 +165,17 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	// relay recover
 	s(&c.recoverPreviousSlot, "recover-previous-slot", "", "relay recover: the slot whose events the stream holds, when the slot to create is given another name (after a failover to a standby that lacked published WAL) (default: --slot)")
 	d(&c.recoverMaxTxnAge, "recover-max-transaction-age", time.Hour, "relay recover, and an initial snapshot started over: the longest an outbox transaction stays open; rows created up to this long before the last event published are compared with the stream")
+
+	// relay replay
+	s(&c.replay.since, "replay-since", "", "relay replay: republish the rows created at or after this RFC 3339 time (default none)")
+	s(&c.replay.until, "replay-until", "", "relay replay: republish the rows created before this RFC 3339 time (default none)")
+	s(&c.replay.ids, "replay-ids", "", "relay replay: republish the rows with these ids, comma-separated (default none)")
+	s(&c.replay.idsFile, "replay-ids-from", "", "relay replay: republish the rows with the ids in this file, separated by commas, spaces or line breaks (default none)")
+	fs.Uint64Var(&c.replay.afterSeq, "replay-after-seq", 0, "relay replay: republish the rows created after the relay's message at this sequence of --stream (default 0: none)")
+	s(&c.replay.subjectPrefix, "replay-subject-prefix", "", "relay replay: publish each event to this prefix, a dot, then its usual subject (default none: the usual subject)")
+	s(&c.replay.subjectTemplate, "replay-subject-template", "", "relay replay: publish each event to this subject template instead, e.g. replay.{aggregate_type}.{event_type} (default none: --subject-template)")
+	s(&c.replay.id, "replay-id", "", "relay replay: the replay's id, in each message id (<event id>/replay/<replay id>) and header Outbox-Replay: rerunning a replay with its id stores nothing twice within the stream's duplicate window (default: generated and printed)")
+	b(&c.replay.dryRun, "replay-dry-run", false, "relay replay: count the rows and print the first messages, publishing nothing")
 
 	// CloudEvents
 	b(&c.cloudEvents, "cloudevents", false, "publish each event as a CloudEvent in binary content mode, per the CloudEvents NATS protocol binding (ce-* headers, the payload as the data)")
@@ -214,7 +228,11 @@ func parseConfig(name string, args []string, lookupEnv func(string) (string, boo
 			}
 		}
 	})
-	return c, errors.Join(append(errs, c.finish())...)
+	errs = append(errs, c.finish())
+	if name == "replay" {
+		errs = append(errs, c.replay.finish(c.subjectTemplate))
+	}
+	return c, errors.Join(errs...)
 }
 
 // fromEnv reads name, or the file named by name_FILE. A variable set to the

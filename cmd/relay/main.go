@@ -168,6 +168,7 @@ Usage:
   relay check [flags]   run the preflight checks of PostgreSQL and NATS, and exit
   relay status [flags]  print the slot, the lag and the stream, and whether they agree
   relay recover [flags] create a slot lost in a failover and publish what the stream lacks (see the README)
+  relay replay [flags]  republish chosen events from the outbox table, under new message ids (see the README)
   relay version         print the version
   relay help            print this
 
@@ -194,7 +195,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil
-	case "run", "check", "status", "recover":
+	case "run", "check", "status", "recover", "replay":
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", command)
@@ -220,6 +221,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return runStatus(ctx, cfg, stdout)
 	case "recover":
 		return runRecover(ctx, cfg, stdout, stderr)
+	case "replay":
+		return runReplay(ctx, cfg, stdout)
 	}
 	if err := runRelay(ctx, cfg, stderr); err != nil {
 		return logExit(newLogger(cfg, stderr), err)

@@ -101,15 +101,9 @@ func runRecover(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	conn, err := cdc.Connect(ctx, cfg.cdc)
+	database, err := currentDatabase(ctx, cfg)
 	if err != nil {
 		return err
-	}
-	var database string
-	err = conn.QueryRow(ctx, `SELECT current_database()`).Scan(&database)
-	_ = conn.Close(context.WithoutCancel(ctx))
-	if err != nil {
-		return fmt.Errorf("read current database: %w", err)
 	}
 	systemID, err := cdc.SystemID(ctx, cfg.cdc)
 	if err != nil {
@@ -265,22 +259,51 @@ func runRecover(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 	return nil
 }
 
+// currentDatabase returns the name of the database the relay connects to.
+func currentDatabase(ctx context.Context, cfg *config) (string, error) {
+	conn, err := cdc.Connect(ctx, cfg.cdc)
+	if err != nil {
+		return "", err
+	}
+	var database string
+	err = conn.QueryRow(ctx, `SELECT current_database()`).Scan(&database)
+	_ = conn.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return "", fmt.Errorf("read current database: %w", err)
+	}
+	return database, nil
+}
+
 // createdAt returns the Outbox-Created-At of the message at seq.
 func createdAt(ctx context.Context, log *sink.StreamReader, seq uint64) (time.Time, error) {
-	h, found, err := log.Header(ctx, seq)
+	t, found, err := messageCreatedAt(ctx, log, seq)
 	if err != nil {
 		return time.Time{}, err
 	}
-	text := h.Get(relay.HeaderCreatedAt)
-	if !found || text == "" {
+	if !found {
 		return time.Time{}, fmt.Errorf("the stream no longer holds the last event published (sequence %d) or it has no %s: the recovery finds the rows the stream lacks from the creation time of that event, and needs the created_at column and a stream that keeps the last messages",
 			seq, relay.HeaderCreatedAt)
 	}
-	t, err := time.Parse(time.RFC3339Nano, text)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("read %s of the message at sequence %d: %w", relay.HeaderCreatedAt, seq, err)
-	}
 	return t, nil
+}
+
+// messageCreatedAt returns the Outbox-Created-At of the message at seq;
+// found is false when the stream holds no message there, or one without
+// that header.
+func messageCreatedAt(ctx context.Context, log *sink.StreamReader, seq uint64) (t time.Time, found bool, err error) {
+	h, found, err := log.Header(ctx, seq)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	text := h.Get(relay.HeaderCreatedAt)
+	if !found || text == "" {
+		return time.Time{}, false, nil
+	}
+	t, err = time.Parse(time.RFC3339Nano, text)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read %s of the message at sequence %d: %w", relay.HeaderCreatedAt, seq, err)
+	}
+	return t, true, nil
 }
 
 // streamIDs reads the stream from its end back and returns the message ids

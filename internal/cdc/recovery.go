@@ -109,15 +109,37 @@ type Selection struct {
 	// which an earlier attempt published; unlike Since it keeps the rows
 	// without a creation time, which sort last.
 	PublishedBefore time.Time
+	// Until, unless zero, keeps the rows created before it.
+	Until time.Time
+	// After, unless zero, keeps the rows created after it (strictly).
+	After time.Time
+	// IDs, unless empty, keeps the rows with one of these ids, each given as
+	// text and compared as a value of the id column's type.
+	IDs []string
 }
 
-// where renders sel as a WHERE clause with its parameters.
-func (sel Selection) where(created string) (string, []any) {
+// where renders sel as a WHERE clause with its parameters; id is the id
+// column and idType its type, for IDs.
+func (sel Selection) where(created, id, idType string) (string, []any) {
 	var conds []string
 	var args []any
 	if !sel.Since.IsZero() {
 		args = append(args, sel.Since)
 		conds = append(conds, created+" >= $"+strconv.Itoa(len(args)))
+	}
+	if !sel.Until.IsZero() {
+		args = append(args, sel.Until)
+		conds = append(conds, created+" < $"+strconv.Itoa(len(args)))
+	}
+	if !sel.After.IsZero() {
+		args = append(args, sel.After)
+		conds = append(conds, created+" > $"+strconv.Itoa(len(args)))
+	}
+	if len(sel.IDs) > 0 {
+		// The list cast to the column's type, not the column to text: the
+		// primary key's index finds the rows.
+		args = append(args, sel.IDs)
+		conds = append(conds, id+" = ANY ($"+strconv.Itoa(len(args))+"::text[]::"+idType+"[])")
 	}
 	if !sel.PublishedBefore.IsZero() {
 		args = append(args, sel.PublishedBefore)
@@ -179,6 +201,8 @@ type Scan struct {
 	read int64
 	size int64
 	done bool
+	// missing lists the ids asked for that no row has.
+	missing []string
 }
 
 // scanChunkRows is the most rows one chunk holds; the first chunk, read
@@ -212,6 +236,24 @@ func (s *RecoverySlot) Scan(ctx context.Context, sel Selection) (*Scan, error) {
 	return sc, nil
 }
 
+// ScanTable reads the outbox rows sel selects as they are now, like
+// RecoverySlot.Scan but in a snapshot of its own (no slot): one read-only
+// repeatable-read transaction, a cursor in creation order, chunk by chunk.
+// With IDs in sel, Missing lists those no row has. Close the scan when done.
+func ScanTable(ctx context.Context, cfg Config, sel Selection) (*Scan, error) {
+	conn, err := connect(ctx, cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	sc := &Scan{cfg: cfg, conn: conn, rows: scanFirstChunkRows}
+	if err := sc.open(ctx, "", sel); err != nil {
+		sc.Close()
+		return nil, err
+	}
+	return sc, nil
+}
+
+// open begins the scan's transaction, in snapshot unless it is empty.
 func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error {
 	cfg := sc.cfg
 	q := querier{conn: sc.conn, timeout: cfg.QueryTimeout}
@@ -225,16 +267,18 @@ func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error 
 	}
 	tx, err := sc.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+		return fmt.Errorf("read the outbox rows: %w", err)
 	}
 	sc.tx = tx
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
-		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+	if snapshot != "" {
+		if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "''")+"'"); err != nil {
+			return fmt.Errorf("read the outbox rows: %w", err)
+		}
 	}
 	// The transaction idles while the pump publishes a chunk, for as long
 	// as NATS makes it wait.
 	if _, err := tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
-		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+		return fmt.Errorf("read the outbox rows: %w", err)
 	}
 	selects := make([]string, numColumns)
 	for i, name := range names {
@@ -243,12 +287,26 @@ func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error 
 			selects[i] = pgx.Identifier{name}.Sanitize() + "::text"
 		}
 	}
-	created := pgx.Identifier{names[colCreatedAt]}.Sanitize()
-	where, args := sel.where(created)
+	created, id := pgx.Identifier{names[colCreatedAt]}.Sanitize(), pgx.Identifier{names[colID]}.Sanitize()
 	qctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
 	defer cancel()
+	var idType string
+	if len(sel.IDs) > 0 {
+		if err := tx.QueryRow(qctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2`,
+			qualifiedTable(cfg), names[colID]).Scan(&idType); err != nil {
+			return fmt.Errorf("read the type of column %q: %w", names[colID], err)
+		}
+		// Each id given as text, as a value of the column's type: one that
+		// is no such value (not a uuid, say) is an error here.
+		err := tx.QueryRow(qctx, `SELECT coalesce(array_agg(want ORDER BY n), '{}') FROM unnest($1::text[]) WITH ORDINALITY AS w(want, n)
+			WHERE NOT EXISTS (SELECT 1 FROM `+qualifiedTable(cfg)+` WHERE `+id+` = want::`+idType+`)`, sel.IDs).Scan(&sc.missing)
+		if err != nil {
+			return fmt.Errorf("look up the ids to read in %s: %w", qualifiedTable(cfg), err)
+		}
+	}
+	where, args := sel.where(created, id, idType)
 	if err := tx.QueryRow(qctx, `SELECT count(*) FROM `+qualifiedTable(cfg)+where, args...).Scan(&sc.total); err != nil {
-		return fmt.Errorf("count the outbox rows in the slot's snapshot: %w", err)
+		return fmt.Errorf("count the outbox rows to read: %w", err)
 	}
 	// A cursor sorts once and hands the rows out in chunks; pages by key
 	// would sort the table again for each chunk.
@@ -256,13 +314,17 @@ func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error 
 	// statements) for the user's condition.
 	args = append([]any{pgx.QueryExecModeExec}, args...)
 	if _, err := tx.Exec(qctx, `DECLARE outbox_relay_scan NO SCROLL CURSOR FOR SELECT `+strings.Join(selects, ", ")+` FROM `+qualifiedTable(cfg)+where+` ORDER BY `+created+`, xmin::text::bigint, ctid`, args...); err != nil {
-		return fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+		return fmt.Errorf("read the outbox rows: %w", err)
 	}
 	return nil
 }
 
 // Total is how many rows the scan returns in all.
 func (sc *Scan) Total() int64 { return sc.total }
+
+// Missing lists the ids of the selection's IDs that no row has, in the
+// order given.
+func (sc *Scan) Missing() []string { return sc.missing }
 
 // Next returns the next chunk of rows, as events without positions, or none
 // at the end. A chunk holds up to 1000 rows and about a quarter of
@@ -280,7 +342,7 @@ func (sc *Scan) Next(ctx context.Context) ([]Event, error) {
 	defer cancel()
 	rows, err := sc.tx.Query(qctx, `FETCH FORWARD `+strconv.Itoa(sc.rows)+` FROM outbox_relay_scan`)
 	if err != nil {
-		return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+		return nil, fmt.Errorf("read the outbox rows: %w", err)
 	}
 	defer rows.Close()
 	events := make([]Event, 0, sc.rows)
@@ -291,14 +353,14 @@ func (sc *Scan) Next(ctx context.Context) ([]Event, error) {
 			dest[i] = &values[i]
 		}
 		if err := rows.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+			return nil, fmt.Errorf("read the outbox rows: %w", err)
 		}
 		ev := rowEvent(values, sc.names)
 		events = append(events, ev)
 		sc.size += eventSize(&ev)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read the outbox in the slot's snapshot: %w", err)
+		return nil, fmt.Errorf("read the outbox rows: %w", err)
 	}
 	sc.read += int64(len(events))
 	if len(events) < sc.rows {

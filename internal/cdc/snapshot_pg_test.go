@@ -153,3 +153,63 @@ func TestCheckSelectionRefusesWhatIsNotOneCondition(t *testing.T) {
 	var n int
 	require.NoError(t, pg.Connect(t, "app").QueryRow(context.Background(), `SELECT count(*) FROM outbox`).Scan(&n), "the table is still there")
 }
+
+// TestScanTableSelectsByTimeAndIDs: against PostgreSQL, ScanTable reads the
+// table as it is, without a slot: rows created in a half-open time range,
+// rows created strictly after a time, or rows with given ids (compared as
+// values of the id column's type, so a uuid written without hyphens finds its row, and
+// the ids no row has are listed), in created_at order, then transaction and
+// insertion order. An id that is no value of the column's type is an error.
+func TestScanTableSelectsByTimeAndIDs(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	pg.CreateDatabase(t, "app")
+	pg.Exec(t, "app", `CREATE TABLE outbox (id uuid PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text,
+		payload jsonb, headers jsonb, created_at timestamptz)`)
+	// Inserted in reverse of their creation order, a second apart; three
+	// rows of one transaction share a time.
+	pg.Exec(t, "app", `INSERT INTO outbox SELECT ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid, 'order', i::text, 'created', '{}', NULL,
+		'2026-01-01T00:00:00Z'::timestamptz + i * interval '1 second' FROM generate_series(10, 1, -1) AS i`)
+	pg.Exec(t, "app", `INSERT INTO outbox SELECT ('00000000-0000-0000-0001-' || lpad(i::text, 12, '0'))::uuid, 'order', 'tx-' || i, 'created', '{}', NULL,
+		'2026-01-01T00:00:05Z' FROM generate_series(1, 3) AS i`)
+	at := func(s int) time.Time { return time.Date(2026, 1, 1, 0, 0, s, 0, time.UTC) }
+	tests := []struct {
+		name    string
+		sel     Selection
+		want    []string
+		missing []string
+	}{
+		{name: "range", sel: Selection{Since: at(4), Until: at(7)}, want: []string{"4", "5", "tx-1", "tx-2", "tx-3", "6"}},
+		{name: "after", sel: Selection{After: at(8)}, want: []string{"9", "10"}},
+		{
+			name: "ids", sel: Selection{IDs: []string{"00000000-0000-0000-0000-000000000009", "{00000000000000000000000000000010}", "00000000-0000-0000-0001-000000000002", "00000000-0000-0000-0000-000000000099"}},
+			want: []string{"tx-2", "9", "10"}, missing: []string{"00000000-0000-0000-0000-000000000099"},
+		},
+	}
+	for _, tt := range tests {
+		cfg := validConfig()
+		cfg.PostgresURL = pg.URL("app")
+		ctx := context.Background()
+		scan, err := ScanTable(ctx, cfg, tt.sel)
+		require.NoError(t, err, tt.name)
+		require.Equal(t, int64(len(tt.want)), scan.Total(), tt.name)
+		require.Equal(t, tt.missing, scan.Missing(), tt.name)
+		var got []string
+		for {
+			rows, err := scan.Next(ctx)
+			require.NoError(t, err, tt.name)
+			if len(rows) == 0 {
+				break
+			}
+			for _, ev := range rows {
+				got = append(got, ev.AggregateID)
+			}
+		}
+		scan.Close()
+		require.Equal(t, tt.want, got, tt.name)
+	}
+	cfg := validConfig()
+	cfg.PostgresURL = pg.URL("app")
+	_, err := ScanTable(context.Background(), cfg, Selection{IDs: []string{"not-a-uuid"}})
+	require.ErrorContains(t, err, "invalid input syntax for type uuid")
+}

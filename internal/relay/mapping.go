@@ -37,6 +37,10 @@ const (
 	HeaderOriginalSubject = "Outbox-Original-Subject"
 	HeaderPayloadOmitted  = "Outbox-Payload-Omitted"
 	HeaderHeadersOmitted  = "Outbox-Headers-Omitted"
+	// Messages republished by relay replay carry these instead of the
+	// commit position and origin: the replay's id, and the event's id.
+	HeaderReplay   = "Outbox-Replay"
+	HeaderReplayOf = "Outbox-Replay-Of"
 )
 
 // Template builds subjects from events: dot-separated tokens, each a literal
