@@ -84,8 +84,8 @@ func printFailover(ctx context.Context, cfg *config, conn *pgx.Conn, out io.Writ
 // printTimeline prints the server's timeline and the one the relay last
 // streamed from, and returns the divergence error when the server's WAL does
 // not hold the last event the stream has from this origin.
-func printTimeline(ctx context.Context, cfg *config, nc *sink.Connection, origin string, published pglogrepl.LSN, out io.Writer) error {
-	h, err := readHistory(ctx, cfg, nc, origin)
+func printTimeline(ctx context.Context, cfg *config, store *sink.StateStore, origin string, published pglogrepl.LSN, out io.Writer) error {
+	h, err := readHistory(ctx, cfg, store, origin)
 	if err != nil {
 		return err
 	}
@@ -105,12 +105,8 @@ type history struct {
 	found    bool
 }
 
-func readHistory(ctx context.Context, cfg *config, nc *sink.Connection, origin string) (history, error) {
+func readHistory(ctx context.Context, cfg *config, store *sink.StateStore, origin string) (history, error) {
 	wal, err := cdc.ServerHistory(ctx, cfg.cdc)
-	if err != nil {
-		return history{}, err
-	}
-	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
 	if err != nil {
 		return history{}, err
 	}
@@ -134,7 +130,7 @@ func checkHistory(ctx context.Context, cfg *config, nc *sink.Connection, origin 
 	if err != nil {
 		return fmt.Errorf("read the relay's high-water mark: %w", err)
 	}
-	h, err := readHistory(ctx, cfg, nc, origin)
+	h, err := readHistory(ctx, cfg, store, origin)
 	if err != nil {
 		return err
 	}

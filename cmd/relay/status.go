@@ -414,7 +414,11 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	fmt.Fprintf(out, "  last sequence:       %d\n", info.State.LastSeq)
 	fmt.Fprintf(out, "  duplicate window:    %s\n", info.Config.Duplicates)
 	fmt.Fprintf(out, "  replicas:            %d\n", info.Config.Replicas)
-	reading, err := readMark(ctx, cfg, nc, ours)
+	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
+	if err != nil {
+		return errors.Join(append(problems, err)...)
+	}
+	reading, err := readMark(ctx, cfg, nc, store, ours)
 	if err != nil {
 		return errors.Join(append(problems, err)...)
 	}
@@ -460,15 +464,13 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	if len(mark.Holes) > 0 {
 		fmt.Fprintf(out, "  to publish again:    %d events another writer's message displaced\n", len(mark.Holes))
 	}
-	if err := printTimeline(ctx, cfg, nc, ours, mark.Position.CommitLSN, out); err != nil {
+	if err := printTimeline(ctx, cfg, store, ours, mark.Position.CommitLSN, out); err != nil {
 		problems = append(problems, err)
 	}
-	if err := printJanitor(ctx, cfg, nc, ours, out); err != nil {
+	if err := printJanitor(ctx, cfg, store, ours, out); err != nil {
 		problems = append(problems, err)
 	}
-	if store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout); err != nil {
-		problems = append(problems, err)
-	} else if err := printSnapshot(ctx, store, cfg.sink.Stream, ours, out); err != nil {
+	if err := printSnapshot(ctx, store, cfg.sink.Stream, ours, out); err != nil {
 		problems = append(problems, err)
 	}
 	if (reading.Recorded || !mark.Position.IsZero()) && !slot.Exists {
@@ -490,11 +492,7 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 
 // printJanitor prints whether cleanup is on in this configuration and what
 // the janitor of the slot's leader recorded of its last run.
-func printJanitor(ctx context.Context, cfg *config, nc *sink.Connection, origin string, out io.Writer) error {
-	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
-	if err != nil {
-		return err
-	}
+func printJanitor(ctx context.Context, cfg *config, store *sink.StateStore, origin string, out io.Writer) error {
 	state, ran, err := janitorStore{store: store, key: janitorKey(cfg.sink.Stream, origin)}.Load(ctx)
 	if err != nil {
 		return err
@@ -523,11 +521,7 @@ func printJanitor(ctx context.Context, cfg *config, nc *sink.Connection, origin 
 
 // readMark reads what the stream holds of origin's events, as a relay
 // starting now would.
-func readMark(ctx context.Context, cfg *config, nc *sink.Connection, origin string) (relay.Reading, error) {
-	store, err := sink.OpenStateStore(ctx, nc, cfg.sink.StateBucket, 0, cfg.sink.RequestTimeout)
-	if err != nil {
-		return relay.Reading{}, err
-	}
+func readMark(ctx context.Context, cfg *config, nc *sink.Connection, store *sink.StateStore, origin string) (relay.Reading, error) {
 	streamLog := sink.NewStreamReader(nc.Conn, nc.JetStream, cfg.sink.Stream, cfg.sink.RequestTimeout)
 	return relay.NewWatermark(streamLog, store, cfg.sink.Stream, origin, zap.NewNop()).Read(ctx, relay.Mark{}, 0, false)
 }

@@ -365,3 +365,29 @@ func TestPumpContendedStreamPublishesOneAtATime(t *testing.T) {
 	assert.Zero(t, stream.Duplicates(), "no event published again once stored")
 	assert.Less(t, stream.RejectedWrongSequence(), 100, "publishes refused because another writer broke the burst")
 }
+
+// A serial spell ends: once the other writer is quiet and the spell is over,
+// the pump publishes bursts again, asking a PubAck only every AckEvery-th
+// message, instead of one message at a time for good.
+func TestPumpContentionSpellEnds(t *testing.T) {
+	t.Parallel()
+	const n = 600
+	src := newFilledSource(pumpEvents(n, 1), true)
+	stream := newFakeStream(t, true, false)
+	stream.SetScript(func(i int, _ sink.Message) fault {
+		if i <= 60 && i%3 == 0 {
+			return plainAt(i)
+		}
+		return fault{}
+	})
+	cfg := relay.WithSerialSpell(pumpConfig(16), time.Millisecond)
+	cfg.AckEvery = 4
+
+	err, _ := runPump(t, cfg, src, stream)
+	require.NoError(t, err)
+
+	assertOwnOrder(t, stream, testOrigin)
+	assert.Equal(t, pumpIDs(1, n), ownIDs(stream), "every event once, in commit order")
+	assertStoredAcked(t, stream, src)
+	assert.Less(t, stream.AckRequests(), n/2, "bursts again after the spell: not a PubAck per message")
+}

@@ -5,6 +5,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -104,6 +105,9 @@ type Config struct {
 	BatchMaxBytes    int64
 	// OnLargeTransaction is LargeTransactionStop or LargeTransactionSplit.
 	OnLargeTransaction string
+
+	// serialSpell replaces contentionSerial in tests.
+	serialSpell time.Duration
 }
 
 // Validate reports every problem of c at once, each naming the setting.
@@ -487,7 +491,10 @@ func (p *Pump) publish(ctx context.Context, ev cdc.Event) error {
 		}
 		return err
 	}
-	p.endContention(time.Now())
+	if !p.serialUntil.IsZero() {
+		// Off the per-event path unless the pump is in a serial spell.
+		p.endContention(time.Now())
+	}
 	chainStart := p.order == orderChain && p.lastID == ""
 	expect := p.expect(&msg)
 	covered := !chainStart && !p.needsAck()
@@ -1040,9 +1047,10 @@ func (p *Pump) contended(now time.Time) bool {
 	if len(p.breaks) < contentionBreaks {
 		return false
 	}
-	p.breaks, p.serialUntil = nil, now.Add(contentionSerial)
+	spell := cmp.Or(p.cfg.serialSpell, contentionSerial)
+	p.breaks, p.serialUntil = nil, now.Add(spell)
 	p.log.Info("other writers break the relay's bursts on the stream; publishing one message at a time for a while",
-		zap.String("stream", p.marks.stream), zap.Duration("for", contentionSerial))
+		zap.String("stream", p.marks.stream), zap.Duration("for", spell))
 	return true
 }
 
@@ -1050,7 +1058,7 @@ func (p *Pump) contended(now time.Time) bool {
 // once the serial spell of contention is over and nothing is in flight: the
 // next message starts a chain.
 func (p *Pump) endContention(now time.Time) {
-	if p.serialUntil.IsZero() || now.Before(p.serialUntil) || p.order != orderSerial || p.window.Len() > 0 {
+	if now.Before(p.serialUntil) || p.order != orderSerial || p.window.Len() > 0 {
 		return
 	}
 	p.serialUntil = time.Time{}
