@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -37,6 +38,8 @@ type config struct {
 
 	postgresPassword string
 	table            string
+	tableColumns     string
+	messageID        string
 	subjectTemplate  string
 	streamSubjects   string
 	template         relay.Template
@@ -86,7 +89,9 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	// PostgreSQL
 	s(&c.cdc.PostgresURL, "postgres-url", "", "PostgreSQL connection URL, e.g. postgres://relay@db:5432/app?sslmode=verify-full (required; default none)")
 	s(&c.postgresPassword, "postgres-password", "", "PostgreSQL password, overriding the URL's (and --leader-postgres-url's); use RELAY_POSTGRES_PASSWORD_FILE to read it from a file (default none)")
-	s(&c.table, "table", "events", "outbox table, optionally schema-qualified")
+	s(&c.table, "table", "events", "outbox table, optionally schema-qualified; several comma-separated, or a pattern with * (\"*.outbox\": every schema's outbox table, also those created later; needs a publication FOR ALL TABLES)")
+	s(&c.tableColumns, "table-columns", "", "column mapping of single tables of --table where it differs from the --column-* flags: \"<table>: <column>=<name> ...; <table>: ...\", columns id, aggregate-type, aggregate-id, event-type, payload, headers, created-at, alternatives separated by | (default none)")
+	s(&c.messageID, "message-id", "", "what Nats-Msg-Id holds: id (the id column) or table-id (<schema>.<table>/<id>, for ids unique only per table); required with several tables (default id with one table)")
 	s(&c.cdc.Columns.ID, "column-id", "id", "column holding the event id (becomes Nats-Msg-Id)")
 	s(&c.cdc.Columns.AggregateType, "column-aggregate-type", "aggregate_type", "column holding the aggregate type")
 	s(&c.cdc.Columns.AggregateID, "column-aggregate-id", "aggregate_id", "column holding the aggregate id")
@@ -130,7 +135,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 	s(&c.streamSubjects, "stream-subjects", "", "comma-separated subjects for a stream the relay creates (default: the subject template's wildcard, plus the dead-letter subject)")
 	d(&c.sink.DuplicateWindow, "duplicate-window", 2*time.Minute, "duplicate window of a stream the relay creates")
 	i(&c.sink.Replicas, "stream-replicas", 1, "replicas of a stream the relay creates (3 for acknowledgements that survive a host crash)")
-	s(&c.subjectTemplate, "subject-template", "outbox.{aggregate_type}.{event_type}", "subject of each event; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}")
+	s(&c.subjectTemplate, "subject-template", "outbox.{aggregate_type}.{event_type}", "subject of each event; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}, {schema}, {table} (of the outbox table; \"message\" for a logical decoding message)")
 	i(&c.pump.Window, "publish-window", 1024, "publishes in flight at once")
 	i(&c.pump.AckEvery, "ack-every", 32, "in a burst, ask JetStream to acknowledge only every Nth message (and the last); each acknowledgement vouches for the messages before it, which carry the expected last sequence; 1 acknowledges every message")
 	s(&c.sink.PublishMode, "publish-mode", sink.PublishAuto, "how bursts are published: batch (fast batches: one reply per burst; the stream must allow them: allow_batched, nats-server 2.14+), async (one publish per message), or auto (batch when the stream allows it, async otherwise; see the README)")
@@ -179,7 +184,7 @@ func newFlagSet(name string, c *config, out io.Writer) *flag.FlagSet {
 
 	// CloudEvents
 	b(&c.cloudEvents, "cloudevents", false, "publish each event as a CloudEvent in binary content mode, per the CloudEvents NATS protocol binding (ce-* headers, the payload as the data)")
-	s(&c.cloudEventsSource, "cloudevents-source", "", "ce-source of every event with --cloudevents (default /outbox-relay/<database>/<schema>.<table>)")
+	s(&c.cloudEventsSource, "cloudevents-source", "", "ce-source of every event with --cloudevents (default /outbox-relay/<database>/<schema>.<table>, /outbox-relay/<database> with several tables)")
 	s(&c.cloudEventsType, "cloudevents-type", "{aggregate_type}.{event_type}", "ce-type of each event with --cloudevents; placeholders {aggregate_type}, {aggregate_id}, {event_type}, {id}, e.g. com.example.{aggregate_type}.{event_type}")
 
 	// Tracing
@@ -262,9 +267,27 @@ func redactIfSecret(flagName, value string) string {
 // finish derives settings and validates everything.
 func (c *config) finish() error {
 	var errs []error
-	c.cdc.Schema, c.cdc.Table = "public", c.table
-	if schema, table, ok := strings.Cut(c.table, "."); ok {
-		c.cdc.Schema, c.cdc.Table = schema, table
+	tables, err := cdc.ParseTables(c.table, c.cdc.Columns)
+	errs = append(errs, err)
+	if err := cdc.ApplyTableColumns(tables, c.tableColumns); err != nil {
+		errs = append(errs, err)
+	}
+	c.cdc.Tables = tables
+	if len(tables) > 0 {
+		// The first table names the relay's tables where one name is
+		// needed (the default CloudEvents source with one table).
+		c.cdc.Schema, c.cdc.Table = tables[0].Schema, tables[0].Name
+	}
+	switch c.messageID {
+	case "":
+		if c.cdc.Several() {
+			errs = append(errs, fmt.Errorf("message-id: required with several tables (--table=%s): set table-id, which makes Nats-Msg-Id <schema>.<table>/<id>, when ids may repeat across tables (a sequence per table), or id when they are unique across all of them (UUIDs); JetStream drops a message whose id it already holds", c.table))
+		}
+	case "id":
+	case "table-id":
+		c.cdc.QualifiedIDs = true
+	default:
+		errs = append(errs, fmt.Errorf("message-id: %q, must be id or table-id", c.messageID))
 	}
 	if c.postgresPassword != "" && c.cdc.PostgresURL != "" {
 		withPassword, err := setPassword(c.cdc.PostgresURL, c.postgresPassword)
@@ -346,6 +369,21 @@ func (c *config) finish() error {
 		errs = append(errs, errors.New("http-addr: must not be empty"))
 	}
 	c.janitor.Schema, c.janitor.Table, c.janitor.CreatedAt = c.cdc.Schema, c.cdc.Table, c.cdc.Columns.CreatedAt
+	if len(tables) > 0 {
+		c.janitor.CreatedAt = tables[0].Columns.CreatedAt
+	}
+	if c.cdc.Several() {
+		cdcCfg := c.cdc
+		c.janitor.TablesSetting = c.table
+		c.janitor.Tables = func(ctx context.Context, db *pgx.Conn) ([]janitor.Table, error) {
+			tables, err := cdc.ResolveTables(ctx, db, cdcCfg)
+			out := make([]janitor.Table, len(tables))
+			for i, t := range tables {
+				out[i] = janitor.Table{Schema: t.Schema, Name: t.Name, CreatedAt: t.Columns.CreatedAt}
+			}
+			return out, err
+		}
+	}
 	c.janitor.BatchSize = janitor.DefaultBatchSize
 	c.janitor.StatementTimeout = c.cdc.QueryTimeout
 	c.janitor.LockTimeout = min(janitor.DefaultLockTimeout, c.cdc.QueryTimeout)

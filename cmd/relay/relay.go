@@ -64,7 +64,7 @@ func runRelay(ctx context.Context, cfg *config, logOut io.Writer) (err error) {
 		_ = srv.Shutdown(sctx) // exiting anyway
 	}()
 	log.Info("relay starting", zap.String("slot", cfg.cdc.Slot), zap.String("stream", cfg.sink.Stream),
-		zap.String("table", cfg.cdc.Schema+"."+cfg.cdc.Table))
+		zap.String("table", cfg.cdc.TablesText()))
 
 	nc, err := sink.Connect(cfg.sink, log.Named("sink"), m)
 	if err != nil {
@@ -310,7 +310,11 @@ func (j janitorMetrics) Ran(res janitor.Result, err error, at time.Time) {
 func newMapper(cfg *config, origin, database string, subjects []string) (*relay.Mapper, error) {
 	mapper := relay.NewMapper(cfg.template, origin, subjects)
 	if cfg.cloudEvents {
-		source := cmp.Or(cfg.cloudEventsSource, "/outbox-relay/"+url.PathEscape(database)+"/"+url.PathEscape(cfg.cdc.Schema+"."+cfg.cdc.Table))
+		source := "/outbox-relay/" + url.PathEscape(database)
+		if !cfg.cdc.Several() {
+			source += "/" + url.PathEscape(cfg.cdc.Schema+"."+cfg.cdc.Table)
+		}
+		source = cmp.Or(cfg.cloudEventsSource, source)
 		ce, err := relay.NewCloudEvents(source, cfg.cloudEventsType)
 		if err != nil {
 			return nil, err

@@ -366,13 +366,20 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	qualified := pgx.Identifier{cfg.cdc.Schema, cfg.cdc.Table}.Sanitize()
-	var tableExists bool
-	if err := pgConn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, qualified).Scan(&tableExists); err != nil {
-		return fmt.Errorf("look up table %s: %w", qualified, err)
+	tables, err := cdc.ResolveTables(ctx, pgConn, cfg.cdc)
+	if err != nil {
+		return err
 	}
-	if !tableExists {
-		problems = append(problems, fmt.Errorf("table: %s does not exist; create it (see sql/outbox.sql) or set --table", qualified))
+	tablesExist := true
+	for _, t := range tables {
+		var tableExists bool
+		if err := pgConn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, t.Qualified()).Scan(&tableExists); err != nil {
+			return fmt.Errorf("look up table %s: %w", t.Qualified(), err)
+		}
+		if !tableExists {
+			tablesExist = false
+			problems = append(problems, fmt.Errorf("table: %s does not exist; create it (see sql/outbox.sql) or set --table", t.Qualified()))
+		}
 	}
 	fmt.Fprintf(out, "slot %s\n", cfg.cdc.Slot)
 	if !slot.Exists {
@@ -427,7 +434,7 @@ func runStatus(ctx context.Context, cfg *config, out io.Writer) error {
 		return errors.Join(append(problems, err)...)
 	}
 	fmt.Fprintf(out, "  writers:             %s\n", seen.describe(ours))
-	if slot.Exists && !slot.Active && tableExists {
+	if slot.Exists && !slot.Active && tablesExist {
 		planned := &plannedStream{subjects: info.Config.Subjects, maxSize: nc.MaxPayload(), exists: true}
 		if info.Config.MaxMsgSize > 0 && int64(info.Config.MaxMsgSize) < planned.maxSize {
 			planned.maxSize = int64(info.Config.MaxMsgSize)

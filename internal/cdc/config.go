@@ -13,11 +13,18 @@ import (
 type Config struct {
 	// PostgresURL is a libpq connection URL or keyword/value string.
 	PostgresURL string
-	// Schema and Table name the outbox table.
-	Schema string
-	Table  string
-	// Columns names the outbox table's columns.
+	// Tables are the outbox tables, or patterns naming them (ParseTables).
+	// When empty, Schema, Table and Columns name the one outbox table.
+	Tables []Table
+	// Schema, Table and Columns name the table the single-table parts read
+	// (ForTable); with Tables empty, the one outbox table.
+	Schema  string
+	Table   string
 	Columns Columns
+	// QualifiedIDs makes an event's ID, its Nats-Msg-Id, "<schema>.<table>/<id>"
+	// instead of the id column's value: ids need then be unique per table
+	// only (--message-id=table-id).
+	QualifiedIDs bool
 	// Publication and Slot name the publication and logical replication slot.
 	Publication string
 	Slot        string
@@ -97,21 +104,28 @@ func (c Config) Validate() error {
 	if c.PostgresURL == "" {
 		errs = append(errs, errors.New("postgres-url: required (RELAY_POSTGRES_URL)"))
 	}
-	if c.Table == "" {
-		errs = append(errs, errors.New("table: must not be empty"))
-	}
-	if c.Schema == "" {
-		errs = append(errs, errors.New("table: schema must not be empty"))
+	for _, t := range c.tableList() {
+		if t.Name == "" {
+			errs = append(errs, errors.New("table: must not be empty"))
+		}
+		if t.Schema == "" {
+			errs = append(errs, errors.New("table: schema must not be empty"))
+		}
 	}
 	if !identifierPattern.MatchString(c.Slot) {
 		errs = append(errs, fmt.Errorf("slot: %q is not a valid slot name (lower-case letters, digits and _, at most 63)", c.Slot))
 	}
 	errs = append(errs, validPublication(c.Publication))
-	alts := c.Columns.alternatives()
-	flags := [numColumns]string{"column-id", "column-aggregate-type", "column-aggregate-id", "column-event-type", "column-payload"}
-	for slot := range numColumns {
-		if required(slot) && len(alts[slot]) == 0 {
-			errs = append(errs, fmt.Errorf("%s: must not be empty", flags[slot]))
+	for _, t := range c.tableList() {
+		alts := t.Columns.alternatives()
+		for slot := range numColumns {
+			if required(slot) && len(alts[slot]) == 0 {
+				if c.Several() {
+					errs = append(errs, fmt.Errorf("column-%s: must not be empty (for %s)", columnSettings[slot], t))
+				} else {
+					errs = append(errs, fmt.Errorf("column-%s: must not be empty", columnSettings[slot]))
+				}
+			}
 		}
 	}
 	errs = append(errs,

@@ -150,13 +150,13 @@ type relationName struct {
 // decoder turns pgoutput messages into changes. It keeps the relation cache
 // of one replication session and is used by one goroutine.
 type decoder struct {
-	schema, table string
-	// outboxOID is the outbox table's OID when the session started, 0 if
-	// unknown: the same relation under another name is the outbox renamed.
-	outboxOID uint32
-	columns   Columns
-	relations map[uint32]relation
-	insert    insertMessage // reused to avoid an allocation per row
+	cfg Config
+	// outboxOIDs are the listed outbox tables' OIDs when the session
+	// started, with their names: the same relation under a name no table
+	// setting matches is an outbox renamed.
+	outboxOIDs map[uint32]string
+	relations  map[uint32]relation
+	insert     insertMessage // reused to avoid an allocation per row
 	// maxRow, when positive, leaves out payload and headers of larger
 	// rows (Event.Omitted).
 	maxRow int64
@@ -165,8 +165,8 @@ type decoder struct {
 	messagePrefix string
 }
 
-func newDecoder(schema, table string, columns Columns) *decoder {
-	return &decoder{schema: schema, table: table, columns: columns, relations: make(map[uint32]relation)}
+func newDecoder(cfg Config) *decoder {
+	return &decoder{cfg: cfg, relations: make(map[uint32]relation)}
 }
 
 // decode decodes one pgoutput message. Errors wrapping ErrConfig mean the
@@ -214,22 +214,27 @@ func (d *decoder) decode(data []byte) (change, error) {
 
 func (d *decoder) addRelation(r relationMessage) error {
 	rel := relation{name: relationName{id: r.id, namespace: r.namespace, name: r.name}, width: len(r.columns)}
-	if r.id == d.outboxOID && (r.namespace != d.schema || r.name != d.table) {
+	table, outbox := d.cfg.tableFor(r.namespace, r.name)
+	if old, ok := d.outboxOIDs[r.id]; ok && !outbox {
 		// Its rows would be ignored under the new name, and confirmed past.
-		return fmt.Errorf("the outbox table %s.%s (oid %d) arrives named %s.%s: it was renamed, and the relay would skip its rows; rename it back, or stop the relay and set --table once the rows under the old name are published: %w",
-			d.schema, d.table, r.id, r.namespace, r.name, ErrConfig)
+		return fmt.Errorf("the outbox table %s (oid %d) arrives named %s.%s: it was renamed, and the relay would skip its rows; rename it back, or stop the relay and set --table once the rows under the old name are published: %w",
+			old, r.id, r.namespace, r.name, ErrConfig)
 	}
-	if r.namespace == d.schema && r.name == d.table {
+	if outbox {
 		rel.outbox = true
 		have := make([]string, len(r.columns))
 		for i, c := range r.columns {
 			have[i] = c.name
 		}
 		var missing []string
-		rel.index, missing = d.columns.find(have)
+		rel.index, missing = table.Columns.find(have)
 		if len(missing) > 0 {
-			return fmt.Errorf("outbox table %s.%s has no column %q here (set the column flags to match the table; during a rename, list both names, e.g. --column-event-type=old,new): %w",
-				d.schema, d.table, missing, ErrConfig)
+			hint := "set the column flags to match the table"
+			if d.cfg.Several() {
+				hint = "set --table-columns for it, or the column flags, to match the table"
+			}
+			return fmt.Errorf("outbox table %s.%s has no column %q here (%s; during a rename, list both names, e.g. --column-event-type=old,new): %w",
+				r.namespace, r.name, missing, hint, ErrConfig)
 		}
 		for slot, i := range rel.index {
 			if i >= 0 {
@@ -322,7 +327,11 @@ func (d *decoder) event(rel relation) (Event, string) {
 		}
 		return unsafe.String(&b[0], len(b))
 	}
-	ev.ID = str(text[colID])
+	ev.RowID = str(text[colID])
+	if rel.name.namespace != "" { // not a logical decoding message
+		ev.Schema, ev.Table = rel.name.namespace, rel.name.name
+	}
+	ev.ID = d.cfg.eventID(ev.Schema, ev.Table, ev.RowID)
 	ev.AggregateType = str(text[colAggregateType])
 	ev.AggregateID = str(text[colAggregateID])
 	ev.EventType = str(text[colEventType])

@@ -53,6 +53,9 @@ func outboxRow() []tupleCol {
 func outboxEvent() Event {
 	return Event{
 		ID:            "0b7a8f4e-5a42-4c38-9f0e-7d0f6f1d2c11",
+		RowID:         "0b7a8f4e-5a42-4c38-9f0e-7d0f6f1d2c11",
+		Schema:        "public",
+		Table:         "outbox",
 		AggregateType: "order",
 		AggregateID:   "o-17",
 		EventType:     "created",
@@ -66,7 +69,7 @@ func outboxEvent() Event {
 // the outbox table's Relation message.
 func outboxDecoder(t testing.TB) *decoder {
 	t.Helper()
-	d := newDecoder("public", "outbox", testColumns)
+	d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: testColumns})
 	ch, err := d.decode(encRelation(outboxRelID, "public", "outbox", 'd', outboxCols))
 	require.NoError(t, err)
 	require.Equal(t, changeIgnored, ch.kind)
@@ -75,7 +78,7 @@ func outboxDecoder(t testing.TB) *decoder {
 
 func TestDecoderBeginCommit(t *testing.T) {
 	t.Parallel()
-	d := newDecoder("public", "outbox", testColumns)
+	d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: testColumns})
 	ts := time.Date(2026, 11, 26, 4, 13, 53, 123456000, time.UTC)
 
 	ch, err := d.decode(encBegin(0x16_B374D848, ts, 991))
@@ -122,7 +125,7 @@ func TestDecoderOutboxColumnMapping(t *testing.T) {
 				cols[i] = relCol{name: name, oid: oidText, typmod: -1}
 				row[i] = byName[name]
 			}
-			d := newDecoder("public", "outbox", testColumns)
+			d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: testColumns})
 			_, err := d.decode(encRelation(outboxRelID, "public", "outbox", 'f', cols))
 			require.NoError(t, err)
 			ch, err := d.decode(encInsert(outboxRelID, row...))
@@ -136,7 +139,7 @@ func TestDecoderOutboxColumnMapping(t *testing.T) {
 func TestDecoderCustomColumnNames(t *testing.T) {
 	t.Parallel()
 	cols := Columns{ID: "event_id", AggregateType: "agg_t", AggregateID: "agg_id", EventType: "kind", Payload: "body"}
-	d := newDecoder("app", "events", cols)
+	d := newDecoder(Config{Schema: "app", Table: "events", Columns: cols})
 	_, err := d.decode(encRelation(5, "app", "events", 'd', []relCol{
 		{name: "body"},
 		{name: "kind"},
@@ -151,7 +154,7 @@ func TestDecoderCustomColumnNames(t *testing.T) {
 	ch, err := d.decode(encInsert(5, txt("payload"), txt("et"), txt("aid"), txt("at"), txt("id-1"), txt(`{"x":"y"}`), txt("2026-01-01 00:00:00+00")))
 	require.NoError(t, err)
 	require.Equal(t, changeEvent, ch.kind)
-	require.Equal(t, Event{ID: "id-1", AggregateType: "at", AggregateID: "aid", EventType: "et", Payload: []byte("payload")}, ch.event)
+	require.Equal(t, Event{ID: "id-1", RowID: "id-1", Schema: "app", Table: "events", AggregateType: "at", AggregateID: "aid", EventType: "et", Payload: []byte("payload")}, ch.event)
 }
 
 func TestDecoderRelationMissingColumn(t *testing.T) {
@@ -189,7 +192,7 @@ func TestDecoderRelationMissingColumn(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			d := newDecoder("public", "outbox", tt.columns)
+			d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: tt.columns})
 			_, err := d.decode(encRelation(outboxRelID, "public", "outbox", 'd', tt.cols))
 			require.ErrorIs(t, err, ErrConfig)
 			require.ErrorContains(t, err, "public.outbox")
@@ -209,7 +212,7 @@ func TestDecoderOptionalColumnsNotConfigured(t *testing.T) {
 	cols := testColumns
 	cols.Headers = ""
 	cols.CreatedAt = ""
-	d := newDecoder("public", "outbox", cols)
+	d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: cols})
 	_, err := d.decode(encRelation(outboxRelID, "public", "outbox", 'd', outboxCols[:5]))
 	require.NoError(t, err)
 	ch, err := d.decode(encInsert(outboxRelID, outboxRow()[:5]...))
@@ -499,15 +502,15 @@ func TestDecoderTrailingBytes(t *testing.T) {
 func TestDecoderOutboxRenamed(t *testing.T) {
 	t.Parallel()
 	for _, name := range [][2]string{{"public", "outbox_old"}, {"archive", "outbox"}} {
-		d := newDecoder("public", "outbox", testColumns)
-		d.outboxOID = outboxRelID
+		d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: testColumns})
+		d.outboxOIDs = map[uint32]string{outboxRelID: "public.outbox"}
 		_, err := d.decode(encRelation(outboxRelID, name[0], name[1], 'd', outboxCols))
 		require.ErrorIs(t, err, ErrConfig)
 		require.ErrorContains(t, err, "renamed")
 	}
 	// Another relation under the outbox's name (the table recreated) is the outbox.
-	d := newDecoder("public", "outbox", testColumns)
-	d.outboxOID = outboxRelID
+	d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: testColumns})
+	d.outboxOIDs = map[uint32]string{outboxRelID: "public.outbox"}
 	_, err := d.decode(encRelation(outboxRelID+1, "public", "outbox", 'd', outboxCols))
 	require.NoError(t, err)
 	ch, err := d.decode(encInsert(outboxRelID+1, outboxRow()...))
@@ -522,7 +525,7 @@ func TestDecoderColumnAlternatives(t *testing.T) {
 	t.Parallel()
 	cols := testColumns
 	cols.EventType = "event_type, kind"
-	d := newDecoder("public", "outbox", cols)
+	d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: cols})
 	_, err := d.decode(encRelation(outboxRelID, "public", "outbox", 'd', outboxCols))
 	require.NoError(t, err)
 	ch, err := d.decode(encInsert(outboxRelID, outboxRow()...))

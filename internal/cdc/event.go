@@ -33,7 +33,15 @@ func (p Position) String() string { return fmt.Sprintf("%s#%d", p.CommitLSN, p.I
 // Event is one committed outbox row. Its byte slices are owned by the event
 // and never reused by the reader.
 type Event struct {
-	ID            string
+	// ID identifies the event on the stream (its Nats-Msg-Id): the id
+	// column's value, or with Config.QualifiedIDs "<schema>.<table>/<id>".
+	ID string
+	// RowID is the id column's value.
+	RowID string
+	// Schema and Table name the outbox table the row was inserted into (the
+	// partitioned table for a partition's row); for a logical decoding
+	// message, both are empty.
+	Schema, Table string
 	AggregateType string
 	AggregateID   string
 	EventType     string
@@ -69,4 +77,18 @@ type Event struct {
 	txn *txnEntry
 	// size is what the event took from the reader's byte budget.
 	size int64
+}
+
+// eventID is the ID of the event with id column value rowID from
+// schema.table, or from a logical decoding message when both are empty
+// (QualifiedIDs).
+func (c Config) eventID(schema, table, rowID string) string {
+	switch {
+	case !c.QualifiedIDs:
+		return rowID
+	case schema == "" && table == "":
+		return "message/" + rowID
+	default:
+		return schema + "." + table + "/" + rowID
+	}
 }

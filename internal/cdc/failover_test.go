@@ -104,7 +104,7 @@ func TestRowEvent(t *testing.T) {
 	str := func(s string) *string { return &s }
 	names := [numColumns]string{"id", "aggregate_type", "aggregate_id", "event_type", "payload", "headers", "created_at"}
 	ev := rowEvent([numColumns]*string{str("e1"), str("order"), str("42"), str("paid"), str(`{"a": 1}`), nil, str("2026-11-30 12:00:00+00")}, names)
-	require.Equal(t, Event{ID: "e1", AggregateType: "order", AggregateID: "42", EventType: "paid", Payload: []byte(`{"a": 1}`), CreatedAt: "2026-11-30 12:00:00+00"}, ev)
+	require.Equal(t, Event{ID: "e1", RowID: "e1", AggregateType: "order", AggregateID: "42", EventType: "paid", Payload: []byte(`{"a": 1}`), CreatedAt: "2026-11-30 12:00:00+00"}, ev)
 	ev = rowEvent([numColumns]*string{str("e2"), nil, str("42"), str("paid"), str(`{}`), nil, nil}, names)
 	require.Equal(t, `column "aggregate_type" is NULL`, ev.Defect)
 	names[colHeaders], names[colCreatedAt] = "", ""

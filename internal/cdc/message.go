@@ -74,12 +74,12 @@ func (d *decoder) messageTuple(content []byte) (relation, string) {
 	for k := range fields {
 		keys = append(keys, k)
 	}
-	rel.index, _ = d.columns.find(keys)
+	rel.index, _ = d.cfg.Columns.find(keys)
 	var defect string
 	for slot := range numColumns {
 		i := rel.index[slot]
 		if i < 0 {
-			if alts := d.columns.alternatives()[slot]; len(alts) > 0 {
+			if alts := d.cfg.Columns.alternatives()[slot]; len(alts) > 0 {
 				// A configured field the content lacks reads as NULL.
 				rel.columns[slot] = alts[0]
 				rel.index[slot] = len(d.insert.values)

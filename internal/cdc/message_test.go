@@ -75,7 +75,7 @@ func TestDecoderLogicalMessages(t *testing.T) {
 			if tt.columns != (Columns{}) {
 				columns = tt.columns
 			}
-			d := newDecoder("public", "outbox", columns)
+			d := newDecoder(Config{Schema: "public", Table: "outbox", Columns: columns})
 			d.messagePrefix = "outbox"
 			ch, err := d.decode(encLogicalMessage(tt.transactional, 0x1234, tt.prefix, []byte(tt.content)))
 			require.NoError(t, err)
@@ -91,7 +91,9 @@ func TestDecoderLogicalMessages(t *testing.T) {
 				return
 			}
 			require.Empty(t, ch.event.Defect)
-			require.Equal(t, *tt.want, ch.event)
+			want := *tt.want
+			want.RowID = want.ID
+			require.Equal(t, want, ch.event)
 		})
 	}
 }

@@ -14,37 +14,54 @@ import (
 type partitionCheck struct {
 	cfg   Config
 	conn  *pgx.Conn
-	known map[uint32]bool
+	known map[uint32]string
 }
 
 func newPartitionCheck(cfg Config) *partitionCheck {
-	return &partitionCheck{cfg: cfg, known: make(map[uint32]bool)}
+	return &partitionCheck{cfg: cfg, known: make(map[uint32]string)}
 }
 
-// of reports whether the relation with OID relid is a partition, at any
-// depth, of the outbox. A relation that no longer exists is not.
-func (p *partitionCheck) of(ctx context.Context, relid uint32) (bool, error) {
-	if is, ok := p.known[relid]; ok {
-		return is, nil
+// of returns the outbox table the relation with OID relid is a partition
+// of, at any depth, "" when none. A relation that no longer exists is a
+// partition of none.
+func (p *partitionCheck) of(ctx context.Context, relid uint32) (string, error) {
+	if outbox, ok := p.known[relid]; ok {
+		return outbox, nil
 	}
 	if p.conn == nil {
 		conn, err := connect(ctx, p.cfg, false)
 		if err != nil {
-			return false, err
+			return "", err
 		}
 		p.conn = conn
 	}
 	q := querier{conn: p.conn, timeout: p.cfg.QueryTimeout}
-	var is bool
-	err := q.row(ctx, `SELECT EXISTS (SELECT 1 FROM pg_partition_ancestors($1::oid::regclass) a
-		WHERE a.relid = to_regclass($2) AND a.relid <> $1::oid::regclass)`, relid, qualifiedTable(p.cfg)).Scan(&is)
+	rows, err := q.query(ctx, `SELECT n.nspname::text, c.relname::text FROM pg_partition_ancestors($1::oid::regclass) a
+		JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE a.relid <> $1::oid::regclass`, relid)
+	outbox := ""
+	if err == nil {
+		for rows.Next() {
+			var schema, name string
+			if err = rows.Scan(&schema, &name); err != nil {
+				break
+			}
+			if _, ok := p.cfg.tableFor(schema, name); ok && outbox == "" {
+				outbox = pgx.Identifier{schema, name}.Sanitize()
+			}
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
 	if err != nil {
 		// The connection may be broken; the next session opens a new one.
 		p.close()
-		return false, fmt.Errorf("check whether relation %d is a partition of %s: %w", relid, qualifiedTable(p.cfg), err)
+		return "", fmt.Errorf("check whether relation %d is a partition of %s: %w", relid, p.cfg.TablesText(), err)
 	}
-	p.known[relid] = is
-	return is, nil
+	p.known[relid] = outbox
+	return outbox, nil
 }
 
 // forget drops what is known about relid.

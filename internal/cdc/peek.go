@@ -2,9 +2,7 @@ package cdc
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -33,7 +31,7 @@ func PeekEvents(ctx context.Context, conn *pgx.Conn, cfg Config, limit int) ([]E
 		return nil, fmt.Errorf("peek slot %q: %w", cfg.Slot, err)
 	}
 	defer rows.Close()
-	d := newDecoder(cfg.Schema, cfg.Table, cfg.Columns)
+	d := newDecoder(cfg)
 	d.messagePrefix = cfg.MessagePrefix
 	var (
 		events []Event
@@ -74,44 +72,20 @@ func PeekEvents(ctx context.Context, conn *pgx.Conn, cfg Config, limit int) ([]E
 }
 
 // CheckCreatePublication explains why the role may not create the
-// publication the relay would create: CREATE PUBLICATION ... FOR TABLE needs
-// the CREATE privilege on the database and ownership of the table (directly
-// or through a role the relay's role belongs to). It returns nil when the
-// publication exists, creating it is not allowed anyway
-// (--create-publication=false), the table does not exist (reported
-// elsewhere), or the role has both rights.
+// publication the relay would create (publicationRights). It returns nil
+// when the publication exists or creating it is not allowed anyway
+// (--create-publication=false).
 func CheckCreatePublication(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	if !cfg.CreatePublication {
 		return nil
 	}
 	q := querier{conn: conn, timeout: cfg.QueryTimeout}
-	qualified := pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
-	var (
-		exists, mayCreate, owns bool
-		role, database, owner   string
-	)
-	err := q.row(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
-			has_database_privilege(current_database(), 'CREATE'),
-			pg_has_role(c.relowner, 'USAGE'), current_user, current_database(), pg_get_userbyid(c.relowner)
-		FROM pg_class c WHERE c.oid = to_regclass($2)`, cfg.Publication, qualified).
-		Scan(&exists, &mayCreate, &owns, &role, &database, &owner)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil
-	}
-	if err != nil {
+	var exists bool
+	if err := q.row(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, cfg.Publication).Scan(&exists); err != nil {
 		return fmt.Errorf("read the rights to create publication %q: %w", cfg.Publication, err)
 	}
-	if exists || (mayCreate && owns) {
+	if exists {
 		return nil
 	}
-	var missing []string
-	if !mayCreate {
-		missing = append(missing, fmt.Sprintf("CREATE on database %q (GRANT CREATE ON DATABASE %s TO %s)",
-			database, pgx.Identifier{database}.Sanitize(), pgx.Identifier{role}.Sanitize()))
-	}
-	if !owns {
-		missing = append(missing, fmt.Sprintf("ownership of %s, which is owned by %q", qualified, owner))
-	}
-	return fmt.Errorf("publication: %q does not exist and role %q may not create it: it lacks %s; create it as the table's owner with CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert') and set --create-publication=false: %w",
-		cfg.Publication, role, strings.Join(missing, " and "), pgx.Identifier{cfg.Publication}.Sanitize(), qualified, ErrConfig)
+	return publicationRights(ctx, q, cfg)
 }

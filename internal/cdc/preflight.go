@@ -197,7 +197,13 @@ func checkServer(ctx context.Context, q querier, cfg Config, version int) error 
 	if !replication {
 		errs = append(errs, errors.New("postgres-url: the role lacks the REPLICATION attribute; run ALTER ROLE <role> REPLICATION"))
 	}
-	errs = append(errs, checkTable(ctx, q, cfg))
+	if tables, err := resolveTables(ctx, q, cfg); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, t := range tables {
+			errs = append(errs, checkTable(ctx, q, cfg.ForTable(t)))
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -344,28 +350,50 @@ func replicationTimeout(configured, sender time.Duration) (time.Duration, error)
 
 // publicationRights explains, with the statements that fix it, why the
 // role cannot create the publication: CREATE on the database and ownership
-// of the table are needed. nil when it can.
+// of the tables are needed (directly or through a role the relay's role
+// belongs to), and superuser for a publication FOR ALL TABLES (a pattern).
+// nil when it can. Tables that do not exist are left out: checkTable
+// reports them.
 func publicationRights(ctx context.Context, q querier, cfg Config) error {
-	var role, database string
-	var canCreate, owns bool
-	err := q.row(ctx, `SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
-			COALESCE((SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = to_regclass($1)), false)`,
-		qualifiedTable(cfg)).Scan(&role, &database, &canCreate, &owns)
+	tables, err := resolveTables(ctx, q, cfg)
 	if err != nil {
-		return fmt.Errorf("read the role's rights: %w", err)
+		return err
 	}
-	if canCreate && owns {
+	var role, database string
+	var canCreate, super bool
+	var notOwned, owners []string
+	err = q.row(ctx, `WITH t AS (SELECT name, c.relowner FROM unnest($1::text[]) WITH ORDINALITY AS u(name, n)
+				JOIN pg_class c ON c.oid = to_regclass(u.name) WHERE NOT pg_has_role(c.relowner, 'USAGE') ORDER BY u.n)
+		SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+			(SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+			ARRAY(SELECT name FROM t), ARRAY(SELECT pg_get_userbyid(relowner)::text FROM t)`,
+		qualifiedNames(tables)).Scan(&role, &database, &canCreate, &super, &notOwned, &owners)
+	if err != nil {
+		return fmt.Errorf("read the rights to create publication %q: %w", cfg.Publication, err)
+	}
+	create := createPublication(cfg, tables)
+	if cfg.Patterns() {
+		if super {
+			return nil
+		}
+		return fmt.Errorf("publication: %q does not exist, and a pattern in --table needs it FOR ALL TABLES, which only a superuser may create; have one run %s and set --create-publication=false: %w",
+			cfg.Publication, create, ErrConfig)
+	}
+	if canCreate && len(notOwned) == 0 {
 		return nil
 	}
-	var need []string
+	var lacks, fixes []string
 	if !canCreate {
-		need = append(need, fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s", pgx.Identifier{database}.Sanitize(), pgx.Identifier{role}.Sanitize()))
+		grant := fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s", pgx.Identifier{database}.Sanitize(), pgx.Identifier{role}.Sanitize())
+		lacks = append(lacks, fmt.Sprintf("CREATE on database %q (%s)", database, grant))
+		fixes = append(fixes, grant)
 	}
-	if !owns {
-		need = append(need, fmt.Sprintf("ALTER TABLE %s OWNER TO %s", qualifiedTable(cfg), pgx.Identifier{role}.Sanitize()))
+	for i, name := range notOwned {
+		lacks = append(lacks, fmt.Sprintf("ownership of %s, which is owned by %q", name, owners[i]))
+		fixes = append(fixes, fmt.Sprintf("ALTER TABLE %s OWNER TO %s", name, pgx.Identifier{role}.Sanitize()))
 	}
-	return fmt.Errorf("publication: %q does not exist and role %q may not create it; run %s, or have the table's owner run CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert', publish_via_partition_root = true) and set --create-publication=false: %w",
-		cfg.Publication, role, strings.Join(need, " and "), pgx.Identifier{cfg.Publication}.Sanitize(), qualifiedTable(cfg), ErrConfig)
+	return fmt.Errorf("publication: %q does not exist and role %q may not create it: it lacks %s; run %s, or have the tables' owner run %s and set --create-publication=false: %w",
+		cfg.Publication, role, strings.Join(lacks, " and "), strings.Join(fixes, " and "), create, ErrConfig)
 }
 
 // slotRow is one row of pg_replication_slots.

@@ -37,6 +37,7 @@ type publishedRel struct {
 type publicationInfo struct {
 	exists    bool
 	insert    bool
+	allTables bool
 	published []publishedRel
 }
 
@@ -45,7 +46,7 @@ type publicationInfo struct {
 // own partitions.
 func readPublication(ctx context.Context, q querier, cfg Config, version int) (publicationInfo, error) {
 	var info publicationInfo
-	err := q.row(ctx, `SELECT p.pubinsert FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication).Scan(&info.insert)
+	err := q.row(ctx, `SELECT p.pubinsert, p.puballtables FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication).Scan(&info.insert, &info.allTables)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return info, nil
 	}
@@ -140,57 +141,105 @@ func judgePublication(cfg Config, info publicationInfo) error {
 	return errors.Join(errs...)
 }
 
+// judgeTables explains, naming the fix, why the publication would not
+// deliver every insert of each of the tables to the relay under its own name
+// with every mapped column, or, for a pattern, of the tables created later;
+// nil when it does. exists is false, with nil, when the publication does not
+// exist.
+func judgeTables(ctx context.Context, q querier, cfg Config, tables []Table, version int) (exists bool, err error) {
+	info, err := readPublication(ctx, q, cfg, version)
+	if err != nil || !info.exists {
+		return false, err
+	}
+	pub := pgx.Identifier{cfg.Publication}.Sanitize()
+	var errs []error
+	if !info.insert {
+		errs = append(errs, fmt.Errorf("publication: %q does not publish inserts; run ALTER PUBLICATION %s SET (publish = 'insert')", cfg.Publication, pub))
+	}
+	if cfg.Patterns() && !info.allTables {
+		errs = append(errs, fmt.Errorf("publication: %q lists its tables, so the tables --table=%s matches that are created later would not reach the relay; a pattern needs a publication FOR ALL TABLES: as a superuser, run DROP PUBLICATION %s and %s, or list the tables in --table",
+			cfg.Publication, cfg.TablesText(), pub, createPublication(cfg, tables)))
+	}
+	for _, t := range tables {
+		one := cfg.ForTable(t)
+		info, err := readPublication(ctx, q, one, version)
+		if err != nil {
+			return true, err
+		}
+		if !info.exists {
+			return false, nil
+		}
+		info.insert = true // reported above, once
+		errs = append(errs, judgePublication(one, info))
+	}
+	return true, errors.Join(errs...)
+}
+
+// createPublication is the statement that creates the publication the
+// configuration needs: for the listed tables, or for all tables when a
+// pattern names some (tables created later must be in it from the start).
+// publish_via_partition_root makes a partitioned outbox publish its
+// partitions' rows under its own name; for a plain table it changes nothing.
+func createPublication(cfg Config, tables []Table) string {
+	pub := pgx.Identifier{cfg.Publication}.Sanitize()
+	if cfg.Patterns() {
+		return fmt.Sprintf("CREATE PUBLICATION %s FOR ALL TABLES WITH (publish = 'insert', publish_via_partition_root = true)", pub)
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.Qualified()
+	}
+	return fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert', publish_via_partition_root = true)", pub, strings.Join(names, ", "))
+}
+
 // ensurePublication checks the publication, creating it first when it is
 // missing and the configuration allows it. A publication that would not
 // deliver every outbox insert under the outbox's name is refused with the
 // statement that fixes it.
 func ensurePublication(ctx context.Context, q querier, cfg Config, version int, log *zap.Logger) error {
-	info, err := readPublication(ctx, q, cfg, version)
+	tables, err := resolveTables(ctx, q, cfg)
 	if err != nil {
 		return err
 	}
-	pub := pgx.Identifier{cfg.Publication}.Sanitize()
-	qualified := qualifiedTable(cfg)
-	if !info.exists {
-		// publish_via_partition_root makes a partitioned outbox publish
-		// its partitions' rows under its own name; for a plain table it
-		// changes nothing.
-		create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert', publish_via_partition_root = true)", pub, qualified)
-		if !cfg.CreatePublication {
-			return fmt.Errorf("publication: %q does not exist; create it with %s, or allow --create-publication: %w",
-				cfg.Publication, create, ErrConfig)
-		}
-		if err := q.exec(ctx, create); err != nil {
-			var pgErr *pgconn.PgError
-			if errors.As(err, &pgErr) && pgErr.Code == sqlstateInsufficientPrivilege {
-				if rights := publicationRights(ctx, q, cfg); rights != nil {
-					return rights
-				}
-				return fmt.Errorf("create publication %q: %w: %w", cfg.Publication, err, ErrConfig)
-			}
-			if errors.As(err, &pgErr) && pgErr.Code == sqlstateReadOnlyTransaction {
-				return fmt.Errorf("publication: %q does not exist, and the server is read-only (a standby); create it on the primary with %s: %w",
-					cfg.Publication, create, ErrConfig)
-			}
-			return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
-		}
-		log.Info("publication created", zap.String("publication", cfg.Publication), zap.String("table", qualified))
-		// Read back what PostgreSQL made of it: a table that is a
-		// partition of a table published via its root, say, would still
-		// not reach the relay under its name.
-		if info, err = readPublication(ctx, q, cfg, version); err != nil {
-			return err
-		}
-		if !info.exists {
-			return fmt.Errorf("publication: %q is missing right after it was created: %w", cfg.Publication, ErrConfig)
-		}
-		if err := judgePublication(cfg, info); err != nil {
-			return fmt.Errorf("publication %q was created but cannot be used: %w: %w", cfg.Publication, err, ErrConfig)
+	exists, err := judgeTables(ctx, q, cfg, tables, version)
+	if exists {
+		if err != nil {
+			return fmt.Errorf("%w: %w", err, ErrConfig)
 		}
 		return nil
 	}
-	if err := judgePublication(cfg, info); err != nil {
-		return fmt.Errorf("%w: %w", err, ErrConfig)
+	if err != nil {
+		return err
+	}
+	create := createPublication(cfg, tables)
+	if !cfg.CreatePublication {
+		return fmt.Errorf("publication: %q does not exist; create it with %s, or allow --create-publication: %w",
+			cfg.Publication, create, ErrConfig)
+	}
+	if err := q.exec(ctx, create); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == sqlstateInsufficientPrivilege {
+			if rights := publicationRights(ctx, q, cfg); rights != nil {
+				return rights
+			}
+			return fmt.Errorf("create publication %q: %w: %w", cfg.Publication, err, ErrConfig)
+		}
+		if errors.As(err, &pgErr) && pgErr.Code == sqlstateReadOnlyTransaction {
+			return fmt.Errorf("publication: %q does not exist, and the server is read-only (a standby); create it on the primary with %s: %w",
+				cfg.Publication, create, ErrConfig)
+		}
+		return fmt.Errorf("create publication %q: %w", cfg.Publication, err)
+	}
+	log.Info("publication created", zap.String("publication", cfg.Publication), zap.String("table", cfg.TablesText()))
+	// Read back what PostgreSQL made of it: a table that is a partition of
+	// a table published via its root, say, would still not reach the relay
+	// under its name.
+	exists, err = judgeTables(ctx, q, cfg, tables, version)
+	if !exists && err == nil {
+		return fmt.Errorf("publication: %q is missing right after it was created: %w", cfg.Publication, ErrConfig)
+	}
+	if err != nil {
+		return fmt.Errorf("publication %q was created but cannot be used: %w: %w", cfg.Publication, err, ErrConfig)
 	}
 	return nil
 }
@@ -203,15 +252,19 @@ func validatedFingerprint(ctx context.Context, q querier, cfg Config, version in
 	if err != nil {
 		return "", err
 	}
-	info, err := readPublication(ctx, q, cfg, version)
+	tables, err := resolveTables(ctx, q, cfg)
 	if err != nil {
 		return "", err
 	}
-	if !info.exists {
-		return "", fmt.Errorf("publication %q disappeared during preflight", cfg.Publication)
+	exists, err := judgeTables(ctx, q, cfg, tables, version)
+	if err != nil {
+		if exists {
+			err = fmt.Errorf("%w: %w", err, ErrConfig)
+		}
+		return "", err
 	}
-	if err := judgePublication(cfg, info); err != nil {
-		return "", fmt.Errorf("%w: %w", err, ErrConfig)
+	if !exists {
+		return "", fmt.Errorf("publication %q disappeared during preflight", cfg.Publication)
 	}
 	after, err := readFingerprint(ctx, q, cfg, version)
 	if err != nil {

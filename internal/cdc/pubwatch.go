@@ -85,7 +85,7 @@ func ReconcilePublication(ctx context.Context, store PublicationFingerprintStore
 			"publication: %q changed since the relay last started (%s). Inserts into %s made while it did not publish them were never sent to slot %q. "+
 				"Benign changes (ALTER PUBLICATION ... OWNER TO, RENAME and back, SET (publish = 'insert, update')) also count. "+
 				"Check that no insert was skipped, and republish any that was (see the README, \"The publication changed\"); then start the relay once with --accept-publication=%s",
-			cfg.Publication, saved.diff(current), qualifiedTable(cfg), cfg.Slot, current.Digest())}
+			cfg.Publication, saved.diff(current), cfg.TablesText(), cfg.Slot, current.Digest())}
 	}
 	if err := store.Save(ctx, current); err != nil {
 		return fmt.Errorf("save the publication fingerprint: %w", err)
@@ -108,7 +108,7 @@ func readFingerprint(ctx context.Context, q querier, cfg Config, version int) (P
 				AND pn.pnnspid IN (SELECT c.relnamespace FROM pg_class c WHERE c.oid IN (SELECT relid FROM tree))`
 	}
 	var text *string
-	err := q.row(ctx, `WITH outbox AS (SELECT to_regclass($2) AS oid),
+	err := q.row(ctx, `WITH outbox AS (SELECT to_regclass(name) AS oid FROM unnest($2::text[]) name),
 		tree AS (SELECT oid AS relid FROM outbox UNION SELECT a.relid FROM outbox, pg_partition_ancestors(outbox.oid) a)
 		SELECT string_agg(line, E'\n' ORDER BY line) FROM pg_publication p, LATERAL (
 			SELECT 'publication=' || p.oid || '/' || p.xmin
@@ -120,7 +120,7 @@ func readFingerprint(ctx context.Context, q querier, cfg Config, version int) (P
 			UNION ALL `+rels+`
 			UNION ALL `+namespaces+`
 		) AS facts(line)
-		WHERE p.pubname = $1`, cfg.Publication, qualifiedTable(cfg)).Scan(&text)
+		WHERE p.pubname = $1`, cfg.Publication, cfg.explicitNames()).Scan(&text)
 	if err != nil {
 		return "", fmt.Errorf("read the fingerprint of publication %q: %w", cfg.Publication, err)
 	}
@@ -142,7 +142,7 @@ func readFingerprint(ctx context.Context, q querier, cfg Config, version int) (P
 // RENAME; there the check cannot cover that short window.
 func publicationInFlux(ctx context.Context, q querier, cfg Config) (bool, error) {
 	var busy bool
-	err := q.row(ctx, `WITH outbox AS (SELECT to_regclass($2) AS oid),
+	err := q.row(ctx, `WITH outbox AS (SELECT to_regclass(name) AS oid FROM unnest($2::text[]) name),
 		tree AS (SELECT oid AS relid FROM outbox UNION SELECT a.relid FROM outbox, pg_partition_ancestors(outbox.oid) a)
 		SELECT EXISTS (SELECT 1 FROM pg_locks l
 			WHERE l.pid IS DISTINCT FROM pg_backend_pid() AND (
@@ -151,7 +151,7 @@ func publicationInFlux(ctx context.Context, q querier, cfg Config) (bool, error)
 				OR (l.locktype = 'relation' AND l.relation IN (SELECT relid FROM tree)
 					AND l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
 					AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid AND a.backend_type = 'autovacuum worker'))))`,
-		cfg.Publication, qualifiedTable(cfg)).Scan(&busy)
+		cfg.Publication, cfg.explicitNames()).Scan(&busy)
 	if err != nil {
 		return false, fmt.Errorf("read locks on publication %q: %w", cfg.Publication, err)
 	}
@@ -252,7 +252,7 @@ func (w *publicationWatch) check(ctx context.Context) error {
 		if errors.Is(err, ErrConfig) {
 			return &PublicationError{Kind: PublicationChanged, err: fmt.Errorf(
 				"%w; WAL after %s may have been decoded without it covering %s, so the relay stopped without confirming past it",
-				err, w.tracker.Confirmed(), qualifiedTable(w.cfg))}
+				err, w.tracker.Confirmed(), w.cfg.TablesText())}
 		}
 	} else {
 		fp, err = readFingerprint(ctx, q, w.cfg, w.version)
@@ -273,7 +273,7 @@ func (w *publicationWatch) check(ctx context.Context) error {
 			"publication: %q changed while the relay ran (%s); WAL between %s and %s may have been decoded without it covering %s, so the relay stopped without confirming past %s. "+
 				"Check that no insert was skipped in between, and republish any that was (see the README, \"The publication changed\"); "+
 				"benign changes (ALTER PUBLICATION ... OWNER TO, SET (publish = 'insert, update')) stop the relay too",
-			w.cfg.Publication, w.baseline.diff(fp), w.tracker.Confirmed(), lsn, qualifiedTable(w.cfg), w.tracker.Confirmed())}
+			w.cfg.Publication, w.baseline.diff(fp), w.tracker.Confirmed(), lsn, w.cfg.TablesText(), w.tracker.Confirmed())}
 	}
 	w.tracker.Verified(lsn)
 	return nil

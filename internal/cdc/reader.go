@@ -242,7 +242,7 @@ func (r *Reader) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg.Schema, r.cfg.Table, r.cfg.Columns), partitions: newPartitionCheck(r.cfg)}
+	s := &session{r: r, conn: conn.PgConn(), decoder: newDecoder(r.cfg), partitions: newPartitionCheck(r.cfg)}
 	s.decoder.maxRow = r.cfg.MaxRowBytes
 	s.decoder.messagePrefix = r.cfg.MessagePrefix
 	defer s.close()
@@ -250,14 +250,14 @@ func (r *Reader) session(ctx context.Context) error {
 
 	q := querier{conn: conn, timeout: r.cfg.QueryTimeout}
 	var database string
-	var outboxOID uint32
 	var senderTimeoutMS int64
-	if err := q.row(ctx, `SELECT current_database(), COALESCE(to_regclass($1)::oid, 0),
-			(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout')`,
-		qualifiedTable(r.cfg)).Scan(&database, &outboxOID, &senderTimeoutMS); err != nil {
+	if err := q.row(ctx, `SELECT current_database(), (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout')`).
+		Scan(&database, &senderTimeoutMS); err != nil {
 		return fmt.Errorf("read current database: %w", err)
 	}
-	s.decoder.outboxOID = outboxOID
+	if s.decoder.outboxOIDs, err = outboxOIDs(ctx, q, r.cfg); err != nil {
+		return err
+	}
 	if s.replicationTimeout, err = replicationTimeout(r.cfg.ReplicationTimeout, time.Duration(senderTimeoutMS)*time.Millisecond); err != nil {
 		return fmt.Errorf("%w: %w", err, ErrConfig)
 	}
@@ -593,13 +593,13 @@ func (s *session) release(ctx context.Context) error {
 // (publish_via_partition_root is off), and ignoring them would confirm the
 // slot past events never published.
 func (s *session) checkRelation(ctx context.Context, rel relationName, lsn pglogrepl.LSN) error {
-	is, err := s.partitions.of(ctx, rel.id)
-	if err != nil || !is {
+	outbox, err := s.partitions.of(ctx, rel.id)
+	if err != nil || outbox == "" {
 		return err
 	}
 	cfg := s.r.cfg
 	return fmt.Errorf("replication stream %s: relation %s (oid %d) is a partition of the outbox %s, and publication %q sends its rows under the partition's name, which the relay would not publish; run ALTER PUBLICATION %s SET (publish_via_partition_root = true), or set --table to the partitioned table the publication publishes via its root: %w",
-		s.where(lsn), pgx.Identifier{rel.namespace, rel.name}.Sanitize(), rel.id, qualifiedTable(cfg), cfg.Publication,
+		s.where(lsn), pgx.Identifier{rel.namespace, rel.name}.Sanitize(), rel.id, outbox, cfg.Publication,
 		pgx.Identifier{cfg.Publication}.Sanitize(), ErrConfig)
 }
 

@@ -165,12 +165,27 @@ func CheckSelection(ctx context.Context, cfg Config, sel Selection, setting stri
 	}
 	defer closeConn(conn, cfg.ConnectTimeout)
 	q := querier{conn: conn, timeout: cfg.QueryTimeout}
+	tables, err := resolveTables(ctx, q, cfg)
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if err := checkSelection(ctx, conn, cfg.ForTable(t), sel, setting); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSelection is CheckSelection for the one table of cfg.
+func checkSelection(ctx context.Context, conn *pgx.Conn, cfg Config, sel Selection, setting string) error {
+	q := querier{conn: conn, timeout: cfg.QueryTimeout}
 	names, err := outboxColumns(ctx, q, cfg)
 	if err != nil {
 		return err
 	}
 	if names[colCreatedAt] == "" {
-		return fmt.Errorf("%s: rows are read in creation order; the outbox needs a created_at column (--column-created-at): %w", setting, ErrConfig)
+		return fmt.Errorf("%s: rows are read in creation order; the outbox %s needs a created_at column (--column-created-at): %w", setting, qualifiedTable(cfg), ErrConfig)
 	}
 	if sel.Where == "" {
 		return nil
@@ -190,11 +205,11 @@ func CheckSelection(ctx context.Context, cfg Config, sel Selection, setting stri
 // read-only transaction holding that snapshot, through a cursor: memory
 // holds one chunk, whatever the table's size.
 type Scan struct {
-	cfg   Config
-	conn  *pgx.Conn
-	tx    pgx.Tx
-	names [numColumns]string
-	total int64
+	cfg    Config
+	conn   *pgx.Conn
+	tx     pgx.Tx
+	tables []scanTable
+	total  int64
 	// rows is how many rows the next FETCH asks for, adjusted to the size
 	// of the rows read so far.
 	rows int
@@ -253,18 +268,11 @@ func ScanTable(ctx context.Context, cfg Config, sel Selection) (*Scan, error) {
 	return sc, nil
 }
 
-// open begins the scan's transaction, in snapshot unless it is empty.
+// open begins the scan's transaction, in snapshot unless it is empty, and
+// declares its cursor: over the outbox table, or, with several tables, over
+// all of them in one creation order.
 func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error {
 	cfg := sc.cfg
-	q := querier{conn: sc.conn, timeout: cfg.QueryTimeout}
-	names, err := outboxColumns(ctx, q, cfg)
-	if err != nil {
-		return err
-	}
-	sc.names = names
-	if names[colCreatedAt] == "" {
-		return fmt.Errorf("column-created-at: rows are read from the table in creation order; the outbox needs a created_at column: %w", ErrConfig)
-	}
 	tx, err := sc.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("read the outbox rows: %w", err)
@@ -280,32 +288,74 @@ func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error 
 	if _, err := tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
 		return fmt.Errorf("read the outbox rows: %w", err)
 	}
-	selects := make([]string, numColumns)
-	for i, name := range names {
-		selects[i] = "NULL::text"
-		if name != "" {
-			selects[i] = pgx.Identifier{name}.Sanitize() + "::text"
-		}
+	// In the snapshot: the tables a pattern matches, and their columns, as
+	// the rows read are.
+	q := querier{conn: sc.conn, timeout: cfg.QueryTimeout}
+	tables, err := resolveTables(ctx, q, cfg)
+	if err != nil {
+		return err
 	}
-	created, id := pgx.Identifier{names[colCreatedAt]}.Sanitize(), pgx.Identifier{names[colID]}.Sanitize()
 	qctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
 	defer cancel()
-	var idType string
-	if len(sel.IDs) > 0 {
-		if err := tx.QueryRow(qctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2`,
-			qualifiedTable(cfg), names[colID]).Scan(&idType); err != nil {
-			return fmt.Errorf("read the type of column %q: %w", names[colID], err)
-		}
-		// Each id given as text, as a value of the column's type: one that
-		// is no such value (not a uuid, say) is an error here.
-		err := tx.QueryRow(qctx, `SELECT coalesce(array_agg(want ORDER BY n), '{}') FROM unnest($1::text[]) WITH ORDINALITY AS w(want, n)
-			WHERE NOT EXISTS (SELECT 1 FROM `+qualifiedTable(cfg)+` WHERE `+id+` = want::`+idType+`)`, sel.IDs).Scan(&sc.missing)
+	var branches, counts []string
+	var args []any
+	for _, t := range tables {
+		one := cfg.ForTable(t)
+		names, err := outboxColumns(ctx, q, one)
 		if err != nil {
-			return fmt.Errorf("look up the ids to read in %s: %w", qualifiedTable(cfg), err)
+			return err
+		}
+		if names[colCreatedAt] == "" {
+			return fmt.Errorf("column-created-at: rows are read from the table in creation order; the outbox %s needs a created_at column: %w", t, ErrConfig)
+		}
+		selects := []string{quoteLiteral(t.Schema) + "::text", quoteLiteral(t.Name) + "::text"}
+		for _, name := range names {
+			column := "NULL::text"
+			if name != "" {
+				column = pgx.Identifier{name}.Sanitize() + "::text"
+			}
+			selects = append(selects, column)
+		}
+		created, id := pgx.Identifier{names[colCreatedAt]}.Sanitize(), pgx.Identifier{names[colID]}.Sanitize()
+		var idType string
+		if len(sel.IDs) > 0 {
+			if err := tx.QueryRow(qctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2`,
+				t.Qualified(), names[colID]).Scan(&idType); err != nil {
+				return fmt.Errorf("read the type of column %q of %s: %w", names[colID], t, err)
+			}
+		}
+		// The same selection gives every table the same parameters.
+		where, tableArgs := sel.where(created, id, idType)
+		args = tableArgs
+		// With several tables, one order: the creation time as timestamptz
+		// (the tables' columns may differ in type), then the table.
+		key := created
+		if len(tables) > 1 {
+			key = created + "::timestamptz"
+		}
+		selects = append(selects, key+" AS outbox_relay_created", "xmin::text::bigint AS outbox_relay_xmin", "ctid AS outbox_relay_ctid", strconv.Itoa(len(branches))+" AS outbox_relay_table")
+		branches = append(branches, `SELECT `+strings.Join(selects, ", ")+` FROM `+t.Qualified()+where)
+		counts = append(counts, `(SELECT count(*) FROM `+t.Qualified()+where+`)`)
+		sc.tables = append(sc.tables, scanTable{table: t, names: names, idType: idType, id: id})
+	}
+	if len(branches) == 0 {
+		sc.done = true
+		return nil
+	}
+	if len(sel.IDs) > 0 {
+		// Each id given as text, as a value of each id column's type: one
+		// that is no such value (not a uuid, say) is an error here.
+		var found []string
+		for _, st := range sc.tables {
+			found = append(found, `SELECT 1 FROM `+st.table.Qualified()+` WHERE `+st.id+` = want::`+st.idType)
+		}
+		err := tx.QueryRow(qctx, `SELECT coalesce(array_agg(want ORDER BY n), '{}') FROM unnest($1::text[]) WITH ORDINALITY AS w(want, n)
+			WHERE NOT EXISTS (`+strings.Join(found, " UNION ALL ")+`)`, sel.IDs).Scan(&sc.missing)
+		if err != nil {
+			return fmt.Errorf("look up the ids to read in %s: %w", cfg.TablesText(), err)
 		}
 	}
-	where, args := sel.where(created, id, idType)
-	if err := tx.QueryRow(qctx, `SELECT count(*) FROM `+qualifiedTable(cfg)+where, args...).Scan(&sc.total); err != nil {
+	if err := tx.QueryRow(qctx, `SELECT `+strings.Join(counts, " + "), args...).Scan(&sc.total); err != nil {
 		return fmt.Errorf("count the outbox rows to read: %w", err)
 	}
 	// A cursor sorts once and hands the rows out in chunks; pages by key
@@ -313,11 +363,23 @@ func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error 
 	// The extended protocol (never the simple one, which runs several
 	// statements) for the user's condition.
 	args = append([]any{pgx.QueryExecModeExec}, args...)
-	if _, err := tx.Exec(qctx, `DECLARE outbox_relay_scan NO SCROLL CURSOR FOR SELECT `+strings.Join(selects, ", ")+` FROM `+qualifiedTable(cfg)+where+` ORDER BY `+created+`, xmin::text::bigint, ctid`, args...); err != nil {
+	if _, err := tx.Exec(qctx, `DECLARE outbox_relay_scan NO SCROLL CURSOR FOR `+strings.Join(branches, " UNION ALL ")+
+		` ORDER BY outbox_relay_created, outbox_relay_table, outbox_relay_xmin, outbox_relay_ctid`, args...); err != nil {
 		return fmt.Errorf("read the outbox rows: %w", err)
 	}
 	return nil
 }
+
+// scanTable is one table a Scan reads.
+type scanTable struct {
+	table  Table
+	names  [numColumns]string
+	id     string // the id column, quoted
+	idType string // its type, when ids are selected
+}
+
+// quoteLiteral quotes s as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // Total is how many rows the scan returns in all.
 func (sc *Scan) Total() int64 { return sc.total }
@@ -347,15 +409,21 @@ func (sc *Scan) Next(ctx context.Context) ([]Event, error) {
 	defer rows.Close()
 	events := make([]Event, 0, sc.rows)
 	for rows.Next() {
+		var schema, table string
 		var values [numColumns]*string
-		dest := make([]any, numColumns)
+		var created, xmin, ctid any
+		var index int
+		dest := []any{&schema, &table}
 		for i := range values {
-			dest[i] = &values[i]
+			dest = append(dest, &values[i])
 		}
+		dest = append(dest, &created, &xmin, &ctid, &index)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("read the outbox rows: %w", err)
 		}
-		ev := rowEvent(values, sc.names)
+		ev := rowEvent(values, sc.tables[index].names)
+		ev.Schema, ev.Table = schema, table
+		ev.ID = sc.cfg.eventID(schema, table, ev.RowID)
 		events = append(events, ev)
 		sc.size += eventSize(&ev)
 	}
@@ -421,7 +489,7 @@ func rowEvent(values [numColumns]*string, names [numColumns]string) Event {
 		return []byte(*values[i])
 	}
 	ev := Event{
-		ID: text(colID), AggregateType: text(colAggregateType), AggregateID: text(colAggregateID),
+		ID: text(colID), RowID: text(colID), AggregateType: text(colAggregateType), AggregateID: text(colAggregateID),
 		EventType: text(colEventType), Payload: bytes(colPayload), Headers: bytes(colHeaders), CreatedAt: text(colCreatedAt),
 	}
 	for i, name := range names {

@@ -40,12 +40,43 @@ type Config struct {
 	// CreatedAt is the creation time column, or comma-separated
 	// alternatives of which the table has one (as cdc.Columns.CreatedAt).
 	CreatedAt string
+	// Tables, when set, lists the outbox tables at the start of each run
+	// and check (several tables, or tables a pattern names); each is
+	// cleaned up as Schema, Table and CreatedAt would be.
+	Tables func(ctx context.Context, db *pgx.Conn) ([]Table, error)
+	// TablesSetting names those tables in the log (the --table setting).
+	TablesSetting string
 	// BatchSize is how many rows one DELETE removes.
 	BatchSize int
 	// StatementTimeout bounds each statement (statement_timeout);
 	// LockTimeout bounds its waits for locks (lock_timeout).
 	StatementTimeout time.Duration
 	LockTimeout      time.Duration
+}
+
+// Table is one outbox table to clean up.
+type Table struct {
+	Schema, Name string
+	// CreatedAt is the table's creation time column, or alternatives.
+	CreatedAt string
+}
+
+// tables are the tables to clean up now.
+func (c Config) tables(ctx context.Context, db *pgx.Conn) ([]Config, error) {
+	if c.Tables == nil {
+		return []Config{c}, nil
+	}
+	tables, err := c.Tables(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Config, len(tables))
+	for i, t := range tables {
+		one := c
+		one.Schema, one.Table, one.CreatedAt, one.Tables = t.Schema, t.Name, t.CreatedAt, nil
+		out[i] = one
+	}
+	return out, nil
 }
 
 // Enabled reports whether the janitor runs at all.
@@ -87,6 +118,15 @@ func (c Config) createdAtColumns() []string {
 
 func (c Config) qualified() string { return pgx.Identifier{c.Schema, c.Table}.Sanitize() }
 
+// tablesText names the tables for the log: the one table, or the setting
+// the Tables function reads.
+func (c Config) tablesText() string {
+	if c.Tables != nil && c.TablesSetting != "" {
+		return c.TablesSetting
+	}
+	return c.qualified()
+}
+
 // Result is what one run did.
 type Result struct {
 	// Cutoff is the server's now() less the retention: rows created before
@@ -106,7 +146,31 @@ type Result struct {
 // StatementTimeout and LockTimeout. It stops at the first error, keeping
 // what earlier transactions did; the next run goes on from there. It counts
 // what it did until it stopped, also on an error.
+//
+// With several tables, each is cleaned up in turn; an error with one does
+// not keep the others from being cleaned up.
 func RunOnce(ctx context.Context, db *pgx.Conn, cfg Config) (Result, error) {
+	tables, err := cfg.tables(ctx, db)
+	if err != nil {
+		return Result{}, fmt.Errorf("list the outbox tables: %w", err)
+	}
+	var total Result
+	var errs []error
+	for _, one := range tables {
+		res, err := runTable(ctx, db, one)
+		total.Cutoff = res.Cutoff
+		total.RowsDeleted += res.RowsDeleted
+		total.PartitionsDropped += res.PartitionsDropped
+		errs = append(errs, err)
+		if ctx.Err() != nil || db.IsClosed() {
+			break
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// runTable is RunOnce for the one table of cfg.
+func runTable(ctx context.Context, db *pgx.Conn, cfg Config) (Result, error) {
 	var res Result
 	var column string
 	var partitions []string
@@ -246,6 +310,27 @@ func expiredPartitions(ctx context.Context, db pgx.Tx, cfg Config, column string
 // right to delete rows, or, where it would drop partitions, no ownership of
 // the outbox and its partitions.
 func Check(ctx context.Context, db *pgx.Conn, cfg Config) (string, error) {
+	tables, err := cfg.tables(ctx, db)
+	if err != nil {
+		return "", fmt.Errorf("list the outbox tables: %w", err)
+	}
+	var notes []string
+	var errs []error
+	for _, one := range tables {
+		note, err := checkTable(ctx, db, one)
+		if note != "" {
+			notes = append(notes, note)
+		}
+		errs = append(errs, err)
+	}
+	if len(tables) == 0 {
+		notes = append(notes, "no outbox table matches the tables setting yet")
+	}
+	return strings.Join(notes, "; "), errors.Join(errs...)
+}
+
+// checkTable is Check for the one table of cfg.
+func checkTable(ctx context.Context, db *pgx.Conn, cfg Config) (string, error) {
 	var note string
 	err := inTx(ctx, db, cfg, func(tx pgx.Tx) error {
 		column, err := createdAtColumn(ctx, tx, cfg)
@@ -361,7 +446,7 @@ func (j *Janitor) report(ctx context.Context, res Result, runErr error, start ti
 	now := time.Now()
 	j.inst.Ran(res, runErr, now)
 	fields := []zap.Field{
-		zap.String("table", j.cfg.qualified()), zap.Duration("retention", j.cfg.Retention),
+		zap.String("table", j.cfg.tablesText()), zap.Duration("retention", j.cfg.Retention),
 		zap.Time("cutoff", res.Cutoff), zap.Int64("rows_deleted", res.RowsDeleted),
 		zap.Int64("partitions_dropped", res.PartitionsDropped), zap.Duration("duration", now.Sub(start)),
 	}

@@ -44,8 +44,8 @@ const (
 )
 
 // Template builds subjects from events: dot-separated tokens, each a literal
-// or containing placeholders {aggregate_type}, {aggregate_id}, {event_type}
-// or {id}.
+// or containing placeholders {aggregate_type}, {aggregate_id}, {event_type},
+// {id}, {schema} or {table}.
 type Template struct {
 	source string
 	tokens [][]templatePart
@@ -66,10 +66,22 @@ func templateField(ev *cdc.Event, field string) string {
 	case "event_type":
 		return ev.EventType
 	case "id":
-		return ev.ID
+		return rowID(ev)
+	case "schema":
+		return cmp.Or(ev.Schema, messageTable)
+	case "table":
+		return cmp.Or(ev.Table, messageTable)
 	}
 	return ""
 }
+
+// messageTable is what {schema} and {table} read for a logical decoding
+// message, which comes from no table.
+const messageTable = "message"
+
+// rowID is the event's id column value; ev.ID, its message id, may be
+// qualified by its table (cdc.Config.QualifiedIDs).
+func rowID(ev *cdc.Event) string { return cmp.Or(ev.RowID, ev.ID) }
 
 // parsePlaceholders splits part, a piece of the template whole given by
 // setting, into literals and {placeholders}, refusing an unknown
@@ -95,9 +107,9 @@ func parsePlaceholders(setting, whole, part string) ([]templatePart, error) {
 		}
 		field := rest[open+1 : open+end]
 		switch field {
-		case "aggregate_type", "aggregate_id", "event_type", "id":
+		case "aggregate_type", "aggregate_id", "event_type", "id", "schema", "table":
 		default:
-			return nil, fmt.Errorf("%s: unknown placeholder {%s} (use aggregate_type, aggregate_id, event_type or id)", setting, field)
+			return nil, fmt.Errorf("%s: unknown placeholder {%s} (use aggregate_type, aggregate_id, event_type, id, schema or table)", setting, field)
 		}
 		parts = append(parts, templatePart{field: field})
 		rest = rest[open+end+1:]
@@ -299,7 +311,7 @@ func (mp *Mapper) message(ev *cdc.Event) (sink.Message, error) {
 			"payload %d bytes, headers column %d bytes (with more than the server's max_payload left out when read): no message can carry them",
 			len(ev.Payload)+ev.PayloadOmitted, len(ev.Headers)+ev.HeadersOmitted)}
 	}
-	if err := checkID(ev.ID); err != nil {
+	if err := checkID(rowID(ev)); err != nil {
 		return sink.Message{}, &PoisonError{Reason: "bad_row", Detail: err.Error()}
 	}
 	if ev.CreatedAt != "" {
