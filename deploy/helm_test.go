@@ -1276,6 +1276,18 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 			want:  []string{"postgres.leaderUrl holds a password"},
 		},
 		{
+			name:  "credentials in the NATS URL",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "nats.url=nats://n1:4222\\,nats://relay:s3cret@n2:4222"},
+			want:  []string{"nats.url holds credentials"},
+		},
+		{
+			name:  "credentials in the OTLP endpoint",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "relay.otlpTracesEndpoint=https://u:p@otel:4318/v1/traces"},
+			want:  []string{"relay.otlpTracesEndpoint holds credentials"},
+		},
+		{
 			name:  "atomic transactions in fast batches",
 			chart: mainChart,
 			args:  []string{"-f", defaults, "--set", "relay.atomicTransactions=true", "--set", "relay.publishMode=batch"},

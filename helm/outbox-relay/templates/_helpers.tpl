@@ -265,6 +265,14 @@ Called with (dict "ctx" <chart context> "sidecar" <bool>).
 {{- fail "postgres.leaderUrl holds a password: remove it; the relay uses the password of postgres.existingSecret (or postgres.password) for both URLs" }}
 {{- end }}
 {{- end }}
+{{- range (splitList "," $nats) }}
+{{- if regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*@" (trim .) }}
+{{- fail "nats.url holds credentials (user:password@ or token@): remove them and use nats.user with nats.existingSecret (or nats.password / nats.token), which reach the relay as mounted files" }}
+{{- end }}
+{{- end }}
+{{- if regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*@" $v.relay.otlpTracesEndpoint }}
+{{- fail "relay.otlpTracesEndpoint holds credentials (user:password@): the relay sends none, and the URL is in the pod spec; point it at a collector that needs none" }}
+{{- end }}
 {{- if and $v.postgres.existingSecret $v.postgres.password }}
 {{- fail "postgres.existingSecret and postgres.password are both set: use one" }}
 {{- end }}
