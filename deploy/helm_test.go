@@ -384,6 +384,8 @@ func checkLabels(t *testing.T, what string, l map[string]string) {
 var (
 	flagsOnce sync.Once
 	flagNames map[string]bool
+	// flagDefaults maps each flag to the default its help text states.
+	flagDefaults map[string]string
 )
 
 // relayFlags returns the flags of `relay run`, read from its --help.
@@ -403,12 +405,42 @@ func relayFlags(t *testing.T) map[string]bool {
 		if len(names) < 10 {
 			t.Fatalf("found only %d flags in relay run --help:\n%s", len(names), stderr.String())
 		}
-		flagNames = names
+		flagNames, flagDefaults = names, helpDefaults(stderr.String())
 	})
 	if flagNames == nil {
 		t.Fatal("the relay's flags could not be read")
 	}
 	return flagNames
+}
+
+// helpDefaults reads the default of each flag from the flag package's
+// help: the last "(default X)" of its text, X unquoted, and cut at a colon or
+// semicolon that explains it ("(default 0: never ...)"); "none" is empty.
+func helpDefaults(help string) map[string]string {
+	defaults := map[string]string{}
+	blocks := regexp.MustCompile(`(?m)^  -`).Split(help, -1)
+	defaultRE := regexp.MustCompile(`\(default ("(?:[^"\\]|\\.)*"|[^)]*)\)`)
+	for _, b := range blocks[1:] {
+		name, _, _ := strings.Cut(b, " ")
+		name, _, _ = strings.Cut(name, "\n")
+		all := defaultRE.FindAllStringSubmatch(b, -1)
+		if len(all) == 0 {
+			defaults[name] = ""
+			continue
+		}
+		v := all[len(all)-1][1]
+		if unquoted, err := strconv.Unquote(v); err == nil {
+			defaults[name] = unquoted
+			continue
+		}
+		v, _, _ = strings.Cut(v, ":")
+		v, _, _ = strings.Cut(v, ";")
+		if v = strings.TrimSpace(v); v == "none" {
+			v = ""
+		}
+		defaults[name] = v
+	}
+	return defaults
 }
 
 // flagOf maps RELAY_NATS_URL or RELAY_NATS_PASSWORD_FILE to nats-url or
@@ -969,6 +1001,24 @@ func TestHelmChart(t *testing.T) {
 			},
 		},
 		{
+			name:      "every relay setting",
+			chart:     mainChart,
+			args:      []string{"-f", ciValues("settings-values.yaml")},
+			wantKinds: []string{"Deployment", "Service"},
+			check: func(t *testing.T, r *rendered) {
+				standalone(1)(t, r)
+				if len(r.deployments) != 1 {
+					return
+				}
+				env := envOf(r.deployments[0])
+				for k, v := range settingsEnv {
+					if got, ok := env[k]; !ok || got != v {
+						t.Errorf("env %s=%q (set: %t), want %q", k, got, ok, v)
+					}
+				}
+			},
+		},
+		{
 			name:      "three replicas",
 			chart:     mainChart,
 			args:      []string{"-f", ciValues("replicas-values.yaml")},
@@ -1071,6 +1121,60 @@ func TestHelmChart(t *testing.T) {
 	}
 }
 
+// settingsEnv is the environment ci/settings-values.yaml must give the
+// relay: each value of the chart as its flag's RELAY_* variable.
+var settingsEnv = map[string]string{
+	"RELAY_POSTGRES_URL":                "postgres://relay@pgbouncer.example:6432/app?sslmode=verify-full",
+	"RELAY_LEADER_POSTGRES_URL":         "postgres://relay@postgres.example:5432/app?sslmode=verify-full",
+	"RELAY_POSTGRES_PASSWORD_FILE":      "/etc/outbox-relay/secrets/postgres-password",
+	"RELAY_TABLE":                       "billing.outbox",
+	"RELAY_COLUMN_ID":                   "event_id",
+	"RELAY_COLUMN_AGGREGATE_TYPE":       "agg_type",
+	"RELAY_COLUMN_AGGREGATE_ID":         "agg_id",
+	"RELAY_COLUMN_EVENT_TYPE":           "type",
+	"RELAY_COLUMN_PAYLOAD":              "body",
+	"RELAY_COLUMN_HEADERS":              "", // set, to nothing: the table has none
+	"RELAY_COLUMN_CREATED_AT":           "occurred_at,created_at",
+	"RELAY_CREATE_PUBLICATION":          "false",
+	"RELAY_CREATE_SLOT":                 "false",
+	"RELAY_FAILOVER_SLOT":               "true",
+	"RELAY_INITIAL_SNAPSHOT":            "where:sent_at IS NULL AND type <> 'test'",
+	"RELAY_MESSAGE_PREFIX":              "outbox",
+	"RELAY_ACCEPT_PUBLICATION":          "0123456789abcdef",
+	"RELAY_RETENTION":                   "168h",
+	"RELAY_RETENTION_INTERVAL":          "10m",
+	"RELAY_RECOVER_MAX_TRANSACTION_AGE": "2h",
+	"RELAY_STATE_BUCKET":                "billing-relay",
+	"RELAY_SHARED_STREAM":               "true",
+	"RELAY_CREATE_STREAM":               "true",
+	"RELAY_STREAM_SUBJECTS":             "billing.>,outbox_dead_letter.>",
+	"RELAY_STREAM_REPLICAS":             "3",
+	"RELAY_DUPLICATE_WINDOW":            "10m",
+	"RELAY_PUBLISH_MODE":                "async",
+	"RELAY_ATOMIC_TRANSACTIONS":         "true",
+	"RELAY_ATOMIC_BATCH_MAX":            "500",
+	"RELAY_ON_LARGE_TRANSACTION":        "split",
+	"RELAY_CLOUDEVENTS":                 "true",
+	"RELAY_CLOUDEVENTS_SOURCE":          "/billing/outbox",
+	"RELAY_CLOUDEVENTS_TYPE":            "com.example.{aggregate_type}.{event_type}",
+	"RELAY_OTLP_TRACES_ENDPOINT":        "http://otel-collector.observability:4318/v1/traces",
+	"RELAY_EVENT_BUFFER_BYTES":          "33554432",
+	"RELAY_LEADER_LEASE_TIMEOUT":        "10s",
+	"RELAY_LEADER_POLL_INTERVAL":        "2s",
+	"RELAY_STALL_TIMEOUT":               "5m",
+	"RELAY_PPROF":                       "true",
+	"RELAY_SUBJECT_TEMPLATE":            "billing.{aggregate_type}.{event_type}",
+	"RELAY_SLOT":                        "billing_relay",
+	"RELAY_PUBLICATION":                 "billing_outbox",
+	"RELAY_STREAM":                      "BILLING",
+	"RELAY_ON_POISON":                   "dead-letter",
+	"RELAY_DEAD_LETTER_SUBJECT":         "outbox_dead_letter.billing",
+	"RELAY_LOG_LEVEL":                   "debug",
+	"RELAY_LOG_FORMAT":                  "console",
+	"RELAY_HTTP_ADDR":                   ":9090",
+	"RELAY_SHUTDOWN_TIMEOUT":            "20s",
+}
+
 func sidecarExample(chartSecret bool) func(t *testing.T, r *rendered) {
 	return func(t *testing.T, r *rendered) {
 		if len(r.deployments) != 1 {
@@ -1147,6 +1251,71 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 				"/replicaCount", "/postgres/url", "bogus", "/relay/shutdownTimeoutSeconds",
 			},
 			schema: true,
+		},
+		{
+			name:  "schema: the relay's settings",
+			chart: mainChart,
+			args: []string{
+				"-f", defaults, "--set", "relay.publishMode=fast", "--set", "relay.onLargeTransaction=drop",
+				"--set", "relay.initialSnapshot=everything", "--set", "relay.retention=7d", "--set", "relay.streamReplicas=7",
+				"--set", "relay.otlpTracesEndpoint=otel-collector:4317", "--set", "relay.atomicBatchMax=0",
+				"--set", "relay.columns.id=", "--set", "relay.stateBucket=a.b", "--set", "relay.atomicTransactions=yes",
+				"--set", "relay.columns.sentAt=sent_at",
+			},
+			want: []string{
+				"values don't meet the specifications of the schema", "/relay/publishMode", "/relay/onLargeTransaction",
+				"/relay/initialSnapshot", "/relay/retention", "/relay/streamReplicas", "/relay/otlpTracesEndpoint",
+				"/relay/atomicBatchMax", "/relay/columns/id", "/relay/stateBucket", "/relay/atomicTransactions", "sentAt",
+			},
+			schema: true,
+		},
+		{
+			name:  "password in the leader lock's URL",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "postgres.leaderUrl=postgres://relay:hunter2@db:5432/app"},
+			want:  []string{"postgres.leaderUrl holds a password"},
+		},
+		{
+			name:  "credentials in the NATS URL",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "nats.url=nats://n1:4222\\,nats://relay:s3cret@n2:4222"},
+			want:  []string{"nats.url holds credentials"},
+		},
+		{
+			name:  "credentials in the OTLP endpoint",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "relay.otlpTracesEndpoint=https://u:p@otel:4318/v1/traces"},
+			want:  []string{"relay.otlpTracesEndpoint holds credentials"},
+		},
+		{
+			name:  "atomic transactions in fast batches",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "relay.atomicTransactions=true", "--set", "relay.publishMode=batch"},
+			want:  []string{"relay.atomicTransactions=true with relay.publishMode=batch"},
+		},
+		{
+			name:  "a CloudEvents source without CloudEvents",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "relay.cloudeventsSource=/shop"},
+			want:  []string{"relay.cloudeventsSource is set but relay.cloudevents is false"},
+		},
+		{
+			name:  "retention below the recovery window",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "relay.retention=59m59.5s"},
+			want:  []string{"relay.retention=59m59.5s is below relay.recoverMaxTransactionAge=1h"},
+		},
+		{
+			name:  "retention without a created_at column",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "relay.retention=168h", "--set", "relay.columns.createdAt="},
+			want:  []string{"relay.retention is set but relay.columns.createdAt is empty"},
+		},
+		{
+			name:  "leader poll interval not below the lease",
+			chart: mainChart,
+			args:  []string{"-f", defaults, "--set", "relay.leaderPollInterval=5s"},
+			want:  []string{"relay.leaderPollInterval=5s must be below relay.leaderLeaseTimeout=5s"},
 		},
 		{
 			name:   "required values missing",

@@ -80,6 +80,50 @@ func TestJanitorDeletesOldRowsWhilePublishing(t *testing.T) {
 	require.Regexp(t, `last run: +\S+, retention 1h0m0s: ok`, out)
 }
 
+// TestJanitorFailureShownByStatus: a cleanup run that fails (its delete
+// cannot get the outbox's lock within the lock timeout) is counted and shown
+// by relay status with its error, which is no consistency problem; once the
+// lock is gone the next run deletes the rows, and status shows it ok again.
+func TestJanitorFailureShownByStatus(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	// The publication exists before the lock, which would block creating it.
+	r := f.startRelay(t)
+	f.writeAt(t, 20, "old", oldStamp)
+	f.waitStream(t, 20, 30*time.Second)
+	stopRelay(t, r)
+	ctx := context.Background()
+	blocker := f.pg.Connect(t, f.db)
+	tx, err := blocker.Begin(ctx)
+	require.NoError(t, err)
+	// EXCLUSIVE lets the relay read the table and blocks every delete.
+	_, err = tx.Exec(ctx, `LOCK TABLE events IN EXCLUSIVE MODE`)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+
+	r = f.startRelay(t, cleanupEnv...)
+	require.Eventually(t, func() bool { return r.Metrics()["outbox_relay_janitor_errors_total"] >= 1 },
+		time.Minute, 100*time.Millisecond, "the locked delete should fail")
+	code, out := runCommand(t, f.bin, f.env(cleanupEnv...), "status")
+	require.Equal(t, 0, code, "a failing cleanup is no consistency problem:\n%s", out)
+	require.Regexp(t, `last run: +\S+, retention 1h0m0s: failed: .*lock timeout`, out)
+	require.NotContains(t, out, "last success:")
+	require.Contains(t, out, "rows deleted:        0, partitions dropped: 0")
+	old, _ := f.outboxRows(t)
+	require.Equal(t, 20, old, "nothing deleted under the lock")
+
+	require.NoError(t, tx.Rollback(ctx))
+	f.waitOldRowsGone(t)
+	require.Eventually(t, func() bool {
+		_, out = runCommand(t, f.bin, f.env(cleanupEnv...), "status")
+		return strings.Contains(out, "rows deleted:        20,")
+	}, 30*time.Second, 200*time.Millisecond, "status should show the successful run")
+	require.Regexp(t, `last run: +\S+, retention 1h0m0s: ok`, out)
+	require.Contains(t, out, "last success:")
+	f.waitStream(t, 20, 30*time.Second)
+	f.verify(t)
+}
+
 // TestJanitorDropsExpiredPartitions: on an outbox range-partitioned by
 // created_at, a partition whose upper bound is older than the retention is
 // detached and dropped, also while rows of it are not yet published; rows of

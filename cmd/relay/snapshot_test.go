@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"regexp"
 	"slices"
 	"strconv"
 	"testing"
@@ -153,7 +154,11 @@ func TestInitialSnapshotKilledMidwayStartsOver(t *testing.T) {
 	// halfway; a duplicate window JetStream forgets before the restart.
 	slow := []string{"RELAY_INITIAL_SNAPSHOT", "all", "RELAY_PUBLISH_WINDOW", "1", "RELAY_ACK_EVERY", "1", "RELAY_DUPLICATE_WINDOW", "1s"}
 	r := e2e.StartRelay(t, f.bin, f.env(slow...))
-	require.Eventually(t, func() bool { return e2e.StreamCount(f.nc, "OUTBOX") >= 2000 || r.Exited() }, time.Minute, 10*time.Millisecond)
+	// Killed once it reported its progress (every 5 seconds).
+	progress := regexp.MustCompile(`"msg":"initial snapshot progress",("slot":"outbox_relay",)?"done":[1-9][0-9]*,"selected":30000,"skipped":0,"eta":`)
+	require.Eventually(t, func() bool {
+		return (e2e.StreamCount(f.nc, "OUTBOX") >= 2000 && progress.MatchString(r.Logs())) || r.Exited()
+	}, time.Minute, 10*time.Millisecond)
 	r.Kill()
 	published := e2e.StreamCount(f.nc, "OUTBOX")
 	t.Logf("killed after %d of %d rows", published, rows)
@@ -161,7 +166,11 @@ func TestInitialSnapshotKilledMidwayStartsOver(t *testing.T) {
 	require.Contains(t, r.Logs(), `"selected":30000`)
 
 	code, out := runCommand(t, f.bin, f.env(), "status")
-	require.Contains(t, out, "initial snapshot:    in progress (all)", "exit %d: %s", code, out)
+	m := regexp.MustCompile(`initial snapshot: +in progress \(all\), ([0-9]+) of 30000 rows on the stream`).FindStringSubmatch(out)
+	require.NotNil(t, m, "exit %d: %s", code, out)
+	done, _ := strconv.Atoi(m[1])
+	require.Positive(t, done, "status shows the progress recorded before the kill")
+	require.LessOrEqual(t, done, published)
 	none := e2e.StartRelay(t, f.bin, f.env())
 	code, err := none.Wait(time.Minute)
 	require.NoError(t, err)

@@ -163,6 +163,50 @@ Secret or in nats.existingSecret, environment variable].
 {{- $env = append $env (dict "name" "RELAY_LOG_LEVEL" "value" $r.logLevel) }}
 {{- $env = append $env (dict "name" "RELAY_LOG_FORMAT" "value" $r.logFormat) }}
 {{- $env = append $env (dict "name" "RELAY_HTTP_ADDR" "value" (printf ":%d" (int $r.httpPort))) }}
+{{- with $v.postgres.leaderUrl }}
+{{- $env = append $env (dict "name" "RELAY_LEADER_POSTGRES_URL" "value" .) }}
+{{- end }}
+{{- $c := $r.columns }}
+{{- $env = append $env (dict "name" "RELAY_COLUMN_ID" "value" $c.id) }}
+{{- $env = append $env (dict "name" "RELAY_COLUMN_AGGREGATE_TYPE" "value" $c.aggregateType) }}
+{{- $env = append $env (dict "name" "RELAY_COLUMN_AGGREGATE_ID" "value" $c.aggregateId) }}
+{{- $env = append $env (dict "name" "RELAY_COLUMN_EVENT_TYPE" "value" $c.eventType) }}
+{{- $env = append $env (dict "name" "RELAY_COLUMN_PAYLOAD" "value" $c.payload) }}
+{{- /* Empty is a value of its own here: the table has no such column. */}}
+{{- $env = append $env (dict "name" "RELAY_COLUMN_HEADERS" "value" (toString $c.headers)) }}
+{{- $env = append $env (dict "name" "RELAY_COLUMN_CREATED_AT" "value" (toString $c.createdAt)) }}
+{{- $env = append $env (dict "name" "RELAY_CREATE_PUBLICATION" "value" (toString $r.createPublication)) }}
+{{- $env = append $env (dict "name" "RELAY_CREATE_SLOT" "value" (toString $r.createSlot)) }}
+{{- $env = append $env (dict "name" "RELAY_FAILOVER_SLOT" "value" (toString $r.failoverSlot)) }}
+{{- $env = append $env (dict "name" "RELAY_INITIAL_SNAPSHOT" "value" $r.initialSnapshot) }}
+{{- $env = append $env (dict "name" "RELAY_RETENTION" "value" $r.retention) }}
+{{- $env = append $env (dict "name" "RELAY_RETENTION_INTERVAL" "value" $r.retentionInterval) }}
+{{- $env = append $env (dict "name" "RELAY_RECOVER_MAX_TRANSACTION_AGE" "value" $r.recoverMaxTransactionAge) }}
+{{- $env = append $env (dict "name" "RELAY_STATE_BUCKET" "value" $r.stateBucket) }}
+{{- $env = append $env (dict "name" "RELAY_SHARED_STREAM" "value" (toString $r.sharedStream)) }}
+{{- $env = append $env (dict "name" "RELAY_STREAM_REPLICAS" "value" (toString (int $r.streamReplicas))) }}
+{{- $env = append $env (dict "name" "RELAY_DUPLICATE_WINDOW" "value" $r.duplicateWindow) }}
+{{- $env = append $env (dict "name" "RELAY_PUBLISH_MODE" "value" $r.publishMode) }}
+{{- $env = append $env (dict "name" "RELAY_ATOMIC_TRANSACTIONS" "value" (toString $r.atomicTransactions)) }}
+{{- $env = append $env (dict "name" "RELAY_ATOMIC_BATCH_MAX" "value" (toString (int $r.atomicBatchMax))) }}
+{{- $env = append $env (dict "name" "RELAY_ON_LARGE_TRANSACTION" "value" $r.onLargeTransaction) }}
+{{- $env = append $env (dict "name" "RELAY_CLOUDEVENTS" "value" (toString $r.cloudevents)) }}
+{{- $env = append $env (dict "name" "RELAY_CLOUDEVENTS_TYPE" "value" $r.cloudeventsType) }}
+{{- $env = append $env (dict "name" "RELAY_EVENT_BUFFER_BYTES" "value" (toString (int64 $r.eventBufferBytes))) }}
+{{- $env = append $env (dict "name" "RELAY_LEADER_POLL_INTERVAL" "value" $r.leaderPollInterval) }}
+{{- $env = append $env (dict "name" "RELAY_STALL_TIMEOUT" "value" $r.stallTimeout) }}
+{{- $env = append $env (dict "name" "RELAY_PPROF" "value" (toString $r.pprof)) }}
+{{- /* Empty: the relay's own default (none, or derived). */}}
+{{- range $name, $value := dict
+  "RELAY_MESSAGE_PREFIX" $r.messagePrefix
+  "RELAY_ACCEPT_PUBLICATION" $r.acceptPublication
+  "RELAY_STREAM_SUBJECTS" $r.streamSubjects
+  "RELAY_CLOUDEVENTS_SOURCE" $r.cloudeventsSource
+  "RELAY_OTLP_TRACES_ENDPOINT" $r.otlpTracesEndpoint }}
+{{- if $value }}
+{{- $env = append $env (dict "name" $name "value" $value) }}
+{{- end }}
+{{- end }}
 {{- $extra := $v.extraEnv | default list }}
 {{- $extraNames := list }}
 {{- range $extra }}
@@ -216,6 +260,19 @@ Called with (dict "ctx" <chart context> "sidecar" <bool>).
 {{- if regexMatch "(^|[?&[:space:]])password=" $pg }}
 {{- fail "postgres.url holds a password= parameter: remove it and use postgres.existingSecret (or postgres.password), which reach the relay as a mounted file" }}
 {{- end }}
+{{- with $v.postgres.leaderUrl }}
+{{- if or (regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*:[^/?#@]*@" .) (regexMatch "(^|[?&[:space:]])password=" .) }}
+{{- fail "postgres.leaderUrl holds a password: remove it; the relay uses the password of postgres.existingSecret (or postgres.password) for both URLs" }}
+{{- end }}
+{{- end }}
+{{- range (splitList "," $nats) }}
+{{- if regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*@" (trim .) }}
+{{- fail "nats.url holds credentials (user:password@ or token@): remove them and use nats.user with nats.existingSecret (or nats.password / nats.token), which reach the relay as mounted files" }}
+{{- end }}
+{{- end }}
+{{- if regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*@" $v.relay.otlpTracesEndpoint }}
+{{- fail "relay.otlpTracesEndpoint holds credentials (user:password@): the relay sends none, and the URL is in the pod spec; point it at a collector that needs none" }}
+{{- end }}
 {{- if and $v.postgres.existingSecret $v.postgres.password }}
 {{- fail "postgres.existingSecret and postgres.password are both set: use one" }}
 {{- end }}
@@ -241,11 +298,44 @@ Called with (dict "ctx" <chart context> "sidecar" <bool>).
 {{- if lt (int $v.terminationGracePeriodSeconds) (add (int $v.relay.shutdownTimeoutSeconds) 5) }}
 {{- fail (printf "terminationGracePeriodSeconds=%d must be at least relay.shutdownTimeoutSeconds (%d) + 5: Kubernetes would kill the relay while it lets publishes in flight finish" (int $v.terminationGracePeriodSeconds) (int $v.relay.shutdownTimeoutSeconds)) }}
 {{- end }}
+{{- $r := $v.relay }}
+{{- if and $r.atomicTransactions (eq $r.publishMode "batch") }}
+{{- fail "relay.atomicTransactions=true with relay.publishMode=batch: the relay refuses them together (atomic batches are published as they are); use publishMode auto or async" }}
+{{- end }}
+{{- if and $r.cloudeventsSource (not $r.cloudevents) }}
+{{- fail "relay.cloudeventsSource is set but relay.cloudevents is false: set relay.cloudevents=true, or leave cloudeventsSource empty" }}
+{{- end }}
+{{- $retention := include "outbox-relay.seconds" $r.retention | float64 }}
+{{- if gt $retention 0.0 }}
+{{- if not $r.columns.createdAt }}
+{{- fail "relay.retention is set but relay.columns.createdAt is empty: the janitor deletes rows by their creation time; map the created_at column or set relay.retention=0s" }}
+{{- end }}
+{{- if lt $retention (include "outbox-relay.seconds" $r.recoverMaxTransactionAge | float64) }}
+{{- fail (printf "relay.retention=%s is below relay.recoverMaxTransactionAge=%s, whose rows relay recover reads after a lost slot" $r.retention $r.recoverMaxTransactionAge) }}
+{{- end }}
+{{- end }}
+{{- if and $r.leaderElection (ge (include "outbox-relay.seconds" $r.leaderPollInterval | float64) (include "outbox-relay.seconds" $r.leaderLeaseTimeout | float64)) }}
+{{- fail (printf "relay.leaderPollInterval=%s must be below relay.leaderLeaseTimeout=%s" $r.leaderPollInterval $r.leaderLeaseTimeout) }}
+{{- end }}
 {{- range ($v.extraEnv | default list) }}
 {{- if and (hasKey . "value") (regexMatch "(?i)(PASSWORD|TOKEN|SEED|SECRET)" .name) (not (hasSuffix "_FILE" .name)) }}
 {{- fail (printf "extraEnv %s has an inline value: secrets go in a Secret, referenced with valueFrom.secretKeyRef or mounted (RELAY_*_FILE)" .name) }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+outbox-relay.seconds: a Go duration of the schema's form (1h30m, 500ms) in
+seconds, as a float.
+*/}}
+{{- define "outbox-relay.seconds" -}}
+{{- $units := dict "ns" 0.000000001 "us" 0.000001 "µs" 0.000001 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 }}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" (toString .) -1 }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" . }}
+{{- $total = addf $total (mulf (float64 $number) (get $units (trimPrefix $number .))) }}
+{{- end }}
+{{- $total }}
 {{- end }}
 
 {{/*
