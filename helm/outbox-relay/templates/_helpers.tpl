@@ -199,6 +199,8 @@ Secret or in nats.existingSecret, environment variable].
 {{- /* Empty: the relay's own default (none, or derived). */}}
 {{- range $name, $value := dict
   "RELAY_MESSAGE_PREFIX" $r.messagePrefix
+  "RELAY_TABLE_COLUMNS" $r.tableColumns
+  "RELAY_MESSAGE_ID" $r.messageId
   "RELAY_ACCEPT_PUBLICATION" $r.acceptPublication
   "RELAY_STREAM_SUBJECTS" $r.streamSubjects
   "RELAY_CLOUDEVENTS_SOURCE" $r.cloudeventsSource
