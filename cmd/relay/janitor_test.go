@@ -67,6 +67,7 @@ func TestJanitorDeletesOldRowsWhilePublishing(t *testing.T) {
 		10*time.Second, 100*time.Millisecond, "3000 rows deleted")
 	m := r.Metrics()
 	require.Greater(t, m["outbox_relay_janitor_last_success_timestamp_seconds"], float64(time.Now().Add(-time.Minute).Unix()))
+	require.GreaterOrEqual(t, m["outbox_relay_janitor_last_run_timestamp_seconds"], m["outbox_relay_janitor_last_success_timestamp_seconds"])
 	require.Zero(t, m["outbox_relay_janitor_errors_total"])
 	require.Contains(t, r.Logs(), `"msg":"cleanup run done"`)
 
@@ -104,6 +105,9 @@ func TestJanitorFailureShownByStatus(t *testing.T) {
 	r = f.startRelay(t, cleanupEnv...)
 	require.Eventually(t, func() bool { return r.Metrics()["outbox_relay_janitor_errors_total"] >= 1 },
 		time.Minute, 100*time.Millisecond, "the locked delete should fail")
+	m := r.Metrics()
+	require.Positive(t, m["outbox_relay_janitor_last_run_timestamp_seconds"], "a failed run is a run")
+	require.Zero(t, m["outbox_relay_janitor_last_success_timestamp_seconds"], "but no success")
 	code, out := runCommand(t, f.bin, f.env(cleanupEnv...), "status")
 	require.Equal(t, 0, code, "a failing cleanup is no consistency problem:\n%s", out)
 	require.Regexp(t, `last run: +\S+, retention 1h0m0s: failed: .*lock timeout`, out)

@@ -297,6 +297,7 @@ type janitorMetrics struct{ m *metrics.Metrics }
 func (j janitorMetrics) Ran(res janitor.Result, err error, at time.Time) {
 	j.m.JanitorRowsDeleted.Add(float64(res.RowsDeleted))
 	j.m.JanitorPartitionsDropped.Add(float64(res.PartitionsDropped))
+	j.m.JanitorLastRun.Set(float64(at.UnixNano()) / 1e9)
 	if err != nil {
 		j.m.JanitorErrors.Inc()
 		return

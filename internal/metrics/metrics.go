@@ -106,6 +106,7 @@ type Metrics struct {
 	JanitorPartitionsDropped prometheus.Counter
 	JanitorErrors            prometheus.Counter
 	JanitorLastSuccess       prometheus.Gauge
+	JanitorLastRun           prometheus.Gauge
 
 	// snapshot: the initial snapshot of an adopted table (--initial-snapshot).
 	SnapshotSelectedRows prometheus.Gauge
@@ -178,6 +179,7 @@ func New(version, commit string) *Metrics {
 		JanitorPartitionsDropped: f.counter("janitor", "partitions_dropped_total", "Partitions of the outbox detached and dropped because their upper bound is older than --retention."),
 		JanitorErrors:            f.counter("janitor", "errors_total", "Cleanup runs that ended with an error (retried at the next run)."),
 		JanitorLastSuccess:       f.gauge("janitor", "last_success_timestamp_seconds", "When the last cleanup run without an error ended, in Unix seconds; 0 before the first."),
+		JanitorLastRun:           f.gauge("janitor", "last_run_timestamp_seconds", "When the last cleanup run ended, with an error or not, in Unix seconds; 0 before the first."),
 		TraceSpans: f.counterVec("trace", "spans_total",
 			"Spans of published events (--otlp-traces-endpoint) by outcome: exported, failed (the collector refused them or was unreachable), dropped (the export queue was full).", "outcome"),
 
