@@ -204,6 +204,14 @@ func TestTablePatternPicksUpTenantsCreatedLater(t *testing.T) {
 	require.NoError(t, err)
 	require.NotZero(t, code, refused.Logs())
 	require.Contains(t, refused.Logs(), "a pattern needs a publication FOR ALL TABLES")
+	// One that publishes a partitioned tenant's rows under its partitions'
+	// names would hide them.
+	f.pg.Exec(t, f.db, `DROP PUBLICATION outbox_relay; CREATE PUBLICATION outbox_relay FOR ALL TABLES WITH (publish = 'insert')`)
+	refused = e2e.StartRelay(t, f.bin, f.env(env...))
+	code, err = refused.Wait(60 * time.Second)
+	require.NoError(t, err)
+	require.NotZero(t, code, refused.Logs())
+	require.Contains(t, refused.Logs(), "publish_via_partition_root = true")
 	f.pg.Exec(t, f.db, `DROP PUBLICATION outbox_relay`)
 
 	r := f.startRelay(t, env...)

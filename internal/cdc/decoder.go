@@ -221,6 +221,12 @@ func (d *decoder) addRelation(r relationMessage) error {
 			old, r.id, r.namespace, r.name, ErrConfig)
 	}
 	if outbox {
+		// A table a pattern matched, renamed later in the session out of
+		// the pattern, is caught like a listed one.
+		if d.outboxOIDs == nil {
+			d.outboxOIDs = make(map[uint32]string)
+		}
+		d.outboxOIDs[r.id] = r.namespace + "." + r.name
 		rel.outbox = true
 		have := make([]string, len(r.columns))
 		for i, c := range r.columns {

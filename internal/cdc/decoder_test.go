@@ -275,12 +275,12 @@ func TestDecoderRelationRedescribed(t *testing.T) {
 	_, err = d.decode(encInsert(outboxRelID, outboxRow()...))
 	require.ErrorContains(t, err, "columns")
 
-	// A relation id reused for another table is no longer the outbox.
+	// The outbox's relation id under another name later in the session is
+	// the outbox renamed (the session saw it as the outbox, even when
+	// preflight did not know its OID): its rows would be skipped.
 	_, err = d.decode(encRelation(outboxRelID, "public", "renamed", 'd', outboxCols))
-	require.NoError(t, err)
-	ch, err = d.decode(encInsert(outboxRelID, outboxRow()...))
-	require.NoError(t, err)
-	require.Equal(t, changeForeignInsert, ch.kind)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "it was renamed")
 }
 
 func TestDecoderRowDefects(t *testing.T) {

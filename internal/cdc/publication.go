@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -38,6 +39,7 @@ type publicationInfo struct {
 	exists    bool
 	insert    bool
 	allTables bool
+	viaRoot   bool
 	published []publishedRel
 }
 
@@ -46,7 +48,7 @@ type publicationInfo struct {
 // own partitions.
 func readPublication(ctx context.Context, q querier, cfg Config, version int) (publicationInfo, error) {
 	var info publicationInfo
-	err := q.row(ctx, `SELECT p.pubinsert, p.puballtables FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication).Scan(&info.insert, &info.allTables)
+	err := q.row(ctx, `SELECT p.pubinsert, p.puballtables, p.pubviaroot FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication).Scan(&info.insert, &info.allTables, &info.viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return info, nil
 	}
@@ -145,7 +147,10 @@ func judgePublication(cfg Config, info publicationInfo) error {
 // deliver every insert of each of the tables to the relay under its own name
 // with every mapped column, or, for a pattern, of the tables created later;
 // nil when it does. exists is false, with nil, when the publication does not
-// exist.
+// exist. A pattern's tables need no check of their own: a publication FOR
+// ALL TABLES via the partitions' root publishes every column of every row
+// of each (no row filter or column list), and the running relay checks
+// every second.
 func judgeTables(ctx context.Context, q querier, cfg Config, tables []Table, version int) (exists bool, err error) {
 	info, err := readPublication(ctx, q, cfg, version)
 	if err != nil || !info.exists {
@@ -160,7 +165,14 @@ func judgeTables(ctx context.Context, q querier, cfg Config, tables []Table, ver
 		errs = append(errs, fmt.Errorf("publication: %q lists its tables, so the tables --table=%s matches that are created later would not reach the relay; a pattern needs a publication FOR ALL TABLES: as a superuser, run DROP PUBLICATION %s and %s, or list the tables in --table",
 			cfg.Publication, cfg.TablesText(), pub, createPublication(cfg, tables)))
 	}
+	if cfg.Patterns() && !info.viaRoot {
+		errs = append(errs, fmt.Errorf("publication: %q publishes partitions under their own names, so the rows of a partitioned table --table=%s matches would not reach the relay under its name; run ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
+			cfg.Publication, cfg.TablesText(), pub))
+	}
 	for _, t := range tables {
+		if t.IsPattern() || !slices.ContainsFunc(cfg.explicitTables(), func(u Table) bool { return u.Schema == t.Schema && u.Name == t.Name }) {
+			continue // a pattern's table: see above
+		}
 		one := cfg.ForTable(t)
 		info, err := readPublication(ctx, q, one, version)
 		if err != nil {
