@@ -250,11 +250,16 @@ func resolveTables(ctx context.Context, q querier, cfg Config) ([]Table, error) 
 	return tables, nil
 }
 
-// outboxOIDs maps the OID of each listed outbox table that exists to its
-// name, so that the decoder recognises one renamed.
+// outboxOIDs maps the OID of each outbox table that exists, listed or
+// matched by a pattern, to its name, so that the decoder recognises one
+// renamed, also in a session that has not yet seen its rows.
 func outboxOIDs(ctx context.Context, q querier, cfg Config) (map[uint32]string, error) {
+	tables, err := resolveTables(ctx, q, cfg)
+	if err != nil {
+		return nil, err
+	}
 	oids := make(map[uint32]string)
-	for _, t := range cfg.explicitTables() {
+	for _, t := range tables {
 		var oid uint32
 		if err := q.row(ctx, `SELECT COALESCE(to_regclass($1)::oid, 0)`, t.Qualified()).Scan(&oid); err != nil {
 			return nil, fmt.Errorf("look up table %s: %w", t.Qualified(), err)
