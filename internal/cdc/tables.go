@@ -215,8 +215,9 @@ func qualifiedNames(tables []Table) []string {
 
 // ResolveTables returns the tables the configuration names now: each listed
 // table, and every ordinary or partitioned table (not a partition) a pattern
-// matches, with the pattern's mapping. A listed table is returned whether it
-// exists or not; the checks say what is wrong with it.
+// matches, with the pattern's mapping (never a temporary table, which no
+// publication publishes and no other session may read). A listed table is
+// returned whether it exists or not; the checks say what is wrong with it.
 func ResolveTables(ctx context.Context, conn *pgx.Conn, cfg Config) ([]Table, error) {
 	return resolveTables(ctx, querier{conn: conn, timeout: cfg.QueryTimeout}, cfg)
 }
@@ -227,7 +228,7 @@ func resolveTables(ctx context.Context, q querier, cfg Config) ([]Table, error) 
 		return tables, nil
 	}
 	rows, err := q.query(ctx, `SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+		WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
 			AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
 		ORDER BY 1, 2`)
 	if err != nil {
