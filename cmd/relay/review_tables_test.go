@@ -180,3 +180,25 @@ func TestReviewReplayIDsAcrossIDTypes(t *testing.T) {
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "1 rows selected", out)
 }
+
+// TestReviewRecoverAfterAddingATable: a relay of one table (Nats-Msg-Id the
+// id, the default) gets a second table as the README describes, which needs
+// --message-id; with table-id the first table's rows get other message ids.
+// relay recover compares the rows it reads with the stream by message id,
+// so the rows published under the old ids are published again.
+func TestReviewRecoverAfterAddingATable(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	r := f.startRelay(t)
+	f.write(t, 5, "before")
+	f.waitStream(t, 5, time.Minute)
+	_, err := r.Stop(time.Minute)
+	require.NoError(t, err)
+	f.pg.Exec(t, f.db, `CREATE SCHEMA billing; `+tenantOutbox("billing")+`;
+		ALTER PUBLICATION outbox_relay ADD TABLE billing.outbox;
+		SELECT pg_drop_replication_slot('outbox_relay')`)
+	code, out := runCommand(t, f.bin, f.env("RELAY_TABLE", "public.events,billing.outbox", "RELAY_MESSAGE_ID", "table-id",
+		"RELAY_TABLE_COLUMNS", "billing.outbox: headers="), "recover")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "to publish: 0", out)
+}
