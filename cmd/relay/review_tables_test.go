@@ -57,6 +57,19 @@ func requireAllOrStopped(t *testing.T, f *fixture, r *e2e.Relay, barrier, want i
 	require.Len(t, ids, want, "the relay runs on (slot confirmed at %s) and the stream lacks rows: %s", f.slotConfirmed(t), strings.Join(ids, " "))
 }
 
+// startTenantA starts a relay of tenant_*.outbox with one tenant, tenant_a,
+// and writes a row to it, which may still be on its way to the stream.
+func startTenantA(t *testing.T) (*fixture, *e2e.Relay, *multiTableWriter) {
+	t.Helper()
+	t.Parallel()
+	f := newFixture(t)
+	f.pg.Exec(t, f.db, `CREATE SCHEMA tenant_a; `+tenantOutbox("tenant_a"))
+	r := f.startRelay(t, reviewPatternEnv()...)
+	w := newMultiTableWriter(t, f.pg.AdminURL(f.db))
+	w.commit(t, "", reviewRow("tenant_a.outbox"))
+	return f, r, w
+}
+
 // TestReviewPatternUnloggedTenantTable: a publication FOR ALL TABLES does not
 // publish unlogged tables, and PostgreSQL allows ALTER TABLE ... SET UNLOGGED
 // on a table that is a member of no publication by name; a tenant table the
@@ -64,13 +77,7 @@ func requireAllOrStopped(t *testing.T, f *fixture, r *e2e.Relay, barrier, want i
 // silently skipped by the running relay, while the initial snapshot and
 // replay would read them.
 func TestReviewPatternUnloggedTenantTable(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t)
-	f.pg.Exec(t, f.db, `CREATE SCHEMA tenant_a; `+tenantOutbox("tenant_a"))
-	r := f.startRelay(t, reviewPatternEnv()...)
-	w := newMultiTableWriter(t, f.pg.AdminURL(f.db))
-	w.commit(t, "", reviewRow("tenant_a.outbox"))
-	f.waitStream(t, 1, time.Minute)
+	f, r, w := startTenantA(t)
 
 	// A tenant created unlogged, and an existing one altered to unlogged.
 	w.commit(t, `CREATE SCHEMA tenant_b; `+strings.Replace(tenantOutbox("tenant_b"), "CREATE TABLE", "CREATE UNLOGGED TABLE", 1),
@@ -87,13 +94,7 @@ func TestReviewPatternUnloggedTenantTable(t *testing.T) {
 // as no outbox; the publication fingerprint covers only listed tables, so
 // nothing notices.
 func TestReviewPatternTenantAttachedAsPartition(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t)
-	f.pg.Exec(t, f.db, `CREATE SCHEMA tenant_a; `+tenantOutbox("tenant_a"))
-	r := f.startRelay(t, reviewPatternEnv()...)
-	w := newMultiTableWriter(t, f.pg.AdminURL(f.db))
-	w.commit(t, "", reviewRow("tenant_a.outbox"))
-	f.waitStream(t, 1, time.Minute)
+	f, r, w := startTenantA(t)
 
 	w.commit(t, `CREATE TABLE public.all_outbox (id bigint NOT NULL, aggregate_type text NOT NULL, aggregate_id text NOT NULL,
 			event_type text NOT NULL, payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now()) PARTITION BY LIST (aggregate_type);
@@ -108,12 +109,7 @@ func TestReviewPatternTenantAttachedAsPartition(t *testing.T) {
 // messages of its current session, so after a restart (or any reconnect) a
 // rename goes unnoticed and the renamed table's rows are skipped.
 func TestReviewPatternRenameAfterRestart(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t)
-	f.pg.Exec(t, f.db, `CREATE SCHEMA tenant_a; `+tenantOutbox("tenant_a"))
-	r := f.startRelay(t, reviewPatternEnv()...)
-	w := newMultiTableWriter(t, f.pg.AdminURL(f.db))
-	w.commit(t, "", reviewRow("tenant_a.outbox"))
+	f, r, w := startTenantA(t)
 	// A later transaction of another tenant, confirmed, so that the next
 	// session starts past every row of tenant_a.
 	w.commit(t, `CREATE SCHEMA tenant_b; `+tenantOutbox("tenant_b"), reviewRow("tenant_b.outbox"))
