@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -235,6 +236,9 @@ func runRecover(ctx context.Context, cfg *config, out, logOut io.Writer) error {
 	}
 	if removed > 0 {
 		fmt.Fprintf(out, "warning: the stream's retention removed %d messages the comparison needed; a row among them published again is dropped by JetStream within its duplicate window, and stored twice outside it\n", removed)
+	}
+	if n := otherIDForm(cfg.cdc, onStream); n > 0 {
+		fmt.Fprintf(out, "warning: %d of the relay's messages the comparison reads have ids that name no outbox table, published before --message-id=table-id: the rows published under them are not recognised and are published again (under their new ids)\n", n)
 	}
 	src, err := publishScan(ctx, cfg, nc, stream, marks, database, log, metrics.New(version, commit), scan, seam, onStream, nil)
 	if err != nil {
@@ -481,4 +485,26 @@ wait:
 		return src, fmt.Errorf("published %d of the %d rows read before stopping: %w", n, src.handed, errors.Join(ctx.Err(), errors.New("interrupted")))
 	}
 	return src, nil
+}
+
+// otherIDForm counts the message ids in ids that --message-id=table-id
+// cannot have produced (none names a configured table): published before
+// the setting changed, their rows are not recognised by id. 0 without
+// table-id, where any text is an id.
+func otherIDForm(cfg cdc.Config, ids map[string]bool) int {
+	if !cfg.QualifiedIDs {
+		return 0
+	}
+	n := 0
+	for id := range ids {
+		table, _, ok := strings.Cut(id, "/")
+		if ok && table == "message" { // a logical decoding message's
+			continue
+		}
+		schema, name, dotted := strings.Cut(table, ".")
+		if !ok || !dotted || !cfg.Names(schema, name) {
+			n++
+		}
+	}
+	return n
 }

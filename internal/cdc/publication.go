@@ -169,6 +169,17 @@ func judgeTables(ctx context.Context, q querier, cfg Config, tables []Table, ver
 		errs = append(errs, fmt.Errorf("publication: %q publishes partitions under their own names, so the rows of a partitioned table --table=%s matches would not reach the relay under its name; run ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
 			cfg.Publication, cfg.TablesText(), pub))
 	}
+	var unlogged []string
+	if err := q.row(ctx, `SELECT ARRAY(SELECT name FROM unnest($1::text[]) name JOIN pg_class c ON c.oid = to_regclass(name)
+		WHERE c.relpersistence = 'u')`, qualifiedNames(tables)).Scan(&unlogged); err != nil {
+		return true, fmt.Errorf("read whether the outbox tables are logged: %w", err)
+	}
+	for _, name := range unlogged {
+		// A FOR TABLE publication refuses unlogged tables, FOR ALL TABLES
+		// takes them: their rows never reach the WAL.
+		errs = append(errs, fmt.Errorf("table: %s is UNLOGGED, so its rows never reach the WAL the relay reads, and none is published; run ALTER TABLE %s SET LOGGED, then publish the rows written since it was unlogged with relay replay",
+			name, name))
+	}
 	for _, t := range tables {
 		if t.IsPattern() || !slices.ContainsFunc(cfg.explicitTables(), func(u Table) bool { return u.Schema == t.Schema && u.Name == t.Name }) {
 			continue // a pattern's table: see above

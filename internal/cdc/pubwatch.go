@@ -244,6 +244,19 @@ func (w *publicationWatch) check(ctx context.Context) error {
 	if err != nil || busy {
 		return err // verify next round
 	}
+	if w.cfg.Patterns() {
+		// A FOR ALL TABLES publication takes an unlogged table, whose rows
+		// never reach the WAL: a tenant table made so stops the relay.
+		unlogged, err := unloggedMatches(ctx, q, w.cfg)
+		if err != nil {
+			return err
+		}
+		if len(unlogged) > 0 {
+			return &PublicationError{Kind: PublicationChanged, err: fmt.Errorf(
+				"table: %s matches --table=%s and is UNLOGGED, so its rows never reach the WAL the relay reads; run ALTER TABLE ... SET LOGGED, then publish the rows written since it was unlogged with relay replay: %w",
+				strings.Join(unlogged, ", "), w.cfg.TablesText(), ErrConfig)}
+		}
+	}
 	var fp PublicationFingerprint
 	if w.baseline == "" {
 		// No baseline from preflight: take one only from a publication

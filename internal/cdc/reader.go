@@ -587,19 +587,25 @@ func (s *session) release(ctx context.Context) error {
 	return nil
 }
 
-// checkRelation stops the relay when a relation that is not the outbox by
-// name, and that an insert came for, is a partition of it: the publication
-// sends the partition's rows under the partition's name
-// (publish_via_partition_root is off), and ignoring them would confirm the
-// slot past events never published.
+// checkRelation stops the relay when a relation that is no outbox table by
+// name, and that an insert came for, is a partition of one, or has one as a
+// partition: the publication sends the partition's rows under the
+// partition's name (publish_via_partition_root is off), or the outbox's
+// rows under its root's name, and ignoring them would confirm the slot past
+// events never published.
 func (s *session) checkRelation(ctx context.Context, rel relationName, lsn pglogrepl.LSN) error {
-	outbox, err := s.partitions.of(ctx, rel.id)
-	if err != nil || outbox == "" {
+	kin, err := s.partitions.of(ctx, rel.id)
+	if err != nil || kin.outbox == "" {
 		return err
 	}
 	cfg := s.r.cfg
+	name := pgx.Identifier{rel.namespace, rel.name}.Sanitize()
+	if !kin.under {
+		return fmt.Errorf("replication stream %s: the outbox %s is a partition of %s (oid %d), and publication %q sends its rows under that name (publish_via_partition_root), which no --table setting names, so the relay would not publish them; detach it (ALTER TABLE %s DETACH PARTITION %s), or set --table to %s: %w",
+			s.where(lsn), kin.outbox, name, rel.id, cfg.Publication, name, kin.outbox, name, ErrConfig)
+	}
 	return fmt.Errorf("replication stream %s: relation %s (oid %d) is a partition of the outbox %s, and publication %q sends its rows under the partition's name, which the relay would not publish; run ALTER PUBLICATION %s SET (publish_via_partition_root = true), or set --table to the partitioned table the publication publishes via its root: %w",
-		s.where(lsn), pgx.Identifier{rel.namespace, rel.name}.Sanitize(), rel.id, outbox, cfg.Publication,
+		s.where(lsn), name, rel.id, kin.outbox, cfg.Publication,
 		pgx.Identifier{cfg.Publication}.Sanitize(), ErrConfig)
 }
 

@@ -324,9 +324,22 @@ func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error 
 				return fmt.Errorf("read the type of column %q of %s: %w", names[colID], t, err)
 			}
 		}
-		// The same selection gives every table the same parameters.
-		where, tableArgs := sel.where(created, id, idType)
-		args = tableArgs
+		// Every table gets the same parameters for the selection but the
+		// ids, which are its own (idsOf).
+		base := sel
+		base.IDs = nil
+		where, baseArgs := base.where(created, id, idType)
+		args = baseArgs
+		st := scanTable{table: t, names: names, idType: idType, id: id}
+		if len(sel.IDs) > 0 {
+			st.ids, st.wanted = idsOf(t, idType, tables, sel.IDs)
+			cond := id + " = ANY ($" + strconv.Itoa(len(baseArgs)+len(branches)+1) + "::text[]::" + idType + "[])"
+			if where == "" {
+				where = " WHERE " + cond
+			} else {
+				where += " AND " + cond
+			}
+		}
 		// With several tables, one order: the creation time as timestamptz
 		// (the tables' columns may differ in type), then the table.
 		key := created
@@ -336,23 +349,32 @@ func (sc *Scan) open(ctx context.Context, snapshot string, sel Selection) error 
 		selects = append(selects, key+" AS outbox_relay_created", "xmin::text::bigint AS outbox_relay_xmin", "ctid AS outbox_relay_ctid", strconv.Itoa(len(branches))+" AS outbox_relay_table")
 		branches = append(branches, `SELECT `+strings.Join(selects, ", ")+` FROM `+t.Qualified()+where)
 		counts = append(counts, `(SELECT count(*) FROM `+t.Qualified()+where+`)`)
-		sc.tables = append(sc.tables, scanTable{table: t, names: names, idType: idType, id: id})
+		sc.tables = append(sc.tables, st)
 	}
 	if len(branches) == 0 {
 		sc.done = true
 		return nil
 	}
 	if len(sel.IDs) > 0 {
-		// Each id given as text, as a value of each id column's type: one
-		// that is no such value (not a uuid, say) is an error here.
-		var found []string
+		// The ids each table may have, as values of its id column's type:
+		// the requested ids none has are missing.
+		found := make(map[string]bool)
 		for _, st := range sc.tables {
-			found = append(found, `SELECT 1 FROM `+st.table.Qualified()+` WHERE `+st.id+` = want::`+st.idType)
+			args = append(args, st.ids)
+			var have []int32
+			err := tx.QueryRow(qctx, `SELECT coalesce(array_agg(n::int), '{}') FROM unnest($1::text[]) WITH ORDINALITY AS w(want, n)
+				WHERE EXISTS (SELECT 1 FROM `+st.table.Qualified()+` WHERE `+st.id+` = want::`+st.idType+`)`, st.ids).Scan(&have)
+			if err != nil {
+				return fmt.Errorf("look up the ids to read in %s: %w", st.table, err)
+			}
+			for _, n := range have {
+				found[st.wanted[n-1]] = true
+			}
 		}
-		err := tx.QueryRow(qctx, `SELECT coalesce(array_agg(want ORDER BY n), '{}') FROM unnest($1::text[]) WITH ORDINALITY AS w(want, n)
-			WHERE NOT EXISTS (`+strings.Join(found, " UNION ALL ")+`)`, sel.IDs).Scan(&sc.missing)
-		if err != nil {
-			return fmt.Errorf("look up the ids to read in %s: %w", cfg.TablesText(), err)
+		for _, want := range sel.IDs {
+			if !found[want] {
+				sc.missing = append(sc.missing, want)
+			}
 		}
 	}
 	if err := tx.QueryRow(qctx, `SELECT `+strings.Join(counts, " + "), args...).Scan(&sc.total); err != nil {
@@ -376,6 +398,63 @@ type scanTable struct {
 	names  [numColumns]string
 	id     string // the id column, quoted
 	idType string // its type, when ids are selected
+	// ids are the selected ids this table may have, as its id column
+	// holds them; wanted[i] is the id as requested.
+	ids, wanted []string
+}
+
+// idsOf returns the requested ids table t may have, as its id column holds
+// them (ids), and as requested (wanted): an id qualified by a table of
+// tables, <schema>.<table>/<id> (--message-id=table-id), is t's only when t
+// is that table; another is t's when it is a value of t's id type, or when t
+// is the only table (the lookup then fails on an id of another type).
+func idsOf(t Table, idType string, tables []Table, requested []string) (ids, wanted []string) {
+	for _, want := range requested {
+		id, qualifiedBy := want, -1
+		for i, u := range tables {
+			if rest, ok := strings.CutPrefix(want, u.Schema+"."+u.Name+"/"); ok {
+				id, qualifiedBy = rest, i
+				break
+			}
+		}
+		switch {
+		case qualifiedBy >= 0 && (tables[qualifiedBy].Schema != t.Schema || tables[qualifiedBy].Name != t.Name):
+			continue
+		case qualifiedBy < 0 && len(tables) > 1 && !idFits(idType, id):
+			// With one table, PostgreSQL says what is wrong with the id.
+			continue
+		}
+		ids, wanted = append(ids, id), append(wanted, want)
+	}
+	return ids, wanted
+}
+
+// idFits reports whether s may be a value of the id column type idType, as
+// far as that can be told without the server, so that an id of one table
+// does not fail the lookup in another (a uuid against a bigint, say).
+func idFits(idType, s string) bool {
+	s = strings.TrimSpace(s)
+	switch idType {
+	case "smallint", "integer", "bigint":
+		_, err := strconv.ParseInt(s, 10, 64)
+		return err == nil
+	case "uuid":
+		hex := strings.ReplaceAll(strings.Trim(s, "{}"), "-", "")
+		if len(hex) != 32 {
+			return false
+		}
+		for _, r := range hex {
+			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+				return false
+			}
+		}
+		return true
+	}
+	if strings.HasPrefix(idType, "numeric") {
+		_, err := strconv.ParseFloat(s, 64)
+		return err == nil
+	}
+	return true
 }
 
 // quoteLiteral quotes s as an SQL string literal.

@@ -271,3 +271,31 @@ func outboxOIDs(ctx context.Context, q querier, cfg Config) (map[uint32]string, 
 	}
 	return oids, nil
 }
+
+// unloggedMatches lists the unlogged tables a pattern of cfg matches.
+func unloggedMatches(ctx context.Context, q querier, cfg Config) ([]string, error) {
+	rows, err := q.query(ctx, `SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' ORDER BY 1, 2`)
+	if err != nil {
+		return nil, fmt.Errorf("list unlogged tables: %w", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var schema, name string
+		if err := rows.Scan(&schema, &name); err != nil {
+			return nil, fmt.Errorf("list unlogged tables: %w", err)
+		}
+		if _, ok := cfg.tableFor(schema, name); ok {
+			names = append(names, pgx.Identifier{schema, name}.Sanitize())
+		}
+	}
+	return names, rows.Err()
+}
+
+// Names reports whether schema.name is a table of the configuration, or
+// matches one of its patterns.
+func (c Config) Names(schema, name string) bool {
+	_, ok := c.tableFor(schema, name)
+	return ok
+}

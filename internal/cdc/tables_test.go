@@ -149,3 +149,22 @@ func relCols(names ...string) []relCol {
 	}
 	return cols
 }
+
+// TestIdsOf: a qualified id selects a row of its table only; a plain id is
+// looked up in each table whose id type can hold it.
+func TestIdsOf(t *testing.T) {
+	tables, err := ParseTables("tenant_a.outbox,tenant_u.outbox,shop.events", Columns{})
+	require.NoError(t, err)
+	uuid := "0b7a8f4e-5a42-4c38-9f0e-7d0f6f1d2c11"
+	requested := []string{"42", uuid, "tenant_a.outbox/7", "tenant_u.outbox/" + uuid, "shop.events/x", "not-a-number"}
+	ids, wanted := idsOf(tables[0], "bigint", tables, requested)
+	require.Equal(t, []string{"42", "7"}, ids)
+	require.Equal(t, []string{"42", "tenant_a.outbox/7"}, wanted)
+	ids, _ = idsOf(tables[1], "uuid", tables, requested)
+	require.Equal(t, []string{uuid, uuid}, ids)
+	ids, _ = idsOf(tables[2], "text", tables, requested)
+	require.Equal(t, []string{"42", uuid, "x", "not-a-number"}, ids)
+	require.True(t, idFits("numeric(20,0)", "12"))
+	require.False(t, idFits("integer", "1.5"))
+	require.True(t, idFits("uuid", "{0B7A8F4E5A424C389F0E7D0F6F1D2C11}"))
+}
