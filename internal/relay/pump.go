@@ -50,11 +50,13 @@ const (
 
 // Contention on a one-replica stream: when read-backs that find another
 // writer's message after the relay's own come contentionBreaks times within
-// contentionWindow, the other writers break the relay's chains of messages
-// faster than they store events (each break costs the refused rest of a
-// burst, a read-back and a round trip), so the pump publishes one message at
-// a time, which no other writer can break, for contentionSerial, then tries
-// chains again.
+// contentionWindow, or with fewer events stored across them than one
+// publish window (on a loaded machine a break takes long, and breaks come
+// seldom by the clock but still after every few events), the other writers
+// break the relay's chains of messages faster than they store events (each
+// break costs the refused rest of a burst, a read-back and a round trip), so
+// the pump publishes one message at a time, which no other writer can break,
+// for contentionSerial, then tries chains again.
 const (
 	contentionBreaks = 3
 	contentionWindow = 2 * time.Second
@@ -204,8 +206,10 @@ type Pump struct {
 	// breaks are the recent read-backs that found another writer's message
 	// after the relay's own on a one-replica stream; until serialUntil the
 	// pump publishes one message at a time there (see contentionBreaks).
-	breaks      []time.Time
+	breaks      []contentionBreak
 	serialUntil time.Time
+	// storedCount counts the events stored, for contentionBreak.
+	storedCount uint64
 	saver       *markSaver
 	// uncertain counts events after mark the stream may hold although it
 	// removed their messages; lastMsgID is its last stored message's id.
@@ -400,6 +404,7 @@ func (p *Pump) settleChainStart(ctx context.Context) error {
 // stored records that ev is on the stream, at seq: acknowledged to the
 // source, and the mark moved to it.
 func (p *Pump) stored(ev cdc.Event, seq uint64) {
+	p.storedCount++
 	p.acked(ev)
 	if p.onStored != nil {
 		p.onStored(ev, seq)
@@ -1033,6 +1038,13 @@ func (p *Pump) afterRead(r Reading) {
 	p.saver.set(&p.mark)
 }
 
+// contentionBreak is a read-back that found another writer's message after
+// the relay's own: when, and how many events the pump had stored by then.
+type contentionBreak struct {
+	at     time.Time
+	stored uint64
+}
+
 // contended records a read-back that found another writer's message after
 // the relay's own on a one-replica stream, and reports whether the pump
 // should publish one message at a time for now (see contentionBreaks).
@@ -1040,11 +1052,13 @@ func (p *Pump) contended(now time.Time) bool {
 	if now.Before(p.serialUntil) {
 		return true
 	}
-	p.breaks = append(p.breaks, now)
-	for len(p.breaks) > 0 && now.Sub(p.breaks[0]) > contentionWindow {
+	p.breaks = append(p.breaks, contentionBreak{at: now, stored: p.storedCount})
+	if len(p.breaks) > contentionBreaks {
 		p.breaks = p.breaks[1:]
 	}
-	if len(p.breaks) < contentionBreaks {
+	first := p.breaks[0]
+	if len(p.breaks) < contentionBreaks ||
+		now.Sub(first.at) > contentionWindow && p.storedCount-first.stored >= uint64(p.cfg.Window) {
 		return false
 	}
 	spell := cmp.Or(p.cfg.serialSpell, contentionSerial)
