@@ -64,6 +64,7 @@ type options struct {
 	profile      bool
 	profileDir   string
 	profShape    int
+	profPayload  int
 	relayEnv     []string
 	compareProcs bool
 	jsonPath     string
@@ -105,6 +106,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.profile, "profile", true, "profile the relay's packages draining in process (CPU and allocations)")
 	fs.StringVar(&o.profileDir, "profile-dir", ".", "where bench-cpu.prof and bench-allocs.prof are written")
 	fs.IntVar(&o.profShape, "profile-shape", 10, "rows per transaction of the profiled backlog")
+	fs.IntVar(&o.profPayload, "profile-payload", 256, "payload size in bytes of the profiled backlog")
 	var relayEnv string
 	fs.StringVar(&relayEnv, "relay-env", "", "extra environment of the relay binary, comma-separated KEY=VALUE (e.g. GOMAXPROCS=1,RELAY_EVENT_BUFFER=8192)")
 	fs.StringVar(&o.jsonPath, "json", "bench-results.json", "where the results are written as JSON (empty: nowhere)")
@@ -182,8 +184,8 @@ func parseFlags(args []string) (options, error) {
 	if o.events < 1 || o.largeEvents < 1 || o.outageEvents < 1 || o.outageSize < 1 {
 		errs = append(errs, errors.New("events, large-events, outage-events, outage-payload: must be positive"))
 	}
-	if o.profShape < 1 {
-		errs = append(errs, errors.New("profile-shape: must be positive"))
+	if o.profShape < 1 || o.profPayload < 1 {
+		errs = append(errs, errors.New("profile-shape, profile-payload: must be positive"))
 	}
 	if o.window < 1 || o.writers < 1 || o.producers < 1 || o.runs < 1 || o.largeRuns < 1 {
 		errs = append(errs, errors.New("publish-window, writers, producers, runs, large-runs: must be positive"))
@@ -376,7 +378,7 @@ func run(ctx context.Context, opts options) error {
 				dir = filepath.Join(wd, dir)
 			}
 		}
-		p, err := e.profileDrain(ctx, opts.events, opts.profShape, 256, opts.window, dir, logf)
+		p, err := e.profileDrain(ctx, opts.events, opts.profShape, opts.profPayload, opts.window, dir, logf)
 		if err != nil {
 			fail("profile", err)
 		} else {
@@ -510,6 +512,10 @@ func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs i
 	}
 	c.Ratio = c.Relay.EventsPerSec / c.Limit
 	c.SteadyRatio = c.Relay.SteadyEventsPerSec / c.Limit
+	if c.Reachable = reachable(c); c.Reachable > 0 {
+		c.ReachableRatio = c.Relay.EventsPerSec / c.Reachable
+		logf("drain %s: %.0f/s reachable once PostgreSQL sends the first row: ratio %.2f", name, c.Reachable, c.ReachableRatio)
+	}
 	logf("drain %s: best relay %.0f/s over lower limit %.0f/s (%s): ratio %.2f", name, c.Relay.EventsPerSec, c.Limit, c.LimitName, c.Ratio)
 	return c, nil
 }
