@@ -242,7 +242,8 @@ const atomicBatchesInFlight = 2
 // committed now: when the whole transaction can be had without waiting
 // (read ahead from the source, see peek), has no event the stream holds
 // already or that is poison, and fits in what the batch may still hold, in
-// messages and bytes, and in its share of the publish window. mapped reports that it mapped events, with the
+// messages and bytes, and in its share of the publish window (half of it;
+// all of it when batches go one at a time, orderSerial). mapped reports that it mapped events, with the
 // mapper's one header map. While careful (after any read of the stream)
 // nothing joins: the events replayed go one transaction per batch, as
 // refusals and replays are recognised for them (resolveDuplicates).
@@ -256,10 +257,15 @@ func (p *Pump) joinNext() (join, mapped bool) {
 	}
 	// What the batch may still hold, and its share of the window, which
 	// the batches in flight split evenly (a batch taking what the one
-	// before left would alternate large and small batches).
-	limit := uint64(min(p.batchMax, max(p.windowSize/atomicBatchesInFlight, 1)))
+	// before left would alternate large and small batches). The
+	// configured window: one batch at a time (orderSerial) takes it all.
+	inFlight := atomicBatchesInFlight
+	if p.order == orderSerial {
+		inFlight = 1
+	}
+	limit := uint64(min(p.batchMax, max(p.cfg.Window/inFlight, 1)))
 	room := limit - min(p.batch.n, limit)
-	room = min(room, uint64(max(p.windowSize-p.window.Len()-1, 0)))
+	room = min(room, uint64(max(p.cfg.Window-p.window.Len()-1, 0)))
 	bytes := p.batch.bytes
 	for i := 0; uint64(i) < room; i++ {
 		ev, ok := p.peek(i)

@@ -359,36 +359,46 @@ func TestPumpAtomicLateCopyRemovedByRetention(t *testing.T) {
 
 // With transactions joined (as the relay runs), the events at hand when a
 // batch starts go as few batches of whole transactions: far fewer batches
-// than transactions, each at most the window, in order, one PubAck each.
+// than transactions, each at most half the window (the whole window when
+// batches go one at a time, --shared-stream), in order, one PubAck each.
 func TestPumpAtomicJoinsWholeTransactions(t *testing.T) {
 	t.Parallel()
 	joined := publishModes[3]
-	for _, perTxn := range []int{1, 5, 37} {
-		t.Run(fmt.Sprint(perTxn), func(t *testing.T) {
-			t.Parallel()
-			const n, window = 500, 64
-			src := newFilledSource(pumpEvents(n, perTxn), true)
-			stream := newFakeStream(t, true, false)
+	for _, shared := range []bool{false, true} {
+		for _, perTxn := range []int{1, 5, 37} {
+			t.Run(fmt.Sprintf("%d per transaction, shared stream %t", perTxn, shared), func(t *testing.T) {
+				t.Parallel()
+				const n, window = 500, 64
+				src := newFilledSource(pumpEvents(n, perTxn), true)
+				stream := newFakeStream(t, true, false)
+				cfg := joined.apply(pumpConfig(window))
+				cfg.SharedStream = shared
 
-			err, m := runPump(t, joined.apply(pumpConfig(window)), src, stream)
-			require.NoError(t, err)
+				err, m := runPump(t, cfg, src, stream)
+				require.NoError(t, err)
 
-			assertStream(t, stream, pumpIDs(1, n))
-			assertAcked(t, src, pumpIDs(1, n), perTxn)
-			assertStoredAcked(t, stream, src)
-			assertTransactionsWhole(t, stream, perTxn, 0)
-			txns := (n + perTxn - 1) / perTxn
-			// The first two batches go one transaction each (the stream
-			// was just read back); then each takes what the window holds.
-			perBatch := max(window/2/perTxn*perTxn, perTxn)
-			assert.LessOrEqual(t, stream.Commits(), 2+(n+perBatch-1)/perBatch+2, "batches of several transactions")
-			if perTxn < window/2 {
-				assert.Less(t, stream.Commits(), txns/2, "far fewer batches than transactions")
-			}
-			assert.LessOrEqual(t, stream.AckRequests(), 2*perTxn+stream.Commits(), "one PubAck per batch")
-			assert.LessOrEqual(t, stream.MaxCommitsOutstanding(), 2, "at most two batches in flight")
-			assert.Zero(t, retries(t, m))
-		})
+				assertStream(t, stream, pumpIDs(1, n))
+				assertAcked(t, src, pumpIDs(1, n), perTxn)
+				assertStoredAcked(t, stream, src)
+				assertTransactionsWhole(t, stream, perTxn, 0)
+				txns := (n + perTxn - 1) / perTxn
+				// The first two batches go one transaction each (the
+				// stream was just read back); then each takes what its
+				// share of the window holds.
+				share, inFlight := window/2, 2
+				if shared {
+					share, inFlight = window, 1
+				}
+				perBatch := max(share/perTxn*perTxn, perTxn)
+				assert.LessOrEqual(t, stream.Commits(), 2+(n+perBatch-1)/perBatch+2, "batches of several transactions")
+				if perTxn < share/2 {
+					assert.Less(t, stream.Commits(), txns/2, "far fewer batches than transactions")
+				}
+				assert.LessOrEqual(t, stream.AckRequests(), 2*perTxn+stream.Commits(), "one PubAck per batch")
+				assert.LessOrEqual(t, stream.MaxCommitsOutstanding(), inFlight, "batches in flight")
+				assert.Zero(t, retries(t, m))
+			})
+		}
 	}
 }
 
