@@ -66,6 +66,7 @@ type options struct {
 	profShape    int
 	profPayload  int
 	relayEnv     []string
+	baseline     string
 	compareProcs bool
 	jsonPath     string
 	docPath      string
@@ -108,6 +109,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.profShape, "profile-shape", 10, "rows per transaction of the profiled backlog")
 	fs.IntVar(&o.profPayload, "profile-payload", 256, "payload size in bytes of the profiled backlog")
 	var relayEnv string
+	fs.StringVar(&o.baseline, "baseline-relay", "", "also drain each backlog with this relay binary (an earlier build, say), interleaved with the relay's runs, each from a slot of its own: before/after in the same run (JSON baseline, log lines)")
 	fs.StringVar(&relayEnv, "relay-env", "", "extra environment of the relay binary, comma-separated KEY=VALUE (e.g. GOMAXPROCS=1,RELAY_EVENT_BUFFER=8192)")
 	fs.StringVar(&o.jsonPath, "json", "bench-results.json", "where the results are written as JSON (empty: nowhere)")
 	fs.StringVar(&o.docPath, "doc", "docs/benchmarks.md", "the report rewritten with the results, relative to the module root (empty: none; -quick writes none unless given)")
@@ -458,8 +460,12 @@ func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs i
 	relaySlotOf := func(i int) string { return fmt.Sprintf("bench_relay_%d", i) }
 	inputSlotOf := func(i int) string { return fmt.Sprintf("bench_input_%d", i) }
 	var slots []string
+	baseSlotOf := func(i int) string { return fmt.Sprintf("bench_base_%d", i) }
 	for i := range runs {
 		slots = append(slots, relaySlotOf(i), inputSlotOf(i))
+		if opts.baseline != "" {
+			slots = append(slots, baseSlotOf(i))
+		}
 	}
 	logf("drain %s: writing %d events", name, n)
 	if err := e.resetOutbox(ctx, slots...); err != nil {
@@ -505,6 +511,29 @@ func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs i
 		}
 		logf("drain %s: run %d: relay %.0f/s, input limit %.0f/s, output limit %.0f/s",
 			name, i+1, r.EventsPerSec, in.EventsPerSec, out.EventsPerSec)
+		if opts.baseline == "" {
+			continue
+		}
+		logf("drain %s: baseline relay %s (run %d of %d)", name, opts.baseline, i+1, runs)
+		relay := e.relay
+		e.relay = opts.baseline
+		b, err := e.relayDrain(ctx, baseSlotOf(i), n, opts.window, w.PayloadBytes)
+		e.relay = relay
+		if err != nil {
+			return c, err
+		}
+		if err := e.dropSlot(ctx, baseSlotOf(i)); err != nil {
+			return c, err
+		}
+		c.BaselineRuns = append(c.BaselineRuns, b.EventsPerSec)
+		if c.Baseline == nil || b.EventsPerSec > c.Baseline.EventsPerSec {
+			c.Baseline = &b
+		}
+		logf("drain %s: run %d: relay %.0f/s (%.1f µs/ev), baseline %.0f/s (%.1f µs/ev): %.2f", name, i+1,
+			r.EventsPerSec, 1e6*r.CPU.RelaySeconds/float64(n), b.EventsPerSec, 1e6*b.CPU.RelaySeconds/float64(n), r.EventsPerSec/b.EventsPerSec)
+	}
+	if opts.baseline != "" {
+		logf("drain %s: best relay %.0f/s, best baseline %.0f/s: %.2f", name, c.Relay.EventsPerSec, c.Baseline.EventsPerSec, c.Relay.EventsPerSec/c.Baseline.EventsPerSec)
 	}
 	c.Limit, c.LimitName = c.Input.EventsPerSec, "input"
 	if c.Output.EventsPerSec < c.Limit {

@@ -68,6 +68,10 @@ type drainCase struct {
 	// relay's rate over it.
 	Reachable      float64 `json:"reachable_events_per_sec,omitempty"`
 	ReachableRatio float64 `json:"ratio_to_reachable,omitempty"`
+	// Baseline is the best drain of -baseline-relay's binary, and
+	// BaselineRuns every run's rate.
+	Baseline     *relayRun `json:"baseline,omitempty"`
+	BaselineRuns []float64 `json:"baseline_runs,omitempty"`
 }
 
 type machine struct {
