@@ -32,7 +32,9 @@ type publishMode struct {
 }
 
 var publishModes = []publishMode{
-	{name: "messages"}, {name: "atomic", atomic: true}, {name: "batch", batch: true},
+	{name: "messages"},
+	{name: "atomic", atomic: true},
+	{name: "batch", batch: true},
 	{name: "atomic-joined", atomic: true, joined: true},
 }
 
