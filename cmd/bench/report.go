@@ -238,6 +238,7 @@ func evaluate(res *results) []target {
 			Want: count(o.Events) + " of " + count(o.Events), Got: o.Check, Met: o.Once,
 		})
 	}
+	ts = append(ts, modesTargets(res.Modes)...)
 	if res.Live != nil {
 		for _, r := range res.Live.Rates {
 			if r.TargetRate != 1000 {
@@ -532,4 +533,42 @@ func reachable(c drainCase) float64 {
 	}
 	flow := min(c.Output.EventsPerSec, float64(c.Events)/(c.Input.Seconds-c.Input.FirstSeconds))
 	return float64(c.Events) / (c.Input.FirstSeconds + float64(c.Events)/flow)
+}
+
+// modesTargets are the targets for the publishing modes: with fast
+// batches the drain beats the plain asynchronous output limit of the same
+// run, and the atomic mode keeps up with one-row transactions at the live
+// rate, its p99 next to the default mode's.
+func modesTargets(r *modesResult) []target {
+	if r == nil {
+		return nil
+	}
+	var ts []target
+	var def *modeRun
+	for i := range r.Modes {
+		m := &r.Modes[i]
+		switch m.Mode.Name {
+		case "default":
+			def = m
+		case "batch":
+			ts = append(ts, target{
+				Name: "fast batch drain, " + r.Backlog, Want: "> plain async output limit",
+				Got: fmt.Sprintf("%s ev/s, %.2f x the plain async output limit (%s ev/s; fast batch output limit %s ev/s)",
+					rate(m.Drain.EventsPerSec), m.AsyncRatio, rate(r.OutputAsync.EventsPerSec), rate(r.OutputBatch.EventsPerSec)),
+				Met: m.AsyncRatio > 1,
+			})
+		case "atomic":
+			got := fmt.Sprintf("drain %s ev/s (%.2f x default); at %d/s achieved %s ev/s, e2e p99 %s ms", rate(m.Drain.EventsPerSec), m.Ratio,
+				r.Rate, rate(m.Live.AchievedRate), m.Live.EndToEnd.P99)
+			if def != nil {
+				got += fmt.Sprintf(" (default: %s ms)", def.Live.EndToEnd.P99)
+			}
+			ts = append(ts, target{
+				Name: fmt.Sprintf("atomic transactions keep up at %d one-row transactions/s", r.Rate),
+				Want: "achieved >= 0.95 x the rate, catch-up < 1 s", Got: got + fmt.Sprintf(", catch-up %.2f s", m.Live.CatchUp),
+				Met: m.Live.AchievedRate >= 0.95*float64(r.Rate) && m.Live.CatchUp < 1,
+			})
+		}
+	}
+	return ts
 }
