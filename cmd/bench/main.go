@@ -64,7 +64,9 @@ type options struct {
 	profile      bool
 	profileDir   string
 	profShape    int
+	profPayload  int
 	relayEnv     []string
+	baseline     string
 	compareProcs bool
 	jsonPath     string
 	docPath      string
@@ -105,7 +107,9 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.profile, "profile", true, "profile the relay's packages draining in process (CPU and allocations)")
 	fs.StringVar(&o.profileDir, "profile-dir", ".", "where bench-cpu.prof and bench-allocs.prof are written")
 	fs.IntVar(&o.profShape, "profile-shape", 10, "rows per transaction of the profiled backlog")
+	fs.IntVar(&o.profPayload, "profile-payload", 256, "payload size in bytes of the profiled backlog")
 	var relayEnv string
+	fs.StringVar(&o.baseline, "baseline-relay", "", "also drain each backlog with this relay binary (an earlier build, say), interleaved with the relay's runs, each from a slot of its own: before/after in the same run (JSON baseline, log lines)")
 	fs.StringVar(&relayEnv, "relay-env", "", "extra environment of the relay binary, comma-separated KEY=VALUE (e.g. GOMAXPROCS=1,RELAY_EVENT_BUFFER=8192)")
 	fs.StringVar(&o.jsonPath, "json", "bench-results.json", "where the results are written as JSON (empty: nowhere)")
 	fs.StringVar(&o.docPath, "doc", "docs/benchmarks.md", "the report rewritten with the results, relative to the module root (empty: none; -quick writes none unless given)")
@@ -182,8 +186,8 @@ func parseFlags(args []string) (options, error) {
 	if o.events < 1 || o.largeEvents < 1 || o.outageEvents < 1 || o.outageSize < 1 {
 		errs = append(errs, errors.New("events, large-events, outage-events, outage-payload: must be positive"))
 	}
-	if o.profShape < 1 {
-		errs = append(errs, errors.New("profile-shape: must be positive"))
+	if o.profShape < 1 || o.profPayload < 1 {
+		errs = append(errs, errors.New("profile-shape, profile-payload: must be positive"))
 	}
 	if o.window < 1 || o.writers < 1 || o.producers < 1 || o.runs < 1 || o.largeRuns < 1 {
 		errs = append(errs, errors.New("publish-window, writers, producers, runs, large-runs: must be positive"))
@@ -376,7 +380,7 @@ func run(ctx context.Context, opts options) error {
 				dir = filepath.Join(wd, dir)
 			}
 		}
-		p, err := e.profileDrain(ctx, opts.events, opts.profShape, 256, opts.window, dir, logf)
+		p, err := e.profileDrain(ctx, opts.events, opts.profShape, opts.profPayload, opts.window, dir, logf)
 		if err != nil {
 			fail("profile", err)
 		} else {
@@ -456,8 +460,12 @@ func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs i
 	relaySlotOf := func(i int) string { return fmt.Sprintf("bench_relay_%d", i) }
 	inputSlotOf := func(i int) string { return fmt.Sprintf("bench_input_%d", i) }
 	var slots []string
+	baseSlotOf := func(i int) string { return fmt.Sprintf("bench_base_%d", i) }
 	for i := range runs {
 		slots = append(slots, relaySlotOf(i), inputSlotOf(i))
+		if opts.baseline != "" {
+			slots = append(slots, baseSlotOf(i))
+		}
 	}
 	logf("drain %s: writing %d events", name, n)
 	if err := e.resetOutbox(ctx, slots...); err != nil {
@@ -503,6 +511,29 @@ func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs i
 		}
 		logf("drain %s: run %d: relay %.0f/s, input limit %.0f/s, output limit %.0f/s",
 			name, i+1, r.EventsPerSec, in.EventsPerSec, out.EventsPerSec)
+		if opts.baseline == "" {
+			continue
+		}
+		logf("drain %s: baseline relay %s (run %d of %d)", name, opts.baseline, i+1, runs)
+		relay := e.relay
+		e.relay = opts.baseline
+		b, err := e.relayDrain(ctx, baseSlotOf(i), n, opts.window, w.PayloadBytes)
+		e.relay = relay
+		if err != nil {
+			return c, err
+		}
+		if err := e.dropSlot(ctx, baseSlotOf(i)); err != nil {
+			return c, err
+		}
+		c.BaselineRuns = append(c.BaselineRuns, b.EventsPerSec)
+		if c.Baseline == nil || b.EventsPerSec > c.Baseline.EventsPerSec {
+			c.Baseline = &b
+		}
+		logf("drain %s: run %d: relay %.0f/s (%.1f µs/ev), baseline %.0f/s (%.1f µs/ev): %.2f", name, i+1,
+			r.EventsPerSec, 1e6*r.CPU.RelaySeconds/float64(n), b.EventsPerSec, 1e6*b.CPU.RelaySeconds/float64(n), r.EventsPerSec/b.EventsPerSec)
+	}
+	if opts.baseline != "" {
+		logf("drain %s: best relay %.0f/s, best baseline %.0f/s: %.2f", name, c.Relay.EventsPerSec, c.Baseline.EventsPerSec, c.Relay.EventsPerSec/c.Baseline.EventsPerSec)
 	}
 	c.Limit, c.LimitName = c.Input.EventsPerSec, "input"
 	if c.Output.EventsPerSec < c.Limit {
@@ -510,6 +541,10 @@ func (e *env) drainCase(ctx context.Context, name string, n, shape, size, runs i
 	}
 	c.Ratio = c.Relay.EventsPerSec / c.Limit
 	c.SteadyRatio = c.Relay.SteadyEventsPerSec / c.Limit
+	if c.Reachable = reachable(c); c.Reachable > 0 {
+		c.ReachableRatio = c.Relay.EventsPerSec / c.Reachable
+		logf("drain %s: %.0f/s reachable once PostgreSQL sends the first row: ratio %.2f", name, c.Reachable, c.ReachableRatio)
+	}
 	logf("drain %s: best relay %.0f/s over lower limit %.0f/s (%s): ratio %.2f", name, c.Relay.EventsPerSec, c.Limit, c.LimitName, c.Ratio)
 	return c, nil
 }

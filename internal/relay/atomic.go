@@ -112,7 +112,8 @@ func (p *Pump) awaitingBatch() bool {
 // publishAtomic sends ev as the next message of its transaction's atomic
 // batch (Config.Atomic), starting a batch at a transaction's first event and
 // committing it with its last (cdc.Event.TxnEnd), so that JetStream stores
-// the transaction whole or not at all.
+// the transaction whole or not at all. When the next transactions are
+// already at hand, whole, the batch takes them too (joinNext).
 //
 // Order and identity. Only a batch's first message may expect a last
 // sequence, and no message of a batch its predecessor's id, so a batch is
@@ -155,6 +156,17 @@ func (p *Pump) publishAtomic(ctx context.Context, ev cdc.Event) error {
 	b.n++
 	b.bytes += int64(len(msg.Data)) + headerBytes
 	commit, split := ev.TxnEnd, false
+	if commit && dl == nil {
+		join, mapped := p.joinNext()
+		if mapped {
+			// The mapper built the next events' messages in the one
+			// header map msg uses: build ev's again.
+			if msg, _, _, err = p.atomicMessage(&ev); err != nil {
+				return err
+			}
+		}
+		commit = !join
+	}
 	if !commit && (b.n >= uint64(p.batchMax) || (p.cfg.BatchMaxBytes > 0 && b.bytes >= p.cfg.BatchMaxBytes)) {
 		if p.cfg.OnLargeTransaction != LargeTransactionSplit {
 			b.n--
@@ -201,6 +213,105 @@ func (p *Pump) publishAtomic(ctx context.Context, ev cdc.Event) error {
 		ce.Write(zap.String("event_id", ev.ID), zap.String("subject", msg.Subject))
 	}
 	return nil
+}
+
+// atomicBatchesInFlight is the most atomic batches the pump has committed and
+// awaits the PubAck of: no new batch starts while that many are in flight.
+//
+// JetStream takes any number of atomic batches in flight on a stream (up to
+// 50 open, that is staged but not committed; the server's
+// max_batch_inflight_per_stream) and stores them in the order their commits
+// arrive, which on one connection is the order sent: each batch's first
+// message expects the stream's last sequence there, at the commit
+// (TestJetStreamAtomicBatchRules). But the server handles a stream's
+// batches one after the other, and most of what a batch costs it does not
+// depend on its size: on a one-replica file stream it stages every batch in
+// a store of its own, created, synced to disk at the commit and deleted
+// (nats-server 2.15.2, newBatchStore), some milliseconds each. Sending each
+// transaction as soon as it arrives, however many batches are in flight,
+// caps the relay at the server's batches per second, about 100 to 400 on a
+// small machine, whatever the transactions' sizes; a queue of batches at
+// the server only adds latency. With two in flight, the server always has
+// the next batch at hand, while the transactions that arrive in the
+// meantime wait at the relay and go as one batch (joinNext): the more the
+// server lags, the larger the batches.
+const atomicBatchesInFlight = 2
+
+// joinNext reports, at the last event of a transaction in the open batch,
+// whether the next transaction joins the batch rather than the batch being
+// committed now: when the whole transaction can be had without waiting
+// (read ahead from the source, see peek), has no event the stream holds
+// already or that is poison, and fits in what the batch may still hold, in
+// messages and bytes, and in its share of the publish window (half of it;
+// all of it when batches go one at a time, orderSerial). mapped reports that it mapped events, with the
+// mapper's one header map. While careful (after any read of the stream)
+// nothing joins: the events replayed go one transaction per batch, as
+// refusals and replays are recognised for them (resolveDuplicates).
+//
+// A batch of several transactions is still stored whole or not at all, so
+// no consumer sees part of a transaction; its id is that of its first
+// event's place in commit order (batchID), as a batch of one.
+func (p *Pump) joinNext() (join, mapped bool) {
+	if p.careful || p.cfg.oneTxnPerBatch {
+		return false, false
+	}
+	// What the batch may still hold, and its share of the window, which
+	// the batches in flight split evenly (a batch taking what the one
+	// before left would alternate large and small batches). The
+	// configured window: one batch at a time (orderSerial) takes it all.
+	inFlight := atomicBatchesInFlight
+	if p.order == orderSerial {
+		inFlight = 1
+	}
+	limit := uint64(min(p.batchMax, max(p.cfg.Window/inFlight, 1)))
+	room := limit - min(p.batch.n, limit)
+	room = min(room, uint64(max(p.cfg.Window-p.window.Len()-1, 0)))
+	bytes := p.batch.bytes
+	for i := 0; uint64(i) < room; i++ {
+		ev, ok := p.peek(i)
+		if !ok || p.mark.Stored(ev.Position) {
+			return false, mapped
+		}
+		msg, headerBytes, reason, err := p.atomicMessage(&ev)
+		mapped = true
+		if err != nil || reason != nil {
+			return false, mapped
+		}
+		bytes += int64(len(msg.Data)) + headerBytes
+		if p.cfg.BatchMaxBytes > 0 && bytes >= p.cfg.BatchMaxBytes {
+			return false, mapped
+		}
+		if ev.TxnEnd {
+			return true, mapped
+		}
+	}
+	return false, mapped
+}
+
+// peek returns the i-th (from 0) event next returns from now on, without
+// taking it: from replay, from ahead, or read from the source into ahead,
+// without waiting.
+func (p *Pump) peek(i int) (cdc.Event, bool) {
+	if i < len(p.replay) {
+		return p.replay[i], true
+	}
+	i -= len(p.replay)
+	for i >= len(p.ahead) {
+		if p.closed {
+			return cdc.Event{}, false
+		}
+		select {
+		case ev, ok := <-p.src.Events():
+			if !ok {
+				p.closed = true
+				return cdc.Event{}, false
+			}
+			p.ahead = append(p.ahead, ev)
+		default:
+			return cdc.Event{}, false
+		}
+	}
+	return p.ahead[i], true
 }
 
 // atomicMessage maps ev, with the size of its header map, or returns why
@@ -419,15 +530,23 @@ func (p *Pump) retryAtomic(ctx context.Context, failed []failure) (handled bool,
 		return true, p.resync(ctx, true)
 	case errors.Is(cause, sink.ErrBatchDuplicate):
 		var batch []cdc.Event
+		joined := false
 		for _, f := range failed {
 			batch = append(batch, f.ev)
 			if f.commit {
 				break
 			}
+			joined = joined || f.ev.TxnEnd
 		}
 		requeue()
 		if err := p.resync(ctx, true); err != nil {
 			return true, err
+		}
+		if joined {
+			// A batch of several transactions (joinNext): sent again
+			// one transaction per batch (careful), where a refusal
+			// is resolved as for any transaction's.
+			return true, nil
 		}
 		return true, p.resolveDuplicates(ctx, batch)
 	}

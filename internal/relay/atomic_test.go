@@ -22,18 +22,29 @@ import (
 type publishMode struct {
 	name   string
 	atomic bool
+	// joined lets an atomic batch take several whole transactions, as the
+	// relay does; without it each transaction is a batch of its own.
+	joined bool
 	// batch publishes bursts in fast batches (sink.Config.FastBatch): the
 	// fake stream models them (fakes_fast_test.go); the pump is as with
 	// messages.
 	batch bool
 }
 
-var publishModes = []publishMode{{name: "messages"}, {name: "atomic", atomic: true}, {name: "batch", batch: true}}
+var publishModes = []publishMode{
+	{name: "messages"},
+	{name: "atomic", atomic: true},
+	{name: "batch", batch: true},
+	{name: "atomic-joined", atomic: true, joined: true},
+}
 
 // apply sets the mode in cfg.
 func (m publishMode) apply(cfg relay.Config) relay.Config {
 	if m.atomic {
 		cfg.Atomic, cfg.BatchMaxMessages, cfg.OnLargeTransaction = true, 1000, relay.LargeTransactionStop
+	}
+	if m.atomic && !m.joined {
+		cfg = relay.WithOneTransactionPerBatch(cfg)
 	}
 	return cfg
 }
@@ -86,16 +97,17 @@ func forModes(t *testing.T, modes []publishMode, f func(t *testing.T, mode publi
 }
 
 // assertTransactionsWhole checks, for the atomic mode, that each batch of
-// the relay's on the stream holds one whole transaction of perTxn events
-// (the last one perhaps shorter) or, with split, a run of consecutive
-// batches of at most split events do (split -1: of any size): a batch
-// starts where its transaction or the split part before it ends, and its
-// messages are in order, together.
+// the relay's on the stream holds whole transactions, one or several (at
+// most perTxn events when they are of one transaction; joined ones, at most
+// the window), or, with split, that a run of consecutive batches of at most
+// split events do (split -1: of any size): a batch starts where a
+// transaction or the split part before it ends, a transaction in a batch
+// starts at its first event, and a batch's messages are in order, together.
 func assertTransactionsWhole(t *testing.T, stream *fakeStream, perTxn, split int) {
 	t.Helper()
 	var prev *storedMsg
 	var prevPos cdc.Position
-	size := 0
+	size, txns := 0, 0
 	for _, m := range stream.Messages() {
 		pos, ours := relay.PositionFromHeader(m.Header, testOrigin)
 		if !ours {
@@ -103,20 +115,25 @@ func assertTransactionsWhole(t *testing.T, stream *fakeStream, perTxn, split int
 		}
 		require.NotEmpty(t, m.Header.Get("Nats-Batch-Id"), "message %s of the atomic mode without a batch", m.ID)
 		if m.Header.Get("Nats-Batch-Sequence") == "1" {
-			if split == 0 || (split > 0 && size != split) {
+			if split == 0 || (split > 0 && size != split) || pos.CommitLSN != prevPos.CommitLSN {
 				assert.Zero(t, pos.Index, "batch of message %s starts at its transaction's start", m.ID)
 			}
-			size = 1
+			size, txns = 1, 1
 		} else {
 			require.NotNil(t, prev, "message %s continues a batch", m.ID)
 			assert.Equal(t, prev.Header.Get("Nats-Batch-Id"), m.Header.Get("Nats-Batch-Id"), "message %s follows its batch's previous message", m.ID)
-			assert.Equal(t, prevPos.CommitLSN, pos.CommitLSN, "a batch holds one transaction")
+			if pos.CommitLSN != prevPos.CommitLSN {
+				// The transaction before ended (the stream holds every
+				// event in order: assertStream): this one joined.
+				assert.Zero(t, pos.Index, "transaction of message %s joins its batch whole", m.ID)
+				txns++
+			}
 			size++
 		}
 		switch {
 		case split > 0:
 			assert.LessOrEqual(t, size, split)
-		case split == 0:
+		case split == 0 && txns == 1:
 			assert.LessOrEqual(t, size, perTxn)
 		}
 		prev, prevPos = &m, pos
@@ -340,4 +357,89 @@ func TestPumpAtomicLateCopyRemovedByRetention(t *testing.T) {
 	assertAcked(t, src, pumpIDs(1, n), perTxn)
 	assert.Zero(t, metricValue(t, m, "outbox_relay_pump_reordered_total"), "no event taken for a hole")
 	assert.Zero(t, metricValue(t, m, "outbox_relay_pump_stream_shared"))
+}
+
+// With transactions joined (as the relay runs), the events at hand when a
+// batch starts go as few batches of whole transactions: far fewer batches
+// than transactions, each at most half the window (the whole window when
+// batches go one at a time, --shared-stream), in order, one PubAck each.
+func TestPumpAtomicJoinsWholeTransactions(t *testing.T) {
+	t.Parallel()
+	joined := publishModes[3]
+	for _, shared := range []bool{false, true} {
+		for _, perTxn := range []int{1, 5, 37} {
+			t.Run(fmt.Sprintf("%d per transaction, shared stream %t", perTxn, shared), func(t *testing.T) {
+				t.Parallel()
+				const n, window = 500, 64
+				src := newFilledSource(pumpEvents(n, perTxn), true)
+				stream := newFakeStream(t, true, false)
+				cfg := joined.apply(pumpConfig(window))
+				cfg.SharedStream = shared
+
+				err, m := runPump(t, cfg, src, stream)
+				require.NoError(t, err)
+
+				assertStream(t, stream, pumpIDs(1, n))
+				assertAcked(t, src, pumpIDs(1, n), perTxn)
+				assertStoredAcked(t, stream, src)
+				assertTransactionsWhole(t, stream, perTxn, 0)
+				txns := (n + perTxn - 1) / perTxn
+				// The first two batches go one transaction each (the
+				// stream was just read back); then each takes what its
+				// share of the window holds.
+				share, inFlight := window/2, 2
+				if shared {
+					share, inFlight = window, 1
+				}
+				perBatch := max(share/perTxn*perTxn, perTxn)
+				assert.LessOrEqual(t, stream.Commits(), 2+(n+perBatch-1)/perBatch+2, "batches of several transactions")
+				if perTxn < share/2 {
+					assert.Less(t, stream.Commits(), txns/2, "far fewer batches than transactions")
+				}
+				assert.LessOrEqual(t, stream.AckRequests(), 2*perTxn+stream.Commits(), "one PubAck per batch")
+				assert.LessOrEqual(t, stream.MaxCommitsOutstanding(), inFlight, "batches in flight")
+				assert.Zero(t, retries(t, m))
+			})
+		}
+	}
+}
+
+// Batches in flight: while two committed batches await their PubAcks, the
+// pump starts no third; the transactions at hand wait, and go as one batch
+// once a PubAck comes. (Sending each as it came, the relay was held to the
+// server's batches per second, a few hundred on a one-replica file stream,
+// whatever the transactions' sizes.) The first two batches, right after the
+// stream was read back, hold one transaction each.
+func TestPumpAtomicBatchesInFlight(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	src := newFilledSource(pumpEvents(n, 1), false)
+	stream := newFakeStream(t, true, false)
+	hold := make(chan struct{})
+	sc, _ := onReplies(func(k int, _ sink.Message) fault {
+		if k <= 2 {
+			return fault{hold: hold}
+		}
+		return fault{}
+	})
+	stream.SetScript(sc)
+	p, _ := newTestPump(t, publishModes[3].apply(pumpConfig(64)), src, stream)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := startRun(ctx, p)
+
+	require.Eventually(t, func() bool { return stream.Publishes() == 2 }, 5*time.Second, time.Millisecond)
+	assert.Never(t, func() bool { return stream.Publishes() > 2 }, 200*time.Millisecond, 5*time.Millisecond, "a third batch while two are in flight")
+	assert.Empty(t, src.Acks())
+
+	close(hold)
+	require.Eventually(t, func() bool { return len(src.Acks()) == n }, 5*time.Second, time.Millisecond)
+	src.Close()
+	require.NoError(t, waitRun(t, done, runDeadline))
+	stream.WaitHolds()
+	assertStream(t, stream, pumpIDs(1, n))
+	assertAcked(t, src, pumpIDs(1, n), 1)
+	assertTransactionsWhole(t, stream, 1, 0)
+	assert.Equal(t, 3, stream.Commits(), "the transactions that waited went as one batch")
+	assert.Equal(t, 2, stream.MaxCommitsOutstanding())
 }

@@ -171,6 +171,35 @@ func onEvent(id string, match func(subject string) bool, f fault) script {
 	}
 }
 
+// onReplies numbers the publishes that ask for a reply (from 1) and hands
+// sc that number; those sent without one get no fault. With transactions
+// joined in atomic batches the replies are the commits, wherever the joins
+// put them. publishOf returns the publish number of the kth reply (0 while
+// there is none).
+func onReplies(sc script) (_ script, publishOf func(k int) int) {
+	var mu sync.Mutex
+	var at []int
+	numbered := func(n int, m sink.Message) fault {
+		if m.NoReply {
+			return fault{}
+		}
+		mu.Lock()
+		at = append(at, n)
+		k := len(at)
+		mu.Unlock()
+		return sc(k, m)
+	}
+	publishOf = func(k int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if k < 1 || k > len(at) {
+			return 0
+		}
+		return at[k-1]
+	}
+	return numbered, publishOf
+}
+
 // firstOf returns the first non-empty fault of the scripts.
 func firstOf(scripts ...script) script {
 	return func(n int, m sink.Message) fault {
@@ -255,6 +284,9 @@ type fakeStream struct {
 	readFailures   int // reads still to fail
 	probes         int
 	holds          sync.WaitGroup
+	// commitsOutstanding counts the atomic batch commits among the
+	// results not yet taken.
+	commitsOutstanding, maxCommitsOutstanding int
 	// late holds publishes to store later, by event id.
 	late map[string]*fakePending
 	// batches are the atomic batches staged and not yet committed, by id;
@@ -404,6 +436,14 @@ func (s *fakeStream) Pending(n int) *fakePending {
 	return s.pendings[n-1]
 }
 
+// MaxCommitsOutstanding returns the most atomic batch commits whose result
+// was not yet taken, at any time.
+func (s *fakeStream) MaxCommitsOutstanding() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxCommitsOutstanding
+}
+
 // Publishes returns how many times Publish was called.
 func (s *fakeStream) Publishes() int {
 	s.mu.Lock()
@@ -485,6 +525,10 @@ func (s *fakeStream) Publish(ctx context.Context, m sink.Message) (sink.Pending,
 	if !m.NoReply {
 		s.outstanding++
 		s.maxOutstanding = max(s.maxOutstanding, s.outstanding)
+	}
+	if !m.NoReply && m.BatchCommit {
+		s.commitsOutstanding++
+		s.maxCommitsOutstanding = max(s.maxCommitsOutstanding, s.commitsOutstanding)
 	}
 	if s.paused {
 		s.queue = append(s.queue, p)
@@ -753,6 +797,9 @@ func (p *fakePending) Wait(ctx context.Context) (sink.Ack, error) {
 	}
 	p.stream.mu.Lock()
 	p.stream.outstanding--
+	if p.msg.BatchCommit {
+		p.stream.commitsOutstanding--
+	}
 	p.stream.mu.Unlock()
 	if p.fault.onResult != nil {
 		p.fault.onResult()

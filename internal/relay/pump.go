@@ -110,6 +110,9 @@ type Config struct {
 
 	// serialSpell replaces contentionSerial in tests.
 	serialSpell time.Duration
+	// oneTxnPerBatch, in tests, keeps every transaction in an atomic
+	// batch of its own (see joinNext).
+	oneTxnPerBatch bool
 }
 
 // Validate reports every problem of c at once, each naming the setting.
@@ -179,7 +182,11 @@ type Pump struct {
 
 	window window
 	replay []cdc.Event // events to publish again, ahead of new ones
-	closed bool        // the source's channel is closed
+	// ahead are events read from the source to see whether the next
+	// transaction joins the open atomic batch (joinNext), published
+	// after replay and before the source's next.
+	ahead  []cdc.Event
+	closed bool // the source's channel is closed
 	// sinceAck counts the messages sent without a PubAck since the last
 	// one that asked for it.
 	sinceAck int
@@ -309,9 +316,11 @@ func (p *Pump) Run(ctx context.Context) error {
 		// would be the last that fits, and ask for a PubAck.
 		refill := min(max(p.ackEvery, 1), p.windowSize)
 		// An atomic batch being sent is finished whatever the window: its
-		// messages are stored only with its commit.
+		// messages are stored only with its commit. A new one waits while
+		// atomicBatchesInFlight commits are in flight (see joinNext).
 		if free := p.windowSize - p.window.Len(); free == p.windowSize || free >= refill || p.batch.open {
-			for (p.window.Len() < p.windowSize || p.batch.open) && p.uncertain == 0 {
+			for (p.window.Len() < p.windowSize || p.batch.open) && p.uncertain == 0 &&
+				(p.batch.open || !p.cfg.Atomic || p.cfg.oneTxnPerBatch || p.window.Commits() < atomicBatchesInFlight) {
 				ev, ok := p.next(ctx, p.window.Len() == 0 || p.awaitingBatch())
 				if !ok {
 					break
@@ -325,7 +334,7 @@ func (p *Pump) Run(ctx context.Context) error {
 			return p.stop(ctx, nil)
 		}
 		if p.window.Len() == 0 {
-			if p.closed && len(p.replay) == 0 && p.uncertain == 0 {
+			if p.closed && len(p.replay) == 0 && len(p.ahead) == 0 && p.uncertain == 0 {
 				return p.stop(ctx, nil)
 			}
 			continue
@@ -440,6 +449,12 @@ func (p *Pump) next(ctx context.Context, block bool) (cdc.Event, bool) {
 	if len(p.replay) > 0 {
 		ev := p.replay[0]
 		p.replay = p.replay[1:]
+		return ev, true
+	}
+	if len(p.ahead) > 0 {
+		ev := p.ahead[0]
+		p.ahead[0] = cdc.Event{} // let its buffers go once published
+		p.ahead = p.ahead[1:]
 		return ev, true
 	}
 	if p.closed {
@@ -1156,7 +1171,7 @@ func (p *Pump) resolveUncertain(ctx context.Context) error {
 
 // nextWithin returns the next event, waiting until deadline at most.
 func (p *Pump) nextWithin(ctx context.Context, deadline time.Time) (cdc.Event, bool) {
-	if len(p.replay) > 0 || p.closed {
+	if len(p.replay) > 0 || len(p.ahead) > 0 || p.closed {
 		return p.next(ctx, false)
 	}
 	t := time.NewTimer(time.Until(deadline))

@@ -1229,7 +1229,12 @@ func TestPumpShutdownWhenAckAndCancelCoincide(t *testing.T) {
 		stream := newFakeStream(t, true, false)
 		ctx, cancel := context.WithCancel(t.Context())
 		// The ack of publish 3 arrives just as the relay is told to stop.
-		stream.SetScript(atPublish(3, fault{onResult: cancel}))
+		sc := atPublish(3, fault{onResult: cancel})
+		if mode.joined {
+			// Of the third commit: the messages before it ask for none.
+			sc, _ = onReplies(sc)
+		}
+		stream.SetScript(sc)
 		cfg := mode.apply(pumpConfig(16))
 		cfg.ShutdownTimeout = 500 * time.Millisecond
 		p, _ := newTestPump(t, cfg, src, stream)
@@ -1254,22 +1259,37 @@ func TestPumpShutdownDuringRecovery(t *testing.T) {
 		src := newFilledSource(pumpEvents(n, 1), false)
 		stream := newFakeStream(t, true, false)
 		hold := make(chan struct{})
-		stream.SetScript(func(i int, _ sink.Message) fault {
+		// Publish 3's ack is lost, those after it are held.
+		lost, lostID := 3, pumpID(3)
+		var sc script = func(i int, _ sink.Message) fault {
 			switch {
-			case i == 3:
+			case i == lost:
 				return fault{kind: faultAckLost}
-			case i > 3:
+			case i > lost:
 				return fault{hold: hold}
 			}
 			return fault{}
-		})
+		}
+		next := func() *fakePending { return stream.Pending(lost + 1) }
+		if mode.joined {
+			// Counting the commits: the first two batches go one
+			// transaction each (the stream was just read back), the
+			// third takes the rest (joinNext), the one batch in flight
+			// behind the second.
+			var publishOf func(int) int
+			lost, lostID = 2, pumpID(2)
+			sc, publishOf = onReplies(sc)
+			next = func() *fakePending { return stream.Pending(publishOf(lost + 1)) }
+		}
+		stream.SetScript(sc)
 		cfg := mode.apply(pumpConfig(16))
 		p, _ := newTestPump(t, cfg, src, stream)
 		ctx, cancel := context.WithCancel(t.Context())
 		done := startRun(ctx, p)
 
-		// The pump is settling: waiting for publish 4, whose ack is held.
-		require.Eventually(t, func() bool { return stream.Pending(4) != nil && stream.Pending(4).Waits() >= 1 }, 5*time.Second, time.Millisecond)
+		// The pump is settling: waiting for the publish after the lost
+		// ack, whose ack is held.
+		require.Eventually(t, func() bool { return next() != nil && next().Waits() >= 1 }, 5*time.Second, time.Millisecond)
 		cancel()
 		var err error
 		returned := false
@@ -1279,7 +1299,7 @@ func TestPumpShutdownDuringRecovery(t *testing.T) {
 				returned = true
 				return true
 			default:
-				return stream.Pending(4).Waits() >= 2
+				return next().Waits() >= 2
 			}
 		}, 5*time.Second, time.Millisecond)
 		close(hold) // the acks arrive shortly after the shutdown began
@@ -1289,8 +1309,8 @@ func TestPumpShutdownDuringRecovery(t *testing.T) {
 		require.NoError(t, err)
 		stream.WaitHolds()
 		assertStream(t, stream, pumpIDs(1, n))
-		// Publish 3's ack was lost: it cannot be acked without a tail read.
-		assertStoredAcked(t, stream, src, pumpID(3))
+		// The lost ack's event cannot be acked without a tail read.
+		assertStoredAcked(t, stream, src, lostID)
 	})
 }
 
@@ -1306,12 +1326,21 @@ func TestPumpShutdownWhileFillingWindow(t *testing.T) {
 		stream := newFakeStream(t, true, false)
 		hold := make(chan struct{})
 		// Publishes 4 to 16 are stored at once but their acks come late.
-		stream.SetScript(func(i int, _ sink.Message) fault {
+		var sc script = func(i int, _ sink.Message) fault {
 			if i >= 4 {
 				return fault{hold: hold}
 			}
 			return fault{}
-		})
+		}
+		fourth := func() *fakePending { return stream.Pending(4) }
+		if mode.joined {
+			// Counting the commits: the messages before them ask for no
+			// reply.
+			var publishOf func(int) int
+			sc, publishOf = onReplies(sc)
+			fourth = func() *fakePending { return stream.Pending(publishOf(4)) }
+		}
+		stream.SetScript(sc)
 		cfg := mode.apply(pumpConfig(16))
 		p, m := newTestPump(t, cfg, src, stream)
 		ctx, cancel := context.WithCancel(t.Context())
@@ -1331,7 +1360,7 @@ func TestPumpShutdownWhileFillingWindow(t *testing.T) {
 				returned = true
 				return true
 			default:
-				return stream.Pending(4) != nil && stream.Pending(4).Waits() >= 1
+				return fourth() != nil && fourth().Waits() >= 1
 			}
 		}, 5*time.Second, time.Millisecond)
 		close(hold) // the acks arrive shortly after the shutdown began

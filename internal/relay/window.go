@@ -8,6 +8,8 @@ type window struct {
 	buf  []inflight
 	head int // index in buf of the oldest
 	n    int
+	// commits counts the atomic batch commits in the window.
+	commits int
 }
 
 func newWindow(capacity int) window {
@@ -33,11 +35,20 @@ func (w *window) Push(f inflight) {
 	}
 	*w.At(w.n) = f
 	w.n++
+	if f.commit {
+		w.commits++
+	}
 }
+
+// Commits returns how many atomic batch commits are in the window.
+func (w *window) Commits() int { return w.commits }
 
 // Drop removes the k oldest publishes.
 func (w *window) Drop(k int) {
 	for ; k > 0 && w.n > 0; k-- {
+		if w.buf[w.head].commit {
+			w.commits--
+		}
 		w.buf[w.head] = inflight{} // let the event's buffers go
 		w.head++
 		if w.head == len(w.buf) {
@@ -50,6 +61,9 @@ func (w *window) Drop(k int) {
 // DropLast removes the k newest publishes.
 func (w *window) DropLast(k int) {
 	for ; k > 0 && w.n > 0; k-- {
+		if w.At(w.n - 1).commit {
+			w.commits--
+		}
 		*w.At(w.n - 1) = inflight{}
 		w.n--
 	}
