@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -43,10 +42,9 @@ type publicationInfo struct {
 	published []publishedRel
 }
 
-// readPublication reads the publication and how it publishes the outbox's
-// partition tree: the outbox itself, the tables it is a partition of and its
-// own partitions.
-func readPublication(ctx context.Context, q querier, cfg Config, version int) (publicationInfo, error) {
+// readPublication reads the publication's settings (exists false when there
+// is none), not yet how it publishes any table (readPublishedTree).
+func readPublication(ctx context.Context, q querier, cfg Config) (publicationInfo, error) {
 	var info publicationInfo
 	err := q.row(ctx, `SELECT p.pubinsert, p.puballtables, p.pubviaroot FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication).Scan(&info.insert, &info.allTables, &info.viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -56,6 +54,14 @@ func readPublication(ctx context.Context, q querier, cfg Config, version int) (p
 		return info, fmt.Errorf("look up publication %q: %w", cfg.Publication, err)
 	}
 	info.exists = true
+	return info, nil
+}
+
+// readPublishedTree reads how the publication publishes the partition tree
+// of the outbox table of cfg: the outbox itself, the tables it is a
+// partition of and its own partitions.
+func readPublishedTree(ctx context.Context, q querier, cfg Config, version int) ([]publishedRel, error) {
+	var published []publishedRel
 	extra := `NULL::text, NULL::text[]`
 	if version >= 150000 {
 		extra = `pt.rowfilter, pt.attnames::text[]`
@@ -73,7 +79,7 @@ func readPublication(ctx context.Context, q querier, cfg Config, version int) (p
 		WHERE pt.pubname = $1
 		ORDER BY tree.role DESC, 2, 3`, cfg.Publication, qualifiedTable(cfg))
 	if err != nil {
-		return info, fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
+		return nil, fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -81,16 +87,16 @@ func readPublication(ctx context.Context, q querier, cfg Config, version int) (p
 		var schema, table string
 		var filter *string
 		if err := rows.Scan(&rel.role, &schema, &table, &filter, &rel.columns); err != nil {
-			return info, fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
+			return nil, fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
 		}
 		rel.qualified = pgx.Identifier{schema, table}.Sanitize()
 		rel.rowFilter = deref(filter)
-		info.published = append(info.published, rel)
+		published = append(published, rel)
 	}
 	if err := rows.Err(); err != nil {
-		return info, fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
+		return nil, fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
 	}
-	return info, nil
+	return published, nil
 }
 
 // judgePublication explains, naming the fix, why the publication would not
@@ -152,7 +158,7 @@ func judgePublication(cfg Config, info publicationInfo) error {
 // of each (no row filter or column list), and the running relay checks
 // every second.
 func judgeTables(ctx context.Context, q querier, cfg Config, tables []Table, version int) (exists bool, err error) {
-	info, err := readPublication(ctx, q, cfg, version)
+	info, err := readPublication(ctx, q, cfg)
 	if err != nil || !info.exists {
 		return false, err
 	}
@@ -180,20 +186,17 @@ func judgeTables(ctx context.Context, q querier, cfg Config, tables []Table, ver
 		errs = append(errs, fmt.Errorf("table: %s is UNLOGGED, so its rows never reach the WAL the relay reads, and none is published; run ALTER TABLE %s SET LOGGED, then publish the rows written since it was unlogged with relay replay",
 			name, name))
 	}
-	for _, t := range tables {
-		if t.IsPattern() || !slices.ContainsFunc(cfg.explicitTables(), func(u Table) bool { return u.Schema == t.Schema && u.Name == t.Name }) {
-			continue // a pattern's table: see above
-		}
+	// The tables a pattern matches were judged above, as a whole.
+	for _, t := range cfg.explicitTables() {
 		one := cfg.ForTable(t)
-		info, err := readPublication(ctx, q, one, version)
+		published, err := readPublishedTree(ctx, q, one, version)
 		if err != nil {
 			return true, err
 		}
-		if !info.exists {
-			return false, nil
-		}
-		info.insert = true // reported above, once
-		errs = append(errs, judgePublication(one, info))
+		table := info
+		table.insert = true // reported above, once
+		table.published = published
+		errs = append(errs, judgePublication(one, table))
 	}
 	return true, errors.Join(errs...)
 }
